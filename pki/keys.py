@@ -1,0 +1,119 @@
+"""Key types rapki issues for and accepts, and how CA keys are kept at rest.
+
+Roles Anywhere accepts RSA and EC P-256/P-384 leaves; Ed25519 is refused, RSA below 2048 bits too.
+CA keys are stored as encrypted PKCS#8 (``BestAvailableEncryption``) and never written in clear.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from pki.errors import InvalidInput, PolicyViolation, WrongPassphrase
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+class KeyType(enum.StrEnum):
+    EC_P256 = "ec-p256"
+    EC_P384 = "ec-p384"
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+    RSA_4096 = "rsa-4096"
+
+    @classmethod
+    def parse(cls, text: str) -> KeyType:
+        try:
+            return cls(str(text).strip().lower())
+        except ValueError:
+            allowed = ", ".join(k.value for k in cls)
+            raise InvalidInput(f"unknown key type {text!r}: use one of {allowed}") from None
+
+    @classmethod
+    def of(cls, key: PublicKey | PrivateKey) -> KeyType:
+        """The KeyType of a key, or PolicyViolation when Roles Anywhere would refuse it."""
+        if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+            size = key.key_size
+            if size < 2048:
+                raise PolicyViolation(f"RSA-{size} keys are too weak: use at least 2048 bits")
+            if size not in (2048, 3072, 4096):
+                raise PolicyViolation(f"RSA-{size} keys are not supported: use 2048, 3072 or 4096")
+            return cls(f"rsa-{size}")
+        if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+            name = key.curve.name
+            if name == "secp256r1":
+                return cls.EC_P256
+            if name == "secp384r1":
+                return cls.EC_P384
+            raise PolicyViolation(f"EC curve {name} is not accepted by Roles Anywhere: use P-256 or P-384")
+        kind = type(key).__name__.removeprefix("_").replace("PublicKey", "").replace("PrivateKey", "")
+        raise PolicyViolation(
+            f"{kind or 'this'} keys are not accepted by Roles Anywhere: use EC P-256/P-384 or RSA >= 2048"
+        )
+
+    @property
+    def is_ec(self) -> bool:
+        return self.value.startswith("ec-")
+
+    def generate(self) -> PrivateKey:
+        if self is KeyType.EC_P256:
+            return ec.generate_private_key(ec.SECP256R1())
+        if self is KeyType.EC_P384:
+            return ec.generate_private_key(ec.SECP384R1())
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(self.value[4:]))
+
+    def signature_hash(self) -> hashes.HashAlgorithm:
+        """The hash a CA of this type signs with: SHA-384 for P-384 (matched strength), else SHA-256."""
+        return hashes.SHA384() if self is KeyType.EC_P384 else hashes.SHA256()
+
+
+def private_key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
+    """PKCS#8 PEM, encrypted when a passphrase is given."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def load_private_key(data: bytes, passphrase: bytes | None = None, *, what: str = "private key") -> PrivateKey:
+    """Load a PEM (PKCS#1, SEC1, PKCS#8, encrypted PKCS#8) or DER private key."""
+    loader = serialization.load_pem_private_key if b"-----BEGIN" in data else serialization.load_der_private_key
+    try:
+        key = loader(data, password=passphrase)
+    except TypeError as exc:  # encrypted without passphrase, or passphrase for clear key
+        if passphrase is None:
+            raise WrongPassphrase(f"the {what} is encrypted: a passphrase is needed") from exc
+        raise InvalidInput(f"the {what} is not encrypted but a passphrase was given") from exc
+    except ValueError as exc:
+        if passphrase is not None and b"ENCRYPTED" in data:
+            raise WrongPassphrase(f"wrong passphrase for the {what}") from exc
+        raise InvalidInput(f"the {what} could not be read: {exc}") from exc
+    except Exception as exc:  # pragma: no cover - unexpected backend errors still become clear input errors
+        raise InvalidInput(f"the {what} could not be read: {exc}") from exc
+    KeyType.of(key)
+    return key  # type: ignore[return-value]
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file readable by its owner only, created 0600 from the start (no umask race)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def public_key_matches(private_key: PrivateKey, public_key: PublicKey) -> bool:
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    return private_key.public_key().public_bytes(enc, fmt) == public_key.public_bytes(enc, fmt)

@@ -1,0 +1,125 @@
+"""The Roles Anywhere rules for end-entity certificates, checked in code.
+
+``leaf_problems`` lists every reason the service (or a strict linter) would refuse a workload
+certificate. The CA runs it on each certificate before returning it; the emulator runs it on every
+CreateSession; ``rapki doctor`` prints it. One implementation, three users.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+# STS SourceIdentity: [\p{L}\p{Z}\p{N}_.:/=+\-@]+ . Python's \w covers letters, digits and "_";
+# str.isalnum/isspace checks below handle the Unicode classes precisely.
+_SOURCE_IDENTITY_PUNCT = set("_.:/=+-@")
+MAX_CN_LENGTH = 64
+STRONG_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+
+
+def source_identity_problem(cn: str) -> str | None:
+    """Why ``cn`` cannot become an STS source identity, or None when it can."""
+    if not cn:
+        return "the subject CN is empty"
+    if len(cn) > MAX_CN_LENGTH:
+        return f"the subject CN is {len(cn)} characters: at most {MAX_CN_LENGTH} are allowed"
+    bad = sorted({ch for ch in cn if not _source_identity_char(ch)})
+    if bad:
+        shown = "".join(bad)
+        return f"the subject CN contains characters STS rejects in a source identity: {shown!r}"
+    return None
+
+
+def _source_identity_char(ch: str) -> bool:
+    import unicodedata
+
+    category = unicodedata.category(ch)
+    return category[0] in ("L", "N") or category[0] == "Z" or ch in _SOURCE_IDENTITY_PUNCT
+
+
+def source_identity(cn: str) -> str:
+    """What Roles Anywhere sets as sourceIdentity: ``CN=<cn>`` up to 61 characters, bare CN above."""
+    return f"CN={cn}" if len(cn) <= 61 else cn
+
+
+def common_name(name: x509.Name) -> str | None:
+    attrs = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else None
+
+
+def public_key_problem(key: object) -> str | None:
+    if isinstance(key, rsa.RSAPublicKey):
+        return None if key.key_size >= 2048 else f"RSA-{key.key_size} key: at least 2048 bits needed"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name in ("secp256r1", "secp384r1"):
+            return None
+        return f"EC curve {key.curve.name}: only P-256 and P-384 are accepted"
+    return f"{type(key).__name__.lstrip('_')}: only RSA and EC P-256/P-384 keys are accepted"
+
+
+def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> list[str]:
+    """Every reason Roles Anywhere would refuse ``cert`` as an end-entity certificate."""
+    problems: list[str] = []
+    if cert.version is not x509.Version.v3:
+        problems.append("not an X.509 v3 certificate")
+    serial = cert.serial_number
+    if serial <= 0:
+        problems.append("serial number is not positive")
+    elif (serial.bit_length() + 8) // 8 > 20:  # DER adds a leading 0 byte when the top bit is set
+        problems.append("serial number is longer than 20 octets")
+    hash_alg = cert.signature_hash_algorithm
+    if not isinstance(hash_alg, STRONG_HASHES):
+        name = hash_alg.name if hash_alg else "none"
+        problems.append(f"signature hash {name}: SHA-256 or stronger is required")
+    if (problem := public_key_problem(cert.public_key())) is not None:
+        problems.append(problem)
+    if len(cert.subject) == 0:
+        problems.append("the subject is empty")
+    cn = common_name(cert.subject)
+    if cn is None:
+        problems.append("the subject has no CN (it becomes the STS source identity)")
+    elif (problem := source_identity_problem(cn)) is not None:
+        problems.append(problem)
+    problems.extend(_extension_problems(cert))
+    if now is not None:
+        if now < cert.not_valid_before_utc:
+            problems.append(f"not valid before {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}")
+        if now > cert.not_valid_after_utc:
+            problems.append(f"expired at {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}")
+    return problems
+
+
+def _extension_problems(cert: x509.Certificate) -> list[str]:
+    problems: list[str] = []
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+        if bc.value.ca:
+            problems.append("basicConstraints says CA:TRUE: a workload certificate must be CA:FALSE")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.digital_signature:
+            problems.append("keyUsage lacks digitalSignature")
+    except x509.ExtensionNotFound:
+        problems.append("keyUsage is missing: digitalSignature is required")
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+            problems.append("extendedKeyUsage is present without clientAuth")
+    except x509.ExtensionNotFound:
+        pass
+    return problems
+
+
+def is_valid_at(cert: x509.Certificate, when: datetime | None = None) -> bool:
+    when = when or datetime.now(UTC)
+    return cert.not_valid_before_utc <= when <= cert.not_valid_after_utc
+
+
+CN_PATTERN_HINT = re.escape("".join(sorted(_SOURCE_IDENTITY_PUNCT)))

@@ -1,0 +1,56 @@
+"""The ``rapki`` command group and the conventions every command shares.
+
+Conventions: ``--help`` everywhere; ``--json`` for scripting; exit 0 ok, 1 failure, 2 bad usage or
+input with one line on stderr and no traceback (``RapkiError.exit_code`` decides).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pki.errors import RapkiError
+
+
+class RapkiGroup(click.Group):
+    """A click group that turns library errors into one stderr line and the right exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RapkiError as exc:
+            click.echo(f"rapki: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=RapkiGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rapki", prog_name="rapki")
+def main() -> None:
+    """rapki: a private CA for AWS IAM Roles Anywhere."""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("RAPKI_HOME") or "rapki-data")
+
+
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The rapki home directory (default: $RAPKI_HOME, else ./rapki-data).",
+)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def resolve_home(home: Path | None) -> Path:
+    return home if home is not None else default_home()
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))

@@ -1,0 +1,1 @@
+"""CA commands: init, ca, profile, issue, revoke, list, show, crl (being filled in)."""
