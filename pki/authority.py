@@ -1,0 +1,633 @@
+"""``CertificateAuthority``: the whole CA behind one object.
+
+    ca = CertificateAuthority.init("rapki-data")           # root + issuing CA, config, database
+    ca.add_profile(Profile(name="web", cn_pattern=r"web-\\d+"))
+    issued = ca.issue("web", cn="web-1")                    # key made here, or csr=...
+    issued.write_to("out/")                                 # cert.pem, key.pem (0600), chain.pem
+    ca.revoke(issued.serial_hex, reason="keyCompromise")
+    crl = ca.build_crl()
+
+Every certificate is checked against the Roles Anywhere rules (``pki.preflight``) and committed to
+the database before it is returned; a certificate that fails either never leaves this module.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from pki.crl import BuiltCrl, RevokedEntry, build_crl, check_size, parse_reason
+from pki.errors import Conflict, InvalidInput, NotFound, PolicyViolation, RapkiError
+from pki.hierarchy import build_intermediate, build_root, ca_name
+from pki.home import Config, Home
+from pki.issuance import (
+    BACKDATE,
+    LeafSpec,
+    SubjectAltNames,
+    build_leaf,
+    load_csr,
+    read_csr,
+)
+from pki.keys import KeyType, PrivateKey, PublicKey, load_private_key, private_key_pem, public_key_matches
+from pki.pem import Pem, load_certificate
+from pki.preflight import leaf_problems
+from pki.profiles import Profile
+from pki.serials import parse_serial, random_serial, serial_hex
+from pki.store import Database
+from pki.store.schema import audit_log, certificates, crl_state, issuers, profiles
+
+DEFAULT_ACTOR = "cli"
+
+
+def local_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no passwd entry in some containers
+        return DEFAULT_ACTOR
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; everything in rapki is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass
+class Issuer:
+    """An issuing CA: its certificate, its key reference and (once loaded) its key."""
+
+    id: int
+    name: str
+    certificate: x509.Certificate
+    key_type: KeyType
+    key_ref: str
+    active: bool
+    key: PrivateKey | None = None
+    aki: x509.AuthorityKeyIdentifier = field(init=False)
+
+    def __post_init__(self) -> None:
+        ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        self.aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+    @property
+    def not_after(self) -> datetime:
+        return self.certificate.not_valid_after_utc
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A new certificate, its chain (the intermediates: ``X-Amz-X509-Chain``) and, when made here,
+    its private key."""
+
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    profile: str
+    private_key: PrivateKey | None = None
+
+    @property
+    def serial_hex(self) -> str:
+        return serial_hex(self.certificate.serial_number)
+
+    @property
+    def cert_pem(self) -> Pem:
+        return Pem.of_certificates([self.certificate])
+
+    @property
+    def chain_pem(self) -> Pem:
+        return Pem.of_certificates(self.chain)
+
+    @property
+    def key_pem(self) -> Pem | None:
+        return Pem(private_key_pem(self.private_key)) if self.private_key is not None else None
+
+    def write_to(self, directory: Path) -> dict[str, Path]:
+        directory = Path(directory)
+        written = {
+            "certificate": self.cert_pem.write_to_path(directory / "cert.pem"),
+            "chain": self.chain_pem.write_to_path(directory / "chain.pem"),
+        }
+        if (key := self.key_pem) is not None:
+            written["private_key"] = key.write_to_path(directory / "key.pem", secret=True)
+        return written
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    serial: str
+    issuer: str
+    subject: str
+    common_name: str
+    sans: list[str]
+    profile: str
+    key_type: str
+    not_before: datetime
+    not_after: datetime
+    revoked_at: datetime | None
+    revocation_reason: str | None
+    superseded_by: str | None
+    fingerprint: str
+    der: bytes
+
+    def status(self, now: datetime | None = None) -> str:
+        now = now or datetime.now(UTC)
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.not_after <= now:
+            return "expired"
+        if self.superseded_by:
+            return "superseded"
+        return "active"
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return x509.load_der_x509_certificate(self.der)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "serial": self.serial,
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "common_name": self.common_name,
+            "sans": self.sans,
+            "profile": self.profile,
+            "key_type": self.key_type,
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+            "status": self.status(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+            "revocation_reason": self.revocation_reason,
+            "superseded_by": self.superseded_by,
+            "fingerprint_sha256": self.fingerprint,
+        }
+
+
+@dataclass(frozen=True)
+class Revocation:
+    record: CertificateRecord
+    already_revoked: bool
+
+
+@dataclass(frozen=True)
+class InitOptions:
+    key_type: KeyType = KeyType.EC_P256
+    organization: str | None = "rapki"
+    country: str | None = None
+    root_cn: str = "rapki Root CA"
+    issuing_cn: str = "rapki Issuing CA 1"
+    root_lifetime: timedelta = timedelta(days=3650)
+    issuing_lifetime: timedelta = timedelta(days=1095)
+    root_path_length: int = 1
+    issuing_path_length: int = 0
+    offline_root_key_out: Path | None = None
+    passphrase_file: Path | None = None
+    serial_bytes: int = 16
+    database_url: str = ""
+
+
+class CertificateAuthority:
+    """A rapki home opened for work. Build with ``init`` (new) or ``open`` (existing)."""
+
+    def __init__(self, home: Home, config: Config, db: Database) -> None:
+        self.home = home
+        self.config = config
+        self.db = db
+        self._passphrase: bytes | None = None
+        self._issuers: dict[int, Issuer] | None = None
+        self._root: x509.Certificate | None = None
+
+    # --- opening ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, home_path: str | Path) -> CertificateAuthority:
+        home = Home(Path(home_path))
+        config = home.load_config()
+        db = Database(home.database_url(config), sqlite_synchronous=config.sqlite_synchronous)
+        db.migrate()
+        return cls(home, config, db)
+
+    @classmethod
+    def init(cls, home_path: str | Path, options: InitOptions | None = None, *,
+             passphrase: bytes | None = None, actor: str | None = None) -> CertificateAuthority:
+        """Create a home: config, passphrase (unless given), root and issuing CA, database."""
+        options = options or InitOptions()
+        home = Home(Path(home_path))
+        if home.exists():
+            raise Conflict(f"{home.path} is already a rapki home: refusing to overwrite its CA")
+        if home.path.exists() and any(home.path.iterdir()):
+            raise InvalidInput(f"{home.path} exists and is not empty: choose an empty or new directory")
+        home.path.mkdir(parents=True, exist_ok=True)
+        home.path.chmod(0o700)
+        passphrase_file = ""
+        if passphrase is None:
+            if options.passphrase_file is not None:
+                from pki.home import read_passphrase_file
+
+                passphrase = read_passphrase_file(options.passphrase_file)
+                passphrase_file = str(options.passphrase_file.resolve())
+            else:
+                passphrase = home.create_passphrase_file()
+                passphrase_file = "passphrase"
+        config = Config(
+            key_type=options.key_type, serial_bytes=options.serial_bytes,
+            database_url=options.database_url, passphrase_file=passphrase_file,
+        )
+        db = Database(home.database_url(config), sqlite_synchronous=config.sqlite_synchronous)
+        db.migrate()
+        with db.engine.connect() as conn:
+            if conn.execute(select(func.count()).select_from(issuers)).scalar():
+                raise Conflict("the database already holds a CA: point RAPKI_DATABASE_URL at an empty one")
+        ca = cls(home, config, db)
+        ca._passphrase = passphrase
+        root_key = options.key_type.generate()
+        root = build_root(
+            root_key, ca_name(options.root_cn, options.organization, options.country),
+            lifetime=options.root_lifetime, path_length=options.root_path_length,
+        )
+        Pem.of_certificates([root]).write_to_path(home.root_cert_path)
+        root_key_path = options.offline_root_key_out or home.root_key_path
+        Pem(private_key_pem(root_key, passphrase)).write_to_path(root_key_path, secret=True)
+        ca._root = root
+        ca._create_issuer(root_key, options.key_type, options.issuing_cn, options.organization,
+                          options.country, options.issuing_lifetime, options.issuing_path_length)
+        home.save_config(config)  # last: a home without config is not a home, so a failed init can be retried
+        ca.audit(actor or local_actor(), "ca.init", root.subject.rfc4514_string(),
+                 {"key_type": options.key_type.value, "offline_root": options.offline_root_key_out is not None})
+        return ca
+
+    # --- CA material --------------------------------------------------------------------------
+    @property
+    def passphrase(self) -> bytes:
+        if self._passphrase is None:
+            self._passphrase = self.home.passphrase(self.config)
+        return self._passphrase
+
+    @property
+    def root_certificate(self) -> x509.Certificate:
+        if self._root is None:
+            try:
+                self._root = load_certificate(self.home.root_cert_path.read_bytes(), what="root certificate")
+            except OSError as exc:
+                raise InvalidInput(f"cannot read the root certificate: {exc}") from exc
+        return self._root
+
+    def issuers(self) -> list[Issuer]:
+        if self._issuers is None:
+            with self.db.engine.connect() as conn:
+                rows = conn.execute(select(issuers).order_by(issuers.c.id)).all()
+            self._issuers = {
+                r.id: Issuer(r.id, r.name, x509.load_der_x509_certificate(r.der), KeyType(r.key_type),
+                             r.key_ref, r.active)
+                for r in rows
+            }
+        return list(self._issuers.values())
+
+    def issuer(self, name: str | None = None) -> Issuer:
+        """The active issuing CA, or the one named."""
+        for candidate in self.issuers():
+            if (name is None and candidate.active) or candidate.name == name:
+                return candidate
+        if name is None:
+            raise NotFound("no active issuing CA: run 'rapki ca sign-intermediate'")
+        known = ", ".join(i.name for i in self.issuers())
+        raise NotFound(f"no issuing CA named {name!r} (known: {known})")
+
+    def _issuer_by_id(self, issuer_id: int) -> Issuer:
+        self.issuers()
+        assert self._issuers is not None
+        return self._issuers[issuer_id]
+
+    def issuer_key(self, issuer: Issuer) -> PrivateKey:
+        if issuer.key is None:
+            path = self.home.resolve(issuer.key_ref)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise InvalidInput(f"cannot read the key of {issuer.name} at {path}: {exc.strerror}") from exc
+            key = load_private_key(data, self.passphrase, what=f"key of {issuer.name}")
+            if not public_key_matches(key, issuer.certificate.public_key()):  # type: ignore[arg-type]
+                raise InvalidInput(f"{path} does not hold the key of {issuer.name}'s certificate")
+            issuer.key = key
+        return issuer.key
+
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """What a leaf of the active issuer sends as ``X-Amz-X509-Chain``: the intermediates."""
+        return (self.issuer().certificate,)
+
+    def _create_issuer(self, root_key: PrivateKey, key_type: KeyType, cn: str, organization: str | None,
+                       country: str | None, lifetime: timedelta, path_length: int) -> Issuer:
+        with self.db.engine.connect() as conn:
+            number = (conn.execute(select(func.count()).select_from(issuers)).scalar() or 0) + 1
+        name = f"issuing-{number}"
+        key = key_type.generate()
+        cert = build_intermediate(
+            key, ca_name(cn, organization, country), issuer_cert=self.root_certificate,
+            issuer_key=root_key, lifetime=lifetime, path_length=path_length,
+        )
+        key_ref = f"ca/{name}.key.pem"
+        Pem(private_key_pem(key, self.passphrase)).write_to_path(self.home.resolve(key_ref), secret=True)
+        Pem.of_certificates([cert]).write_to_path(self.home.ca_dir / f"{name}.pem")
+        from cryptography.hazmat.primitives import serialization
+
+        now = datetime.now(UTC)
+        with self.db.engine.begin() as conn:
+            conn.execute(update(issuers).values(active=False))
+            issuer_id = conn.execute(
+                insert(issuers).values(
+                    name=name, subject=cert.subject.rfc4514_string(),
+                    ski=cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex(),
+                    key_type=key_type.value, key_ref=key_ref,
+                    der=cert.public_bytes(serialization.Encoding.DER),
+                    not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                    active=True, created_at=now,
+                )
+            ).inserted_primary_key[0]
+            conn.execute(insert(crl_state).values(issuer_id=issuer_id, crl_number=0, entries=0))
+        self._issuers = None
+        issuer = self._issuer_by_id(issuer_id)
+        issuer.key = key
+        return issuer
+
+    def sign_intermediate(self, *, root_key_path: Path | None = None, key_type: KeyType | None = None,
+                          cn: str | None = None, lifetime: timedelta = timedelta(days=1095),
+                          actor: str | None = None) -> Issuer:
+        """Rotate: a new issuing CA signed by the root becomes active. Older issuers keep signing
+        CRLs for the certificates they issued until those expire."""
+        path = root_key_path or self.home.root_key_path
+        if not path.is_file():
+            raise InvalidInput(
+                f"the root key is not at {path}: pass --root-key with the offline root key file"
+            )
+        root_key = load_private_key(path.read_bytes(), self.passphrase, what="root key")
+        if not public_key_matches(root_key, self.root_certificate.public_key()):  # type: ignore[arg-type]
+            raise InvalidInput(f"{path} is not the key of this home's root certificate")
+        current = self.issuers()
+        org_attrs = self.root_certificate.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+        country = self.root_certificate.subject.get_attributes_for_oid(x509.NameOID.COUNTRY_NAME)
+        issuer = self._create_issuer(
+            root_key, key_type or self.config.key_type, cn or f"rapki Issuing CA {len(current) + 1}",
+            str(org_attrs[0].value) if org_attrs else None, str(country[0].value) if country else None,
+            lifetime, 0,
+        )
+        self.audit(actor or local_actor(), "ca.sign_intermediate", issuer.name,
+                   {"subject": issuer.certificate.subject.rfc4514_string()})
+        return issuer
+
+    # --- profiles -----------------------------------------------------------------------------
+    def add_profile(self, profile: Profile, *, replace: bool = False, actor: str | None = None) -> Profile:
+        now = datetime.now(UTC)
+        with self.db.engine.begin() as conn:
+            exists = conn.execute(select(profiles.c.name).where(profiles.c.name == profile.name)).first()
+            if exists and not replace:
+                raise Conflict(f"profile {profile.name!r} exists: use 'rapki profile update' or remove it first")
+            if exists:
+                conn.execute(update(profiles).where(profiles.c.name == profile.name)
+                             .values(spec=profile.to_dict(), updated_at=now))
+            else:
+                conn.execute(insert(profiles).values(name=profile.name, spec=profile.to_dict(),
+                                                     created_at=now, updated_at=now))
+            self._audit(conn, actor, "profile.update" if exists else "profile.add", profile.name,
+                        profile.to_dict())
+        return profile
+
+    def profile(self, name: str) -> Profile:
+        with self.db.engine.connect() as conn:
+            return self._profile(conn, name)
+
+    @staticmethod
+    def _profile(conn: Connection, name: str) -> Profile:
+        spec = conn.execute(select(profiles.c.spec).where(profiles.c.name == name)).scalar()
+        if spec is None:
+            raise NotFound(f"unknown profile {name!r}: see 'rapki profile list'")
+        return Profile.from_dict(spec)
+
+    def profiles(self) -> list[Profile]:
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(select(profiles.c.spec).order_by(profiles.c.name)).scalars().all()
+        return [Profile.from_dict(spec) for spec in rows]
+
+    def remove_profile(self, name: str, *, actor: str | None = None) -> None:
+        with self.db.engine.begin() as conn:
+            self._profile(conn, name)
+            conn.execute(profiles.delete().where(profiles.c.name == name))
+            self._audit(conn, actor, "profile.remove", name, None)
+
+    # --- issuance -----------------------------------------------------------------------------
+    def issue(self, profile: str | Profile, *, cn: str | None = None, sans: Sequence[str] = (),
+              csr: bytes | x509.CertificateSigningRequest | None = None, key_type: KeyType | str | None = None,
+              ttl: timedelta | None = None, actor: str | None = None, supersedes: str | None = None,
+              ) -> IssuedCertificate:
+        """Issue a workload certificate under ``profile``.
+
+        With ``csr`` the CSR's key and names are used (and must fit the profile); otherwise a key
+        of ``key_type`` (default: the profile's first) is made here and returned with the result.
+        """
+        prof = profile if isinstance(profile, Profile) else self.profile(profile)
+        requested_sans = SubjectAltNames.parse(list(sans))
+        private_key: PrivateKey | None = None
+        public_key: PublicKey
+        if csr is not None:
+            if key_type is not None:
+                raise InvalidInput("give a CSR or a key type, not both")
+            content = read_csr(csr if isinstance(csr, x509.CertificateSigningRequest) else load_csr(csr))
+            if cn is not None and content.common_name is not None and cn != content.common_name:
+                raise PolicyViolation(f"the CSR's CN {content.common_name!r} differs from the requested CN {cn!r}")
+            cn = cn or content.common_name
+            requested_sans = requested_sans.merged(content.sans)
+            kt, public_key = content.key_type, content.public_key
+            prof.check_key_type(kt)
+        else:
+            kt = KeyType.parse(key_type) if isinstance(key_type, str) else (key_type or prof.key_types[0])
+            prof.check_key_type(kt)
+            private_key = None  # generated after every policy check passed
+        if not cn:
+            raise InvalidInput("a CN is required (the subject CN becomes the STS source identity)")
+        prof.check_cn(cn)
+        for name in requested_sans.dns:
+            prof.check_dns(name)
+        for uri in requested_sans.uri:
+            prof.check_uri(uri)
+        lifetime = prof.ttl(ttl)
+        if csr is None:
+            private_key = kt.generate()
+            public_key = private_key.public_key()
+        issuer = self.issuer()
+        issuer_key = self.issuer_key(issuer)
+        now = datetime.now(UTC)
+        not_after = min(now + lifetime, issuer.not_after)
+        if not_after <= now + timedelta(minutes=5):
+            raise PolicyViolation(f"{issuer.name} expires at {issuer.not_after:%Y-%m-%d %H:%M}Z: rotate it "
+                                  "with 'rapki ca sign-intermediate'")
+        for _attempt in range(5):
+            spec = LeafSpec(cn, requested_sans, public_key, random_serial(self.config.serial_bytes),
+                            now - BACKDATE, not_after)
+            cert = build_leaf(spec, issuer_cert=issuer.certificate, issuer_aki=issuer.aki,
+                              issuer_key=issuer_key, issuer_key_type=issuer.key_type)
+            problems = leaf_problems(cert)
+            if problems:  # a bug or a profile that lets through what Roles Anywhere refuses
+                raise PolicyViolation("the certificate would be refused by Roles Anywhere: " + "; ".join(problems))
+            try:
+                self._record(cert, issuer, prof.name, kt, requested_sans, actor, supersedes)
+            except IntegrityError:
+                continue  # serial collision: draw again
+            return IssuedCertificate(cert, (issuer.certificate,), prof.name, private_key)
+        raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
+
+    def _record(self, cert: x509.Certificate, issuer: Issuer, profile: str, key_type: KeyType,
+                sans: SubjectAltNames, actor: str | None, supersedes: str | None) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        der = cert.public_bytes(serialization.Encoding.DER)
+        serial = serial_hex(cert.serial_number)
+        cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+        now = datetime.now(UTC)
+        with self.db.engine.begin() as conn:
+            conn.execute(insert(certificates).values(
+                issuer_id=issuer.id, serial=serial, subject=cert.subject.rfc4514_string(),
+                common_name=cn, sans=sans.as_list(), profile=profile, key_type=key_type.value,
+                not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                fingerprint=hashlib.sha256(der).hexdigest(), der=der, created_at=now,
+            ))
+            if supersedes:
+                conn.execute(update(certificates).where(certificates.c.serial == supersedes)
+                             .values(superseded_by=serial))
+            self._audit(conn, actor, "certificate.renew" if supersedes else "certificate.issue", serial,
+                        {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes})
+
+    # --- inventory ----------------------------------------------------------------------------
+    def _to_record(self, row: Row[Any]) -> CertificateRecord:
+        return CertificateRecord(
+            serial=row.serial, issuer=self._issuer_by_id(row.issuer_id).name, subject=row.subject,
+            common_name=row.common_name, sans=list(row.sans), profile=row.profile, key_type=row.key_type,
+            not_before=_utc(row.not_before), not_after=_utc(row.not_after),
+            revoked_at=_utc(row.revoked_at) if row.revoked_at else None,
+            revocation_reason=row.revocation_reason, superseded_by=row.superseded_by,
+            fingerprint=row.fingerprint, der=row.der,
+        )
+
+    def find(self, serial: str | int) -> CertificateRecord:
+        with self.db.engine.connect() as conn:
+            return self._to_record(self._find_row(conn, serial))
+
+    def _find_row(self, conn: Connection, serial: str | int) -> Row[Any]:
+        candidates = [serial] if isinstance(serial, int) else parse_serial(serial)
+        for candidate in candidates:
+            rows = conn.execute(select(certificates).where(certificates.c.serial == serial_hex(candidate))).all()
+            if len(rows) > 1:
+                raise InvalidInput(f"serial {serial} exists under several issuing CAs: use the fingerprint")
+            if rows:
+                return rows[0]
+        raise NotFound(f"no certificate with serial {serial}: see 'rapki list'")
+
+    def list(self, *, status: str | None = None, profile: str | None = None,
+             expiring_within: timedelta | None = None, limit: int | None = None) -> list[CertificateRecord]:
+        now = datetime.now(UTC)
+        query = select(certificates).order_by(certificates.c.id)
+        if profile:
+            query = query.where(certificates.c.profile == profile)
+        if status == "revoked":
+            query = query.where(certificates.c.revoked_at.is_not(None))
+        elif status == "expired":
+            query = query.where(and_(certificates.c.revoked_at.is_(None), certificates.c.not_after <= now))
+        elif status == "active":
+            query = query.where(and_(certificates.c.revoked_at.is_(None), certificates.c.not_after > now))
+        elif status is not None:
+            raise InvalidInput(f"unknown status {status!r}: use active, revoked or expired")
+        if expiring_within is not None:
+            query = query.where(and_(certificates.c.not_after > now,
+                                     certificates.c.not_after <= now + expiring_within))
+        if limit:
+            query = query.limit(limit)
+        with self.db.engine.connect() as conn:
+            return [self._to_record(row) for row in conn.execute(query)]
+
+    # --- revocation ---------------------------------------------------------------------------
+    def revoke(self, serial: str | int, *, reason: str | x509.ReasonFlags | None = None,
+               actor: str | None = None) -> Revocation:
+        """Revoke by serial. Revoking twice changes nothing and says so (``already_revoked``)."""
+        flag = reason if isinstance(reason, x509.ReasonFlags) else parse_reason(reason)
+        now = datetime.now(UTC)
+        with self.db.engine.begin() as conn:
+            row = self._find_row(conn, serial)
+            if row.revoked_at is not None:
+                return Revocation(self._to_record(row), already_revoked=True)
+            changed = conn.execute(
+                update(certificates)
+                .where(and_(certificates.c.id == row.id, certificates.c.revoked_at.is_(None)))
+                .values(revoked_at=now, revocation_reason=flag.value)
+            ).rowcount
+            if not changed:  # a concurrent revoke won the race
+                row = conn.execute(select(certificates).where(certificates.c.id == row.id)).one()
+                return Revocation(self._to_record(row), already_revoked=True)
+            self._audit(conn, actor, "certificate.revoke", row.serial, {"reason": flag.value})
+            row = conn.execute(select(certificates).where(certificates.c.id == row.id)).one()
+        return Revocation(self._to_record(row), already_revoked=False)
+
+    # --- CRLs ---------------------------------------------------------------------------------
+    def revoked_entries(self, conn: Connection, issuer: Issuer, now: datetime) -> list[RevokedEntry]:
+        """Revoked and unexpired certificates of ``issuer`` (RFC 5280 lets expired entries go)."""
+        rows = conn.execute(
+            select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason)
+            .where(and_(certificates.c.issuer_id == issuer.id, certificates.c.revoked_at.is_not(None),
+                        certificates.c.not_after > now))
+        )
+        reasons = {r.value: r for r in x509.ReasonFlags}
+        return [RevokedEntry(int(s, 16), _utc(at), reasons[reason]) for s, at, reason in rows]
+
+    def build_crl(self, issuer: str | None = None, *, validity: timedelta | None = None,
+                  actor: str | None = None) -> BuiltCrl:
+        """Sign a new CRL with the next CRLNumber (strictly increasing, never reused: the number is
+        taken and the CRL recorded in one transaction, which concurrent builders serialise on)."""
+        target = self.issuer(issuer)
+        key = self.issuer_key(target)
+        validity = validity or self.config.crl_validity
+        with self.db.engine.begin() as conn:
+            number = conn.execute(
+                update(crl_state).where(crl_state.c.issuer_id == target.id)
+                .values(crl_number=crl_state.c.crl_number + 1).returning(crl_state.c.crl_number)
+            ).scalar_one()
+            now = datetime.now(UTC).replace(microsecond=0)
+            entries = self.revoked_entries(conn, target, now)
+            next_update = min(now + validity, target.not_after)
+            built = build_crl(entries, issuer_cert=target.certificate, issuer_key=key, number=number,
+                              this_update=now, next_update=next_update)
+            check_size(built)  # raises before anything is recorded: the number is not consumed
+            conn.execute(update(crl_state).where(crl_state.c.issuer_id == target.id).values(
+                this_update=now, next_update=next_update, entries=built.entries, der=built.der))
+            self._audit(conn, actor, "crl.build", target.name, {"crl_number": number, "entries": built.entries})
+        return built
+
+    def crl_state(self, issuer: str | None = None) -> dict[str, Any]:
+        target = self.issuer(issuer)
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(crl_state).where(crl_state.c.issuer_id == target.id)).one()
+        return {
+            "issuer": target.name, "crl_number": row.crl_number,
+            "this_update": _utc(row.this_update) if row.this_update else None,
+            "next_update": _utc(row.next_update) if row.next_update else None,
+            "entries": row.entries, "der": row.der,
+        }
+
+    # --- audit --------------------------------------------------------------------------------
+    def audit(self, actor: str | None, action: str, target: str, details: dict[str, Any] | None = None) -> None:
+        with self.db.engine.begin() as conn:
+            self._audit(conn, actor, action, target, details)
+
+    @staticmethod
+    def _audit(conn: Connection, actor: str | None, action: str, target: str,
+               details: dict[str, Any] | None) -> None:
+        conn.execute(insert(audit_log).values(at=datetime.now(UTC), actor=actor or local_actor(),
+                                              action=action, target=target, details=details))
+
+    def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)).all()
+        return [{"at": _utc(r.at).isoformat(), "actor": r.actor, "action": r.action, "target": r.target,
+                 "details": r.details} for r in rows]

@@ -1,0 +1,180 @@
+"""The rapki home directory: its layout, its TOML config and the CA passphrase.
+
+Layout (all paths relative to the home)::
+
+    rapki.toml          config (this module)
+    passphrase          0600, generated at init unless $RAPKI_PASSPHRASE or --passphrase-file is used
+    rapki.db            SQLite database (unless $RAPKI_DATABASE_URL / [database].url points elsewhere)
+    ca/root.pem         root certificate
+    ca/root.key.pem     root key, encrypted PKCS#8 (absent with --offline-root)
+    ca/issuing-N.pem    issuing CA certificates; ca/issuing-N.key.pem their encrypted keys
+
+Precedence for every setting: environment variable, then ``rapki.toml``, then the built-in default.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from pki.durations import format_duration, parse_duration
+from pki.errors import InvalidInput, NotARapkiHome
+from pki.keys import KeyType, write_private
+
+CONFIG_NAME = "rapki.toml"
+CONFIG_VERSION = 1
+MIN_SERIAL_BYTES = 9  # >= 64 random bits after clearing the sign bit
+MAX_SERIAL_BYTES = 20  # RFC 5280 and Roles Anywhere limit
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings read from ``rapki.toml``; every field has a production default."""
+
+    key_type: KeyType = KeyType.EC_P256
+    serial_bytes: int = 16
+    database_url: str = ""  # empty: sqlite file rapki.db in the home
+    sqlite_synchronous: str = "normal"
+    passphrase_file: str = ""  # relative to the home, or absolute
+    crl_validity: timedelta = timedelta(days=7)
+    crl_republish_before: timedelta = timedelta(days=2)
+    extra: dict[str, Any] = field(default_factory=dict)  # sections owned by other components
+
+    def __post_init__(self) -> None:
+        if not MIN_SERIAL_BYTES <= self.serial_bytes <= MAX_SERIAL_BYTES:
+            raise InvalidInput(
+                f"serial_bytes must be between {MIN_SERIAL_BYTES} and {MAX_SERIAL_BYTES}, "
+                f"not {self.serial_bytes}"
+            )
+        if self.sqlite_synchronous not in ("off", "normal", "full", "extra"):
+            raise InvalidInput("sqlite_synchronous must be one of off, normal, full, extra")
+
+    def to_toml(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "rapki": {"config_version": CONFIG_VERSION},
+            "ca": {"key_type": self.key_type.value, "serial_bytes": self.serial_bytes},
+            "database": {"url": self.database_url, "sqlite_synchronous": self.sqlite_synchronous},
+            "passphrase": {"file": self.passphrase_file},
+            "crl": {
+                "validity": format_duration(self.crl_validity),
+                "republish_before": format_duration(self.crl_republish_before),
+            },
+        }
+        for section, values in self.extra.items():
+            doc[section] = values
+        return doc
+
+    @classmethod
+    def from_toml(cls, doc: dict[str, Any]) -> Config:
+        known = {"rapki", "ca", "database", "passphrase", "crl"}
+        ca, db = doc.get("ca", {}), doc.get("database", {})
+        crl = doc.get("crl", {})
+        return cls(
+            key_type=KeyType.parse(ca.get("key_type", KeyType.EC_P256.value)),
+            serial_bytes=int(ca.get("serial_bytes", 16)),
+            database_url=str(db.get("url", "")),
+            sqlite_synchronous=str(db.get("sqlite_synchronous", "normal")).lower(),
+            passphrase_file=str(doc.get("passphrase", {}).get("file", "")),
+            crl_validity=parse_duration(crl.get("validity", "7d")),
+            crl_republish_before=parse_duration(crl.get("republish_before", "2d")),
+            extra={k: v for k, v in doc.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True)
+class Home:
+    """A rapki home directory on disk."""
+
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG_NAME
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.path / "ca"
+
+    @property
+    def root_cert_path(self) -> Path:
+        return self.ca_dir / "root.pem"
+
+    @property
+    def root_key_path(self) -> Path:
+        return self.ca_dir / "root.key.pem"
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def require(self) -> Home:
+        if not self.path.is_dir():
+            raise NotARapkiHome(f"{self.path} does not exist: run 'rapki init --home {self.path}' first")
+        if not self.exists():
+            raise NotARapkiHome(f"{self.path} is not a rapki home (no {CONFIG_NAME}): run 'rapki init'")
+        return self
+
+    def load_config(self) -> Config:
+        self.require()
+        try:
+            doc = tomllib.loads(self.config_path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise NotARapkiHome(f"{self.config_path} cannot be read: {exc}") from exc
+        if "rapki" not in doc:
+            raise NotARapkiHome(f"{self.config_path} is not a rapki config (no [rapki] section)")
+        return Config.from_toml(doc)
+
+    def save_config(self, config: Config) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.config_path.with_suffix(".toml.tmp")
+        tmp.write_text(tomli_w.dumps(config.to_toml()))
+        os.replace(tmp, self.config_path)
+
+    def update_section(self, section: str, values: dict[str, Any]) -> Config:
+        """Merge ``values`` into a component-owned ``[section]`` of the config and save it."""
+        config = self.load_config()
+        extra = dict(config.extra)
+        extra[section] = {**extra.get(section, {}), **values}
+        config = replace(config, extra=extra)
+        self.save_config(config)
+        return config
+
+    def database_url(self, config: Config) -> str:
+        url = os.environ.get("RAPKI_DATABASE_URL") or config.database_url
+        return url or f"sqlite:///{(self.path / 'rapki.db').resolve()}"
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else self.path / path
+
+    def passphrase(self, config: Config) -> bytes:
+        """The CA key passphrase: $RAPKI_PASSPHRASE, else the configured passphrase file."""
+        env = os.environ.get("RAPKI_PASSPHRASE")
+        if env:
+            return env.encode()
+        if not config.passphrase_file:
+            raise InvalidInput(
+                "no CA passphrase: set $RAPKI_PASSPHRASE or [passphrase].file in rapki.toml"
+            )
+        return read_passphrase_file(self.resolve(config.passphrase_file))
+
+    def create_passphrase_file(self) -> bytes:
+        value = secrets.token_urlsafe(32).encode()
+        write_private(self.path / "passphrase", value + b"\n")
+        return value
+
+
+def read_passphrase_file(path: Path) -> bytes:
+    try:
+        value = path.read_bytes().strip()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read the passphrase file {path}: {exc.strerror}") from exc
+    if not value:
+        raise InvalidInput(f"the passphrase file {path} is empty")
+    return value

@@ -1,0 +1,56 @@
+"""``Pem``: a small value wrapping PEM bytes, with the few things callers do with them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from pki.errors import InvalidInput
+from pki.keys import write_private
+
+
+@dataclass(frozen=True)
+class Pem:
+    data: bytes
+
+    @classmethod
+    def of_certificates(cls, certs: Iterable[x509.Certificate]) -> Pem:
+        return cls(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+
+    def text(self) -> str:
+        return self.data.decode("ascii")
+
+    def write_to_path(self, path: Path, *, secret: bool = False) -> Path:
+        """Write atomically; secrets are created 0600."""
+        path = Path(path)
+        if secret:
+            write_private(path, self.data)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(self.data)
+            os.replace(tmp, path)
+        return path
+
+
+def load_certificates(data: bytes, *, what: str = "certificate") -> list[x509.Certificate]:
+    """All certificates of a PEM bundle (or one DER certificate)."""
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs = [x509.load_der_x509_certificate(data)]
+    except ValueError as exc:
+        raise InvalidInput(f"the {what} is not a valid X.509 certificate: {exc}") from exc
+    if not certs:
+        raise InvalidInput(f"no {what} found")
+    return certs
+
+
+def load_certificate(data: bytes, *, what: str = "certificate") -> x509.Certificate:
+    return load_certificates(data, what=what)[0]

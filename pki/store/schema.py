@@ -1,0 +1,96 @@
+"""Tables. Changes here need a new alembic revision in ``migrations/versions``."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+issuers = Table(
+    "issuers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("subject", Text, nullable=False),
+    Column("ski", String(64), nullable=False),
+    Column("key_type", String(16), nullable=False),
+    Column("key_ref", Text, nullable=False),  # path relative to the home, or a pkcs11:/kms: URI
+    Column("der", LargeBinary, nullable=False),
+    Column("not_before", DateTime(timezone=True), nullable=False),
+    Column("not_after", DateTime(timezone=True), nullable=False),
+    Column("active", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("issuer_id", Integer, ForeignKey("issuers.id"), nullable=False),
+    Column("serial", String(42), nullable=False),  # lowercase hex, no leading zeros
+    Column("subject", Text, nullable=False),
+    Column("common_name", String(64), nullable=False),
+    Column("sans", JSON, nullable=False),
+    Column("profile", String(64), nullable=False),
+    Column("key_type", String(16), nullable=False),
+    Column("not_before", DateTime(timezone=True), nullable=False),
+    Column("not_after", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("revocation_reason", String(32), nullable=True),
+    Column("superseded_by", String(42), nullable=True),
+    Column("fingerprint", String(64), nullable=False, unique=True),  # SHA-256 of the DER
+    Column("der", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("issuer_id", "serial", name="uq_certificates_issuer_serial"),
+    Index("ix_certificates_serial", "serial"),
+    Index("ix_certificates_revoked", "issuer_id", "revoked_at", "not_after"),
+    Index("ix_certificates_profile", "profile"),
+    Index("ix_certificates_not_after", "not_after"),
+)
+
+crl_state = Table(
+    "crl_state",
+    metadata,
+    Column("issuer_id", Integer, ForeignKey("issuers.id"), primary_key=True),
+    Column("crl_number", BigInteger, nullable=False, default=0),
+    Column("this_update", DateTime(timezone=True), nullable=True),
+    Column("next_update", DateTime(timezone=True), nullable=True),
+    Column("entries", Integer, nullable=False, default=0),
+    Column("der", LargeBinary, nullable=True),  # the last CRL built
+)
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("spec", JSON, nullable=False),  # pki.profiles.Profile.to_dict()
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(255), nullable=False),
+    Column("details", JSON, nullable=True),  # never secrets
+    Index("ix_audit_log_at", "at"),
+)
