@@ -38,7 +38,14 @@ from pki.issuance import (
     load_csr,
     read_csr,
 )
-from pki.keys import KeyType, PrivateKey, PublicKey, load_private_key, private_key_pem, public_key_matches
+from pki.keys import (
+    KeyType,
+    PrivateKey,
+    PublicKey,
+    load_private_key,
+    private_key_pem,
+    public_key_matches,
+)
 from pki.pem import Pem, load_certificate
 from pki.preflight import leaf_problems
 from pki.profiles import Profile

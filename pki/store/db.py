@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from pki.errors import InvalidInput, Unavailable
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"  # bump with every new revision in migrations/versions
 
 
 class Database:

@@ -94,3 +94,48 @@ audit_log = Table(
     Column("details", JSON, nullable=True),  # never secrets
     Index("ix_audit_log_at", "at"),
 )
+
+enrollment_tokens = Table(
+    "enrollment_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("profile", String(64), nullable=False),
+    Column("cn", String(255), nullable=False),
+    Column("cn_is_pattern", Boolean, nullable=False),
+    Column("uses_left", Integer, nullable=False),
+    Column("max_uses", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(255), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+)
+
+operator_tokens = Table(
+    "operator_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("name", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(255), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+crl_publications = Table(
+    "crl_publications",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("issuer_id", Integer, ForeignKey("issuers.id"), nullable=False),
+    Column("trust_anchor_arn", String(255), nullable=False),
+    Column("crl_id", String(64), nullable=False),
+    Column("crl_arn", String(255), nullable=True),
+    Column("crl_name", String(255), nullable=False),
+    Column("crl_number", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=False),
+    Index("ix_crl_publications_anchor", "trust_anchor_arn", "issuer_id"),
+)

@@ -1,1 +1,260 @@
-"""CA commands: init, ca, profile, issue, revoke, list, show, crl (being filled in)."""
+"""``rapki init``, ``rapki ca ...`` and ``rapki profile ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pki.authority import CertificateAuthority, InitOptions
+from pki.durations import format_duration, parse_duration
+from pki.errors import Conflict, InvalidInput
+from pki.home import Home
+from pki.keys import KeyType
+from pki.pem import Pem
+from pki.profiles import Profile, RolesAnywhereBinding
+from service.cli.base import echo_json, home_option, json_option, main, resolve_home
+
+KEY_TYPES = [k.value for k in KeyType]
+
+
+def open_ca(home: Path | None) -> CertificateAuthority:
+    return CertificateAuthority.open(resolve_home(home))
+
+
+def progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@main.command()
+@home_option
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default="ec-p256", show_default=True,
+              help="Key type of the root and issuing CA.")
+@click.option("--org", "organization", default="rapki", show_default=True, help="Subject O of the CA certificates.")
+@click.option("--country", default=None, help="Subject C (two letters) of the CA certificates.")
+@click.option("--root-cn", default="rapki Root CA", show_default=True)
+@click.option("--issuing-cn", default="rapki Issuing CA 1", show_default=True)
+@click.option("--root-lifetime", default="10y", show_default=True)
+@click.option("--issuing-lifetime", default="3y", show_default=True)
+@click.option("--root-path-len", type=click.IntRange(0, 5), default=1, show_default=True)
+@click.option("--issuing-path-len", type=click.IntRange(0, 4), default=0, show_default=True)
+@click.option("--offline-root", "offline_root", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the (encrypted) root key here instead of the home; move it offline afterwards.")
+@click.option("--passphrase-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Read the CA key passphrase from this file (default: $RAPKI_PASSPHRASE, else generate "
+                   "HOME/passphrase, mode 0600).")
+@click.option("--serial-bytes", type=click.IntRange(9, 20), default=16, show_default=True,
+              help="Length of new certificate serials (shorter fits more entries in a CRL).")
+@json_option
+def init(home: Path | None, key_type: str, organization: str, country: str | None, root_cn: str,
+         issuing_cn: str, root_lifetime: str, issuing_lifetime: str, root_path_len: int,
+         issuing_path_len: int, offline_root: Path | None, passphrase_file: Path | None,
+         serial_bytes: int, as_json: bool) -> None:
+    """Create a rapki home: config, root CA, issuing CA and database."""
+    if country is not None and len(country) != 2:
+        raise InvalidInput("--country must be a two-letter ISO 3166 code")
+    if issuing_path_len >= root_path_len:
+        raise InvalidInput("--issuing-path-len must be lower than --root-path-len")
+    import os
+
+    env_passphrase = os.environ.get("RAPKI_PASSPHRASE")
+    options = InitOptions(
+        key_type=KeyType(key_type), organization=organization or None, country=country,
+        root_cn=root_cn, issuing_cn=issuing_cn, root_lifetime=parse_duration(root_lifetime),
+        issuing_lifetime=parse_duration(issuing_lifetime), root_path_length=root_path_len,
+        issuing_path_length=issuing_path_len, offline_root_key_out=offline_root,
+        passphrase_file=passphrase_file, serial_bytes=serial_bytes,
+    )
+    target = resolve_home(home)
+    if Home(target).exists():
+        raise Conflict(f"{target} is already a rapki home: refusing to overwrite its CA")
+    progress(f"creating {key_type} root and issuing CA in {target} ...")
+    passphrase = env_passphrase.encode() if env_passphrase and not passphrase_file else None
+    ca = CertificateAuthority.init(target, options, passphrase=passphrase)
+    issuer = ca.issuer()
+    summary = {
+        "home": str(ca.home.path),
+        "root": ca.root_certificate.subject.rfc4514_string(),
+        "issuing_ca": issuer.certificate.subject.rfc4514_string(),
+        "root_key": str(offline_root or ca.home.root_key_path),
+        "database": ca.db.url,
+    }
+    if as_json:
+        echo_json(summary)
+        return
+    click.echo(f"Initialised {summary['home']}")
+    click.echo(f"  root CA:    {summary['root']}")
+    click.echo(f"  issuing CA: {summary['issuing_ca']}")
+    if offline_root:
+        click.echo(f"  root key:   {offline_root}  <- move it offline; "
+                   "'rapki ca sign-intermediate --root-key' needs it")
+    if ca.config.passphrase_file == "passphrase":
+        click.echo(f"  passphrase: {ca.home.path / 'passphrase'} (0600; keep it apart from backups of the keys)")
+    click.echo("Next: rapki profile add NAME --cn-pattern REGEX")
+
+
+@main.group()
+def ca() -> None:
+    """The CA hierarchy: chain, root, issuing CAs and rotation."""
+
+
+@ca.command("chain")
+@home_option
+def ca_chain(home: Path | None) -> None:
+    """Print the issuing chain (intermediates, the X-Amz-X509-Chain content), PEM."""
+    click.echo(Pem.of_certificates(open_ca(home).chain()).text(), nl=False)
+
+
+@ca.command("root")
+@home_option
+def ca_root(home: Path | None) -> None:
+    """Print the root CA certificate, PEM."""
+    click.echo(Pem.of_certificates([open_ca(home).root_certificate]).text(), nl=False)
+
+
+@ca.command("list")
+@home_option
+@json_option
+def ca_list(home: Path | None, as_json: bool) -> None:
+    """List the issuing CAs (the active one signs new certificates)."""
+    rows = [
+        {"name": i.name, "subject": i.certificate.subject.rfc4514_string(), "key_type": i.key_type.value,
+         "not_after": i.not_after.isoformat(), "active": i.active}
+        for i in open_ca(home).issuers()
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        mark = "*" if r["active"] else " "
+        click.echo(f"{mark} {r['name']:<12} {r['key_type']:<9} until {r['not_after'][:10]}  {r['subject']}")
+
+
+@ca.command("sign-intermediate")
+@home_option
+@click.option("--root-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The root key file (needed when the root is kept offline).")
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default=None, help="Default: the home's key type.")
+@click.option("--cn", default=None, help="Subject CN of the new issuing CA.")
+@click.option("--lifetime", default="3y", show_default=True)
+@json_option
+def ca_sign_intermediate(home: Path | None, root_key: Path | None, key_type: str | None, cn: str | None,
+                         lifetime: str, as_json: bool) -> None:
+    """Make a new issuing CA the active one (rotation). Older issuing CAs keep signing CRLs."""
+    authority = open_ca(home)
+    progress("signing a new issuing CA ...")
+    issuer = authority.sign_intermediate(root_key_path=root_key, key_type=KeyType(key_type) if key_type else None,
+                                         cn=cn, lifetime=parse_duration(lifetime))
+    info = {"name": issuer.name, "subject": issuer.certificate.subject.rfc4514_string(),
+            "not_after": issuer.not_after.isoformat()}
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(f"{info['name']} is now the active issuing CA: {info['subject']} (until {info['not_after'][:10]})")
+
+
+# --- profiles ---------------------------------------------------------------------------------
+@main.group()
+def profile() -> None:
+    """Issuance profiles: which names, key types and lifetimes are allowed (deny by default)."""
+
+
+def _profile_options(func):  # type: ignore[no-untyped-def]
+    options = [
+        click.option("--cn-pattern", required=True, help="Regular expression every CN must fully match."),
+        click.option("--san-dns-pattern", multiple=True, help="Regex a DNS SAN must fully match (repeatable)."),
+        click.option("--san-uri-pattern", multiple=True, help="Regex a URI SAN must fully match (repeatable)."),
+        click.option("--key-types", default=",".join(KEY_TYPES), show_default=True,
+                     help="Comma-separated key types allowed; the first is the default."),
+        click.option("--default-ttl", default="24h", show_default=True),
+        click.option("--max-ttl", default="30d", show_default=True),
+        click.option("--profile-arn", default="", help="Roles Anywhere profile ARN."),
+        click.option("--trust-anchor-arn", default="", help="Roles Anywhere trust anchor ARN."),
+        click.option("--role-arn", "role_arns", multiple=True, help="Role ARN (repeatable)."),
+        click.option("--session-duration", type=int, default=3600, show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _build_profile(name: str, cn_pattern: str, san_dns_pattern: tuple[str, ...],
+                   san_uri_pattern: tuple[str, ...], key_types: str, default_ttl: str, max_ttl: str,
+                   profile_arn: str, trust_anchor_arn: str, role_arns: tuple[str, ...],
+                   session_duration: int) -> Profile:
+    return Profile(
+        name=name, cn_pattern=cn_pattern, san_dns_patterns=san_dns_pattern, san_uri_patterns=san_uri_pattern,
+        key_types=tuple(KeyType.parse(k) for k in key_types.split(",") if k.strip()),
+        default_ttl=parse_duration(default_ttl), max_ttl=parse_duration(max_ttl),
+        roles_anywhere=RolesAnywhereBinding(profile_arn=profile_arn, role_arns=role_arns,
+                                            trust_anchor_arn=trust_anchor_arn,
+                                            session_duration=session_duration),
+    )
+
+
+@profile.command("add")
+@home_option
+@click.argument("name")
+@_profile_options
+@json_option
+def profile_add(home: Path | None, name: str, as_json: bool, **fields: object) -> None:
+    """Add profile NAME."""
+    saved = open_ca(home).add_profile(_build_profile(name, **fields))  # type: ignore[arg-type]
+    _print_profile(saved, as_json, verb="added")
+
+
+@profile.command("update")
+@home_option
+@click.argument("name")
+@_profile_options
+@json_option
+def profile_update(home: Path | None, name: str, as_json: bool, **fields: object) -> None:
+    """Replace profile NAME with the options given."""
+    authority = open_ca(home)
+    authority.profile(name)
+    saved = authority.add_profile(_build_profile(name, **fields), replace=True)  # type: ignore[arg-type]
+    _print_profile(saved, as_json, verb="updated")
+
+
+@profile.command("list")
+@home_option
+@json_option
+def profile_list(home: Path | None, as_json: bool) -> None:
+    """List profiles."""
+    profiles = open_ca(home).profiles()
+    if as_json:
+        echo_json([p.to_dict() for p in profiles])
+        return
+    if not profiles:
+        click.echo("no profiles: nothing can be issued until one is added ('rapki profile add')")
+    for p in profiles:
+        click.echo(f"{p.name:<20} cn={p.cn_pattern!r} ttl={format_duration(p.default_ttl)}/"
+                   f"{format_duration(p.max_ttl)} keys={','.join(k.value for k in p.key_types)}")
+
+
+@profile.command("show")
+@home_option
+@click.argument("name")
+@json_option
+def profile_show(home: Path | None, name: str, as_json: bool) -> None:
+    """Show profile NAME."""
+    _print_profile(open_ca(home).profile(name), as_json)
+
+
+@profile.command("remove")
+@home_option
+@click.argument("name")
+def profile_remove(home: Path | None, name: str) -> None:
+    """Remove profile NAME (certificates already issued stay valid)."""
+    open_ca(home).remove_profile(name)
+    click.echo(f"removed profile {name}")
+
+
+def _print_profile(p: Profile, as_json: bool, verb: str | None = None) -> None:
+    if as_json:
+        echo_json(p.to_dict())
+        return
+    if verb:
+        click.echo(f"{verb} profile {p.name}")
+    for key, value in p.to_dict().items():
+        click.echo(f"  {key}: {value}")

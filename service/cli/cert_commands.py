@@ -1,0 +1,152 @@
+"""``rapki issue``, ``revoke``, ``list``, ``show`` and ``crl build``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pki.crl import REASON_NAMES
+from pki.durations import parse_duration
+from pki.errors import InvalidInput
+from pki.keys import KeyType
+from service.cli.base import echo_json, home_option, json_option, main
+from service.cli.ca_commands import KEY_TYPES, open_ca
+
+
+@main.command()
+@home_option
+@click.option("--profile", "profile_name", required=True, help="Issuance profile.")
+@click.option("--cn", default=None, help="Subject CN (the STS source identity). Taken from the CSR if omitted.")
+@click.option("--san", multiple=True, help="dns:NAME or uri:URI (repeatable).")
+@click.option("--csr", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Sign this CSR (PEM or DER) instead of making a key.")
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default=None,
+              help="Key to make here (default: the profile's first key type).")
+@click.option("--ttl", default=None, help="Lifetime, e.g. 24h (default: the profile's).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for cert.pem, chain.pem and key.pem (0600, only when the key is made here).")
+@json_option
+def issue(home: Path | None, profile_name: str, cn: str | None, san: tuple[str, ...], csr: Path | None,
+          key_type: str | None, ttl: str | None, out: Path, as_json: bool) -> None:
+    """Issue a workload certificate."""
+    if csr is not None and key_type is not None:
+        raise InvalidInput("give --csr or --key-type, not both")
+    authority = open_ca(home)
+    issued = authority.issue(
+        profile_name, cn=cn, sans=san, csr=csr.read_bytes() if csr else None,
+        key_type=KeyType(key_type) if key_type else None, ttl=parse_duration(ttl) if ttl else None,
+    )
+    written = issued.write_to(out)
+    info = {
+        "serial": issued.serial_hex,
+        "subject": issued.certificate.subject.rfc4514_string(),
+        "not_after": issued.certificate.not_valid_after_utc.isoformat(),
+        "files": {k: str(v) for k, v in written.items()},
+    }
+    if as_json:
+        echo_json(info)
+        return
+    click.echo(f"issued {info['serial']} {info['subject']} until {info['not_after']}")
+    for kind, path in info["files"].items():
+        click.echo(f"  {kind}: {path}")
+
+
+@main.command()
+@home_option
+@click.argument("serial")
+@click.option("--reason", type=click.Choice(REASON_NAMES, case_sensitive=False), default=None,
+              help="RFC 5280 reason (default: none, which saves CRL space).")
+@json_option
+def revoke(home: Path | None, serial: str, reason: str | None, as_json: bool) -> None:
+    """Revoke certificate SERIAL (hex as 'rapki list' shows, or decimal)."""
+    result = open_ca(home).revoke(serial, reason=reason)
+    record = result.record
+    if as_json:
+        echo_json({**record.to_dict(), "already_revoked": result.already_revoked})
+        return
+    if result.already_revoked:
+        click.echo(f"{record.serial} was already revoked at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}; nothing changed")
+    else:
+        click.echo(f"revoked {record.serial} ({record.common_name}); run 'rapki crl build' or publish the CRL")
+
+
+@main.command("list")
+@home_option
+@click.option("--status", type=click.Choice(["active", "revoked", "expired"]), default=None)
+@click.option("--profile", "profile_name", default=None)
+@click.option("--expiring-within", default=None, help="Only certificates expiring within this duration, e.g. 7d.")
+@click.option("--limit", type=click.IntRange(1), default=None)
+@json_option
+def list_certificates(home: Path | None, status: str | None, profile_name: str | None,
+                      expiring_within: str | None, limit: int | None, as_json: bool) -> None:
+    """List issued certificates."""
+    records = open_ca(home).list(
+        status=status, profile=profile_name,
+        expiring_within=parse_duration(expiring_within) if expiring_within else None, limit=limit,
+    )
+    if as_json:
+        echo_json([r.to_dict() for r in records])
+        return
+    for r in records:
+        click.echo(f"{r.serial:<40} {r.status():<10} {r.not_after:%Y-%m-%d %H:%M}Z {r.profile:<16} {r.common_name}")
+
+
+@main.command()
+@home_option
+@click.argument("serial")
+@click.option("--pem", "as_pem", is_flag=True, help="Print the certificate PEM.")
+@json_option
+def show(home: Path | None, serial: str, as_pem: bool, as_json: bool) -> None:
+    """Show certificate SERIAL."""
+    record = open_ca(home).find(serial)
+    if as_pem:
+        from pki.pem import Pem
+
+        click.echo(Pem.of_certificates([record.certificate]).text(), nl=False)
+    elif as_json:
+        echo_json(record.to_dict())
+    else:
+        for key, value in record.to_dict().items():
+            click.echo(f"{key + ':':<20} {value}")
+
+
+@main.group()
+def crl() -> None:
+    """Certificate revocation lists."""
+
+
+@crl.command("build")
+@home_option
+@click.option("--issuer", default=None, help="Issuing CA name (default: the active one).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here (default: stdout).")
+@click.option("--format", "fmt", type=click.Choice(["pem", "der"]), default="pem", show_default=True)
+@click.option("--validity", default=None, help="nextUpdate - thisUpdate (default: [crl].validity, 7d).")
+@json_option
+def crl_build(home: Path | None, issuer: str | None, out: Path | None, fmt: str, validity: str | None,
+              as_json: bool) -> None:
+    """Sign a new CRL (next CRLNumber) with the revoked, unexpired certificates."""
+    from pki.crl import ROLES_ANYWHERE_CRL_LIMIT
+
+    built = open_ca(home).build_crl(issuer, validity=parse_duration(validity) if validity else None)
+    data = built.pem if fmt == "pem" else built.der
+    pem_size = len(built.pem)
+    report = {
+        "crl_number": built.number, "entries": built.entries, "pem_bytes": pem_size,
+        "limit_bytes": ROLES_ANYWHERE_CRL_LIMIT, "budget_used": round(pem_size / ROLES_ANYWHERE_CRL_LIMIT, 4),
+        "this_update": built.this_update.isoformat(), "next_update": built.next_update.isoformat(),
+    }
+    if out is not None:
+        from pki.pem import Pem
+
+        Pem(data).write_to_path(out)
+        report["out"] = str(out)
+    elif not as_json:
+        click.get_binary_stream("stdout").write(data)
+    message = (f"CRL #{built.number}: {built.entries} entries, {pem_size:,} bytes PEM "
+               f"({report['budget_used']:.1%} of the Roles Anywhere limit)")
+    if as_json:
+        echo_json(report)
+    else:
+        click.echo(message, err=True)
