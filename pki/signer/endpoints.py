@@ -90,9 +90,7 @@ def resolve_region(trust_anchor_arn: str, profile_arn: str, region: str | None) 
     anchor = Arn.parse(trust_anchor_arn, "trust-anchor-arn")
     profile = Arn.parse(profile_arn, "profile-arn")
     if anchor.region != profile.region:
-        raise InvalidInput(
-            f"trust anchor and profile regions don't match ({anchor.region} vs {profile.region})"
-        )
+        raise InvalidInput(f"trust anchor and profile regions don't match ({anchor.region} vs {profile.region})")
     return region or anchor.region
 
 

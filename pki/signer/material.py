@@ -107,9 +107,7 @@ def parse_bundle(data: bytes, path: str = "intermediates") -> list[x509.Certific
     certs = []
     for kind, block in blocks:
         if kind != "CERTIFICATE":
-            raise MaterialError(
-                f"intermediates bundle {path!r} holds a {kind} block: only certificates belong there"
-            )
+            raise MaterialError(f"intermediates bundle {path!r} holds a {kind} block: only certificates belong there")
         try:
             certs.append(x509.load_pem_x509_certificate(block))
         except ValueError as exc:

@@ -169,7 +169,13 @@ def parse_time(text: str) -> datetime:
 def go_json(value: Any) -> str:
     """Compact JSON escaped like Go's encoding/json (``<``, ``>``, ``&``, U+2028/9 as \\u escapes)."""
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for raw, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(raw, escaped)
     return text
 
@@ -195,7 +201,9 @@ def _connection(endpoint: Endpoint, opts: SessionOptions) -> tuple[http.client.H
         context = tls_context(opts.ca_bundle, opts.no_verify_ssl)
     if proxy is None:
         if context is not None:
-            return http.client.HTTPSConnection(endpoint.hostname, endpoint.port, timeout=opts.timeout, context=context), ""
+            return http.client.HTTPSConnection(
+                endpoint.hostname, endpoint.port, timeout=opts.timeout, context=context
+            ), ""
         return http.client.HTTPConnection(endpoint.hostname, endpoint.port, timeout=opts.timeout), ""
     from urllib.parse import urlsplit
 
@@ -300,7 +308,9 @@ def _parse_success(payload: bytes) -> Credentials:
     return result
 
 
-def hint_for(error: CreateSessionError, material: Material, opts: SessionOptions, endpoint: Endpoint, now: datetime) -> str:
+def hint_for(
+    error: CreateSessionError, material: Material, opts: SessionOptions, endpoint: Endpoint, now: datetime
+) -> str:
     """What a person should check, given the service's error and what was sent."""
     msg = error.message.lower()
     cert = material.certificate
@@ -342,8 +352,7 @@ def hint_for(error: CreateSessionError, material: Material, opts: SessionOptions
         return "the profile must set acceptRoleSessionName to allow --role-session-name; or drop the flag"
     if error.error_type == "ResourceNotFoundException":
         return (
-            f"check --profile-arn, --trust-anchor-arn and --role-arn and the region: the request went to "
-            f"{endpoint.url}"
+            f"check --profile-arn, --trust-anchor-arn and --role-arn and the region: the request went to {endpoint.url}"
         )
     if "duration" in msg:
         return "--session-duration must be 900-43200 seconds and at most the profile's and role's maximum"

@@ -1,0 +1,58 @@
+"""``sign-string`` and ``read-certificate-data``: the helper's diagnostic commands.
+
+``sign-string`` signs the helper's fixed test string, which binds the signature to the public key:
+``"AWS Roles Anywhere Credential Helper Signing Test" || "1" || SHA256("IAM RA" || public key)``,
+the public key being the uncompressed EC point or the PKCS#1 RSA public key. Tools built on the
+helper (e.g. checks that a key is usable before enrolling it) verify against exactly that string.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from pki.keys import PrivateKey
+from pki.signer.material import _read, key_type_label, parse_certificate
+from pki.signer.session import go_json
+
+FIXED_STRING_PREFIX = b"AWS Roles Anywhere Credential Helper Signing Test"
+SIGN_STRING_TEST_VERSION = 1
+_DIGESTS = {"SHA256": hashes.SHA256, "SHA384": hashes.SHA384, "SHA512": hashes.SHA512}
+
+
+def fixed_string_to_sign(public_key: object) -> bytes:
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    elif isinstance(public_key, rsa.RSAPublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    else:
+        raw = b""
+    suffix = hashlib.sha256(b"IAM RA" + raw).digest() if raw else b""
+    return FIXED_STRING_PREFIX + str(SIGN_STRING_TEST_VERSION).encode() + suffix
+
+
+def sign_fixed_string(key: PrivateKey, digest: str = "SHA256") -> bytes:
+    """The signature bytes: PKCS#1 v1.5 for RSA, DER ECDSA for EC, over the chosen digest."""
+    algorithm = _DIGESTS[digest.upper()]()
+    data = fixed_string_to_sign(key.public_key())
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(data, padding.PKCS1v15(), algorithm)
+    return key.sign(data, ec.ECDSA(algorithm))
+
+
+def certificate_data(path: str) -> str:
+    """The helper's JSON: keyType, certificateData (base64 DER), serialNumber (decimal), algorithms."""
+    cert = parse_certificate(_read(path, "certificate"), path)
+    kind = key_type_label(cert.public_key())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return go_json(
+        {
+            "keyType": kind,
+            "certificateData": base64.b64encode(der).decode(),
+            "serialNumber": str(cert.serial_number),
+            "supportedAlgorithms": [f"{kind}SHA256", f"{kind}SHA384", f"{kind}SHA512"],
+        }
+    )
