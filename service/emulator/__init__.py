@@ -1,0 +1,22 @@
+"""A local IAM Roles Anywhere: the control plane of the botocore model plus ``POST /sessions``.
+
+What it is for: running rapki's CA, CRL publisher and signer end to end without an AWS account,
+with the same paths, JSON shapes, validations and error messages as the service, and with the
+SigV4-X509 signature and certificate path checked the way the service checks them.
+
+Serving decision: ``rapki emulator`` runs under gunicorn (never the Flask development server)
+with **one worker process and a pool of threads** (``gthread``; 8 threads by default). The state
+lives in that one process, guarded by one re-entrant lock, and every write is saved atomically to
+the JSON state file before the response is sent, so a restart sees every acknowledged write. One
+process keeps state consistent without cross-process locking or reloading; CreateSession, the
+hot path, holds the lock only to copy a few fields and does its cryptography outside it, with
+parsed trust anchors, CRLs and verified issuer links cached. Several processes would need shared
+state on disk re-read on every call, costing more than the extra cores would bring for a test
+double. Fault settings and counters are per process too, which one process keeps exact.
+
+In-process use for fast tests: ``create_app(state_path=..., clock=...)`` and Flask's test client.
+"""
+
+from service.emulator.app import DEFAULT_ACCOUNT, DEFAULT_REGION, create_app
+
+__all__ = ["DEFAULT_ACCOUNT", "DEFAULT_REGION", "create_app"]

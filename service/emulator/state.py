@@ -1,0 +1,138 @@
+"""The emulator's state: resources per account and region, kept in memory and saved as JSON.
+
+Layout of the state file (camelCase details are exactly what the API returns)::
+
+    {"version": 1,
+     "accounts": {"<account>": {"<region>": {
+         "trustAnchors": {"<id>": TrustAnchorDetail}, "profiles": {"<id>": ProfileDetail},
+         "crls": {"<id>": CrlDetail (crlData as base64)}, "subjects": {"<id>": SubjectDetail},
+         "tags": {"<arn>": {"<key>": "<value>"}}}}}}
+
+Every write runs under one lock and ends with an atomic save (temporary file, fsync, rename), so
+a crash never leaves a half-written file and a restart sees every acknowledged write. Reads take
+the same lock only for the short time needed to copy what they return.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+STATE_VERSION = 1
+RESOURCE_KINDS = ("trustAnchors", "profiles", "crls", "subjects")
+# ARN resource types and the state collection each lives in.
+ARN_KINDS = {"trust-anchor": "trustAnchors", "profile": "profiles", "crl": "crls", "subject": "subjects"}
+_ARN_RE = re.compile(
+    r"^arn:(?P<partition>aws(?:-[a-z-]+)?):rolesanywhere:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
+    r"(?P<type>trust-anchor|profile|crl|subject)/(?P<id>[0-9a-f-]{36})$"
+)
+
+
+def partition_for(region: str) -> str:
+    """``aws-us-gov`` for GovCloud, ``aws-cn`` for China, ``aws`` elsewhere."""
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    if region.startswith("cn-"):
+        return "aws-cn"
+    return "aws"
+
+
+def iso_now(now: datetime | None = None) -> str:
+    """The service's timestamp form: ISO 8601, UTC, milliseconds, ``Z``."""
+    value = (now or datetime.now(UTC)).astimezone(UTC)
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Arn:
+    partition: str
+    region: str
+    account: str
+    type: str
+    id: str
+
+    @property
+    def kind(self) -> str:
+        return ARN_KINDS[self.type]
+
+    def __str__(self) -> str:
+        return f"arn:{self.partition}:rolesanywhere:{self.region}:{self.account}:{self.type}/{self.id}"
+
+    @classmethod
+    def parse(cls, text: str) -> Arn | None:
+        match = _ARN_RE.match(text or "")
+        if match is None:
+            return None
+        return cls(match["partition"], match["region"], match["account"], match["type"], match["id"])
+
+    @classmethod
+    def make(cls, region: str, account: str, type_: str, id_: str) -> Arn:
+        return cls(partition_for(region), region, account, type_, id_)
+
+
+def _empty_region() -> dict[str, Any]:
+    return {"trustAnchors": {}, "profiles": {}, "crls": {}, "subjects": {}, "tags": {}}
+
+
+class EmulatorState:
+    """All resources, one lock, one JSON file (or none: ``path=None`` keeps state in memory)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self.data: dict[str, Any] = self._load()
+
+    def _load(self) -> dict[str, Any]:
+        if self.path is None or not self.path.exists():
+            return {"version": STATE_VERSION, "accounts": {}}
+        data = json.loads(self.path.read_text(encoding="utf-8"))
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(f"{self.path}: unsupported emulator state version {data.get('version')!r}")
+        for regions in data.get("accounts", {}).values():
+            for store in regions.values():
+                for key, value in _empty_region().items():
+                    store.setdefault(key, value)
+        return data
+
+    def region(self, account: str, region: str) -> dict[str, Any]:
+        """The store of one account/region, created empty on first use (not saved until a write)."""
+        regions = self.data["accounts"].setdefault(account, {})
+        store = regions.get(region)
+        if store is None:
+            store = regions[region] = _empty_region()
+        return store
+
+    def save(self) -> None:
+        """Write the whole state atomically; a no-op for an in-memory emulator."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        payload = json.dumps(self.data, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, payload)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the lock for a read-modify-write and save when the block succeeds."""
+        with self.lock:
+            yield
+            self.save()
+
+    def iter_stores(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        for account, regions in self.data["accounts"].items():
+            for region, store in regions.items():
+                yield account, region, store
