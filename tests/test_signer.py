@@ -641,10 +641,12 @@ HELPER_UPDATE_CASES = [
     ),
     (
         "profile-with-other-keys",
-        "test\ntest\ntest\n[test profile]\naws_access_key_id = test\ntest_key = test\n[test]\naws_secret_access_key = test",
+        "test\ntest\ntest\n[test profile]\naws_access_key_id = test\ntest_key = test\n"
+        "[test]\naws_secret_access_key = test",
         "test profile",
         "test\ntest\ntest\n[test profile]\naws_access_key_id = accessKeyId\ntest_key = test\n"
-        "aws_secret_access_key = secretAccessKey\naws_session_token = sessionToken\n[test]\naws_secret_access_key = test",
+        "aws_secret_access_key = secretAccessKey\naws_session_token = sessionToken\n"
+        "[test]\naws_secret_access_key = test",
     ),
     (
         "commented-profile",
