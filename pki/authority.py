@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -430,11 +430,13 @@ class CertificateAuthority:
     def issue(self, profile: str | Profile, *, cn: str | None = None, sans: Sequence[str] = (),
               csr: bytes | x509.CertificateSigningRequest | None = None, key_type: KeyType | str | None = None,
               ttl: timedelta | None = None, actor: str | None = None, supersedes: str | None = None,
-              ) -> IssuedCertificate:
+              within: Callable[[Connection], None] | None = None) -> IssuedCertificate:
         """Issue a workload certificate under ``profile``.
 
         With ``csr`` the CSR's key and names are used (and must fit the profile); otherwise a key
         of ``key_type`` (default: the profile's first) is made here and returned with the result.
+        ``within(conn)`` runs inside the transaction that records the certificate (e.g. redeeming
+        an enrollment token): if it raises, nothing is recorded and the error propagates.
         """
         prof = profile if isinstance(profile, Profile) else self.profile(profile)
         requested_sans = SubjectAltNames.parse(list(sans))
@@ -481,14 +483,15 @@ class CertificateAuthority:
             if problems:  # a bug or a profile that lets through what Roles Anywhere refuses
                 raise PolicyViolation("the certificate would be refused by Roles Anywhere: " + "; ".join(problems))
             try:
-                self._record(cert, issuer, prof.name, kt, requested_sans, actor, supersedes)
+                self._record(cert, issuer, prof.name, kt, requested_sans, actor, supersedes, within)
             except IntegrityError:
                 continue  # serial collision: draw again
             return IssuedCertificate(cert, (issuer.certificate,), prof.name, private_key)
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
     def _record(self, cert: x509.Certificate, issuer: Issuer, profile: str, key_type: KeyType,
-                sans: SubjectAltNames, actor: str | None, supersedes: str | None) -> None:
+                sans: SubjectAltNames, actor: str | None, supersedes: str | None,
+                within: Callable[[Connection], None] | None = None) -> None:
         from cryptography.hazmat.primitives import serialization
 
         der = cert.public_bytes(serialization.Encoding.DER)
@@ -496,6 +499,8 @@ class CertificateAuthority:
         cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
         now = datetime.now(UTC)
         with self.db.engine.begin() as conn:
+            if within is not None:
+                within(conn)
             conn.execute(insert(certificates).values(
                 issuer_id=issuer.id, serial=serial, subject=cert.subject.rfc4514_string(),
                 common_name=cn, sans=sans.as_list(), profile=profile, key_type=key_type.value,
