@@ -94,8 +94,10 @@ def build_crl(entries: Iterable[RevokedEntry], *, issuer_cert: x509.Certificate,
     return BuiltCrl(crl=crl, number=number, entries=len(revoked))
 
 
-def check_size(built: BuiltCrl, *, limit: int = ROLES_ANYWHERE_CRL_LIMIT) -> int:
-    """The PEM size; CrlTooLarge (with the count and the remedies) when over ``limit``."""
+def check_size(built: BuiltCrl, *, limit: int | None = None) -> int:
+    """The PEM size; CrlTooLarge (with the count and the remedies) when over ``limit``
+    (default: the Roles Anywhere limit)."""
+    limit = ROLES_ANYWHERE_CRL_LIMIT if limit is None else limit
     size = len(built.pem)
     if size > limit:
         raise CrlTooLarge(

@@ -30,19 +30,19 @@ def make_ca(home: Path, key_type: KeyType = KeyType.EC_P256, **options: object) 
     ca = CertificateAuthority.init(home, InitOptions(key_type=key_type, **options),  # type: ignore[arg-type]
                                    passphrase=PASSPHRASE.encode())
     ca.add_profile(Profile(name="web", cn_pattern=r"web-[0-9]+", san_dns_patterns=(r"[a-z0-9-]+\.example\.com",),
-                           san_uri_patterns=(r"spiffe://example\.com/.+",)))
+                           san_uri_patterns=(r"https://example\.com/.+",)))
     return ca
 
 
 @pytest.fixture
 def ca(tmp_path: Path, passphrase_env: str) -> CertificateAuthority:
-    """An EC P-256 CA with a profile ``web`` (CN web-N, DNS *.example.com, URI spiffe://example.com/...)."""
+    """An EC P-256 CA with a profile ``web`` (CN web-N, DNS *.example.com, URI https://example.com/...)."""
     return make_ca(tmp_path / "home")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def pg_database_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    """A fresh PostgreSQL database for this test, dropped afterwards."""
     sqlalchemy = pytest.importorskip("sqlalchemy")
     admin = sqlalchemy.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"rapki_test_{secrets.token_hex(6)}"

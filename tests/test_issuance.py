@@ -1,0 +1,234 @@
+"""Issuance: Roles Anywhere-ready leaves, CSR handling, profile policy. Judged by pkilint and openssl."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pki.authority import CertificateAuthority
+from pki.errors import InvalidInput, NotFound, PolicyViolation
+from pki.keys import KeyType
+from pki.preflight import leaf_problems
+from pki.profiles import Profile
+from tests.conftest import make_ca
+from tests.validators import lint_cert, lint_chain, openssl_verify
+
+
+def csr_for(key, cn: str | None = "web-1", *, sans: list[x509.GeneralName] | None = None,  # type: ignore[no-untyped-def]
+            extensions: list[tuple[x509.ExtensionType, bool]] = (), extra_subject=(),  # type: ignore[assignment]
+            hash_alg: hashes.HashAlgorithm | None = None) -> bytes:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([*attrs, *extra_subject]))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    for ext, critical in extensions:
+        builder = builder.add_extension(ext, critical=critical)
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else (hash_alg or hashes.SHA256())
+    return builder.sign(key, algorithm).public_bytes(serialization.Encoding.PEM)
+
+
+def count_rows(ca: CertificateAuthority) -> int:
+    return len(ca.list())
+
+
+@pytest.mark.parametrize("key_type", list(KeyType))
+def test_generated_leaf_passes_independent_validation(ca: CertificateAuthority, tmp_path: Path,
+                                                      key_type: KeyType) -> None:
+    issued = ca.issue("web", cn="web-1", sans=["dns:api.example.com", "uri:https://example.com/api"],
+                      key_type=key_type)
+    files = issued.write_to(tmp_path / "out")
+    assert lint_cert(files["certificate"]) == ""
+    assert lint_chain(files["chain"], files["certificate"]) == ""
+    result = openssl_verify(files["certificate"], root=ca.home.root_cert_path, untrusted=files["chain"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (files["private_key"].stat().st_mode & 0o777) == 0o600
+    assert leaf_problems(issued.certificate) == []
+
+
+def test_leaf_carries_what_roles_anywhere_needs(ca: CertificateAuthority) -> None:
+    cert = ca.issue("web", cn="web-1").certificate
+    ext = cert.extensions
+    bc = ext.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and not bc.value.ca
+    ku = ext.get_extension_for_class(x509.KeyUsage)
+    assert ku.critical and ku.value.digital_signature and not ku.value.key_cert_sign
+    assert list(ext.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    ext.get_extension_for_class(x509.SubjectKeyIdentifier)
+    aki = ext.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    issuer_ski = ca.issuer().certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert aki.key_identifier == issuer_ski.digest
+    assert cert.version is x509.Version.v3
+    assert 0 < cert.serial_number < 2 ** 159
+    assert isinstance(cert.signature_hash_algorithm, hashes.SHA256)
+    assert cert.not_valid_after_utc - datetime.now(UTC) <= timedelta(hours=24)
+
+
+def test_certificate_is_recorded_before_it_is_returned(ca: CertificateAuthority) -> None:
+    issued = ca.issue("web", cn="web-3", sans=["api.example.com"])
+    record = ca.find(issued.serial_hex)
+    assert record.der == issued.certificate.public_bytes(serialization.Encoding.DER)
+    assert record.sans == ["dns:api.example.com"] and record.profile == "web" and record.status() == "active"
+    assert ca.find(str(issued.certificate.serial_number)).serial == issued.serial_hex  # decimal works too
+
+
+def test_csr_mode_takes_only_the_public_key_and_allowed_names(ca: CertificateAuthority) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = ca.issue("web", csr=csr_for(key, sans=[x509.DNSName("db.example.com")]))
+    assert issued.private_key is None
+    assert issued.certificate.public_key() == key.public_key()
+    assert issued.certificate.subject.rfc4514_string() == "CN=web-1"
+    san = issued.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["db.example.com"]
+
+
+def _ca_true() -> list[tuple[x509.ExtensionType, bool]]:
+    return [(x509.BasicConstraints(ca=True, path_length=None), True)]
+
+
+def _server_auth() -> list[tuple[x509.ExtensionType, bool]]:
+    return [(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)]
+
+
+@pytest.mark.parametrize(
+    ("make_csr", "error", "message"),
+    [
+        (lambda k: b"not a csr", InvalidInput, "not a valid CSR"),
+        (lambda k: csr_for(k, extensions=_ca_true()), PolicyViolation, "CA:TRUE"),
+        (lambda k: csr_for(k, extensions=_server_auth()), PolicyViolation, "serverAuth"),
+        (lambda k: csr_for(k, sans=[x509.DNSName("evil.example.org")]), PolicyViolation, "evil.example.org"),
+        (lambda k: csr_for(k, sans=[x509.RFC822Name("a@example.com")]), PolicyViolation, "RFC822Name"),
+        (lambda k: csr_for(k, cn="db-1"), PolicyViolation, "not allowed by profile"),
+        (lambda k: csr_for(k, cn=None), InvalidInput, "CN is required"),
+        (lambda k: csr_for(k, extra_subject=[x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")]),
+         PolicyViolation, "organizationName"),
+        (lambda k: csr_for(ed25519.Ed25519PrivateKey.generate()), PolicyViolation, "not accepted"),
+        (lambda k: csr_for(rsa.generate_private_key(65537, 1024)), PolicyViolation, "RSA-1024"),
+        (lambda k: csr_for(ec.generate_private_key(ec.SECP521R1())), PolicyViolation, "secp521r1"),
+    ],
+    ids=["garbage", "ca-true", "server-auth", "foreign-dns", "email-san", "cn-outside", "no-cn",
+         "extra-subject", "ed25519", "rsa-1024", "p521"],
+)
+def test_bad_csrs_are_refused_and_nothing_is_written(ca: CertificateAuthority, make_csr, error, message) -> None:  # type: ignore[no-untyped-def]
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(error, match=message):
+        ca.issue("web", csr=csr)
+    assert count_rows(ca) == 0
+
+
+def test_csr_with_a_broken_signature_is_refused(ca: CertificateAuthority) -> None:
+    good = x509.load_pem_x509_csr(csr_for(ec.generate_private_key(ec.SECP256R1())))
+    der = bytearray(good.public_bytes(serialization.Encoding.DER))
+    der[-5] ^= 0x55  # inside the signature
+    with pytest.raises(InvalidInput):
+        ca.issue("web", csr=bytes(der))
+    assert count_rows(ca) == 0
+
+
+@pytest.mark.parametrize(
+    ("cn", "message"),
+    [
+        ("web-1 ; rm", "STS rejects"),
+        ("w" * 65, "at most 64"),
+        ("", "CN is required"),
+    ],
+)
+def test_cn_policy(ca: CertificateAuthority, cn: str, message: str) -> None:
+    ca.add_profile(Profile(name="open", cn_pattern=".*"))
+    with pytest.raises((PolicyViolation, InvalidInput), match=message):
+        ca.issue("open", cn=cn)
+    assert count_rows(ca) == 0
+
+
+def test_cn_with_characters_sts_rejects_is_refused_even_if_the_profile_allows_it(ca: CertificateAuthority) -> None:
+    ca.add_profile(Profile(name="open", cn_pattern=".*"))
+    for cn in ("web,1", "web#1", "we'b", "a*b"):
+        with pytest.raises(PolicyViolation, match="STS rejects"):
+            ca.issue("open", cn=cn)
+    assert ca.issue("open", cn="svc:prod/api=1+2@x_y.z").certificate is not None  # every allowed punctuation
+
+
+def test_ttl_policy_and_clamp_to_the_issuer(ca: CertificateAuthority) -> None:
+    with pytest.raises(PolicyViolation, match="above the max TTL"):
+        ca.issue("web", cn="web-1", ttl=timedelta(days=31))
+    ok = ca.issue("web", cn="web-1", ttl=timedelta(days=30))
+    assert ok.certificate.not_valid_after_utc <= ca.issuer().not_after
+    ca.add_profile(Profile(name="long", cn_pattern="l", max_ttl=timedelta(days=397),
+                           default_ttl=timedelta(days=397)))
+    short_lived = ca.sign_intermediate(lifetime=timedelta(days=10))
+    clamped = ca.issue("long", cn="l")
+    assert clamped.certificate.not_valid_after_utc == short_lived.not_after
+    assert count_rows(ca) == 2
+
+
+def test_key_type_not_in_profile_is_refused(ca: CertificateAuthority) -> None:
+    ca.add_profile(Profile(name="ec-only", cn_pattern="e", key_types=(KeyType.EC_P256,)))
+    with pytest.raises(PolicyViolation, match="rsa-2048"):
+        ca.issue("ec-only", cn="e", key_type=KeyType.RSA_2048)
+    with pytest.raises(PolicyViolation, match="rsa-2048"):
+        ca.issue("ec-only", csr=csr_for(rsa.generate_private_key(65537, 2048), cn="e"))
+
+
+def test_unknown_profile_is_not_found(ca: CertificateAuthority) -> None:
+    with pytest.raises(NotFound):
+        ca.issue("nope", cn="web-1")
+
+
+def test_serials_are_unique_per_issuer_in_the_database(ca: CertificateAuthority) -> None:
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    from pki.store.schema import certificates
+
+    issued = ca.issue("web", cn="web-1")
+    row = dict(ca.db.engine.connect().execute(
+        certificates.select().where(certificates.c.serial == issued.serial_hex)).mappings().one())
+    row.pop("id")
+    row["fingerprint"] = "0" * 64
+    with pytest.raises(IntegrityError), ca.db.engine.begin() as conn:
+        conn.execute(insert(certificates).values(**row))
+
+
+def test_serial_length_is_configurable(tmp_path: Path, passphrase_env: str) -> None:
+    ca = make_ca(tmp_path / "home", serial_bytes=9)
+    serial = ca.issue("web", cn="web-1").certificate.serial_number
+    assert len(serial.to_bytes((serial.bit_length() + 8) // 8, "big")) == 9
+
+
+def test_rsa_ca_issues_ec_leaves(tmp_path: Path, passphrase_env: str) -> None:
+    ca = make_ca(tmp_path / "home", KeyType.RSA_3072)
+    files = ca.issue("web", cn="web-1", key_type=KeyType.EC_P384).write_to(tmp_path / "out")
+    assert lint_cert(files["certificate"]) == ""
+    assert openssl_verify(files["certificate"], root=ca.home.root_cert_path, untrusted=files["chain"]).returncode == 0
+
+
+def test_preflight_catches_what_roles_anywhere_refuses() -> None:
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bad,cn")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    problems = " | ".join(leaf_problems(cert))
+    for expected in ("CA:TRUE", "keyUsage is missing", "STS rejects"):
+        assert expected in problems
+
+
+def test_preflight_refuses_sha1_signatures(tmp_path: Path) -> None:
+    import subprocess
+
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-sha1", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-subj", "/CN=old", "-days", "1",
+                    "-addext", "keyUsage=critical,digitalSignature", "-addext", "basicConstraints=critical,CA:FALSE"],
+                   check=True, capture_output=True)
+    problems = leaf_problems(x509.load_pem_x509_certificate(cert.read_bytes()))
+    assert problems == ["signature hash sha1: SHA-256 or stronger is required"]
