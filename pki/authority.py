@@ -616,6 +616,29 @@ class CertificateAuthority:
             self._audit(conn, actor, "crl.build", target.name, {"crl_number": number, "entries": built.entries})
         return built
 
+    def current_crl(self, issuer: str | None = None, *, republish_before: timedelta | None = None,
+                    build: bool = True, actor: str | None = None) -> BuiltCrl | None:
+        """The last CRL built for ``issuer`` while it is still current, else a new one.
+
+        Current means: it lists exactly the revoked, unexpired certificates of the issuer today
+        and its nextUpdate is more than ``republish_before`` (default ``[crl].republish_before``)
+        away. A publisher run from cron calls this every few minutes; building each time would burn
+        a CRLNumber per run and make every run a write to Roles Anywhere. With ``build=False`` a
+        stale CRL gives None instead of a new one (dry runs change nothing).
+        """
+        target = self.issuer(issuer)
+        margin = self.config.crl_republish_before if republish_before is None else republish_before
+        now = datetime.now(UTC)
+        with self.db.engine.connect() as conn:
+            row = conn.execute(select(crl_state).where(crl_state.c.issuer_id == target.id)).one()
+            if row.der is not None and row.next_update is not None and _utc(row.next_update) - now > margin:
+                stored = x509.load_der_x509_crl(row.der)
+                listed = {entry.serial_number for entry in stored}
+                wanted = {entry.serial for entry in self.revoked_entries(conn, target, now)}
+                if listed == wanted:
+                    return BuiltCrl(crl=stored, number=row.crl_number, entries=len(listed))
+        return self.build_crl(target.name, actor=actor) if build else None
+
     def crl_state(self, issuer: str | None = None) -> dict[str, Any]:
         target = self.issuer(issuer)
         with self.db.engine.connect() as conn:
