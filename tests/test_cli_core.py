@@ -1,0 +1,129 @@
+"""The operator CLI over the CA core: the whole flow, and bad input (exit 2, one stderr line, no change)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from service.cli import main
+from tests.conftest import PASSPHRASE
+from tests.test_issuance import csr_for
+from tests.validators import lint_cert, lint_crl, openssl_verify
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RAPKI_PASSPHRASE", PASSPHRASE)
+    monkeypatch.delenv("RAPKI_DATABASE_URL", raising=False)
+    home = tmp_path / "home"
+    monkeypatch.setenv("RAPKI_HOME", str(home))
+    run("init")
+    run("profile", "add", "web", "--cn-pattern", "web-[0-9]+", "--san-dns-pattern", r".*\.example\.com",
+        "--max-ttl", "7d")
+    return home
+
+
+def run(*args: str, code: int = 0) -> Result:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == code, f"rapki {' '.join(args)} -> {result.exit_code}: {result.output}{result.stderr}"
+    return result
+
+
+def rows(home: Path) -> list[dict]:  # type: ignore[type-arg]
+    return json.loads(run("list", "--json").stdout)
+
+
+def test_full_flow(home: Path, tmp_path: Path) -> None:
+    out = tmp_path / "leaf"
+    issued = json.loads(run("issue", "--profile", "web", "--cn", "web-1", "--san", "dns:a.example.com",
+                            "--key-type", "rsa-2048", "--out", str(out), "--json").stdout)
+    assert lint_cert(out / "cert.pem") == ""
+    assert (out / "key.pem").stat().st_mode & 0o777 == 0o600
+    chain = run("ca", "chain").stdout
+    assert chain == (out / "chain.pem").read_text()
+    root = tmp_path / "root.pem"
+    root.write_text(run("ca", "root").stdout)
+    assert openssl_verify(out / "cert.pem", root=root, untrusted=out / "chain.pem").returncode == 0
+    assert json.loads(run("show", issued["serial"], "--json").stdout)["status"] == "active"
+    assert "revoked" in run("revoke", issued["serial"], "--reason", "keyCompromise").stdout
+    assert "already revoked" in run("revoke", issued["serial"]).stdout
+    crl = tmp_path / "crl.pem"
+    report = json.loads(run("crl", "build", "--out", str(crl), "--json").stdout)
+    assert report["entries"] == 1 and report["crl_number"] == 1 and report["pem_bytes"] == crl.stat().st_size
+    assert lint_crl(crl) == ""
+    assert [r["status"] for r in rows(home)] == ["revoked"]
+
+
+def test_csr_mode_writes_no_key(home: Path, tmp_path: Path) -> None:
+    csr = tmp_path / "req.pem"
+    csr.write_bytes(csr_for(ec.generate_private_key(ec.SECP384R1()), cn="web-9"))
+    run("issue", "--profile", "web", "--csr", str(csr), "--out", str(tmp_path / "o"))
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["cert.pem", "chain.pem"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["issue", "--profile", "web", "--cn", "db-1", "--out", "o"], "not allowed by profile"),
+        (["issue", "--profile", "nope", "--cn", "web-1", "--out", "o"], "unknown profile"),
+        (["issue", "--profile", "web", "--cn", "web-1", "--ttl", "30d", "--out", "o"], "above the max TTL"),
+        (["issue", "--profile", "web", "--cn", "web-1", "--ttl", "soon", "--out", "o"], "invalid duration"),
+        (["issue", "--profile", "web", "--cn", "web-1", "--san", "dns:x.example.org", "--out", "o"], "x.example.org"),
+        (["issue", "--profile", "web", "--cn", "web 1,", "--out", "o"], "STS rejects"),
+        (["revoke", "abcdef"], "no certificate with serial"),
+        (["revoke", "xyz"], "invalid serial"),
+        (["show", "123"], "no certificate"),
+        (["profile", "add", "web", "--cn-pattern", "x"], "exists"),
+        (["profile", "add", "bad", "--cn-pattern", "("], "invalid CN regular expression"),
+        (["profile", "show", "nope"], "unknown profile"),
+        (["crl", "build", "--issuer", "issuing-9"], "no issuing CA named"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_changes_nothing(home: Path, args: list[str], fragment: str) -> None:
+    before = rows(home)
+    result = run(*args, code=2)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
+    assert rows(home) == before
+
+
+def test_bad_csrs_from_the_cli(home: Path, tmp_path: Path) -> None:
+    cases = {
+        "garbage.pem": b"-----BEGIN CERTIFICATE REQUEST-----\nnope\n-----END CERTIFICATE REQUEST-----\n",
+        "weak.pem": csr_for(rsa.generate_private_key(65537, 1024), cn="web-1"),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        result = run("issue", "--profile", "web", "--csr", str(tmp_path / name), "--out", str(tmp_path / "o"), code=2)
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert rows(home) == []
+
+
+def test_not_a_home_and_wrong_passphrase(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run("list", "--home", str(tmp_path), code=2)
+    assert "not a rapki home" in result.stderr
+    monkeypatch.setenv("RAPKI_PASSPHRASE", "wrong")
+    result = run("issue", "--profile", "web", "--cn", "web-1", "--out", str(tmp_path / "o"), code=2)
+    assert "wrong passphrase" in result.stderr
+    monkeypatch.setenv("RAPKI_PASSPHRASE", PASSPHRASE)
+    assert rows(home) == []
+
+
+def test_console_script_prints_no_traceback(home: Path) -> None:
+    """The installed entry point, in a real process: one line, exit 2."""
+    proc = subprocess.run([sys.executable, "-c", "from service.cli import main; main()", "revoke", "ffff"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["rapki: error: no certificate with serial ffff: see 'rapki list'"]
+
+
+def test_usage_errors_exit_2(home: Path) -> None:
+    result = CliRunner().invoke(main, ["issue", "--cn", "x"])
+    assert result.exit_code == 2 and "Missing option" in result.stderr
