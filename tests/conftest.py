@@ -13,7 +13,7 @@ from pki.authority import CertificateAuthority, InitOptions
 from pki.keys import KeyType
 from pki.profiles import Profile
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.emulator_fixture"]
 
 PASSPHRASE = "test-passphrase-not-secret"
 PG_ADMIN_URL = os.environ.get("RAPKI_TEST_PG_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
