@@ -377,7 +377,7 @@ class RunningEmulator:
         import boto3
         from botocore.config import Config
 
-        retries = config.pop("retries", {"max_attempts": 1, "mode": "standard"})
+        retries = config.pop("retries", {"total_max_attempts": 1, "mode": "standard"})  # no hidden retries
         return boto3.session.Session().client(
             service, endpoint_url=self.endpoint_url, verify=self.ca_bundle, region_name=region or self.region,
             aws_access_key_id="test", aws_secret_access_key="test", aws_session_token="test",

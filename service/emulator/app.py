@@ -99,6 +99,7 @@ def create_app(
             except ServiceError as exc:
                 injector.record_error(exc.error_type)
                 return error_response(exc)
+            injector.record_success(operation)
             return _json_response(status, body)
 
         view.__name__ = f"op_{method_name}"

@@ -5,8 +5,9 @@ Everything is off by default. Faults come from the command line (``--fail-rate``
 inject, observe and clear without restarting the server. For tests that must not depend on
 chance or timing, ``failNext``/``throttleNext`` fail exactly the next N matching calls.
 
-Counters (``GET /_emulator/stats``) count every call per operation and, separately, the calls
-that change state (``writes``), e.g. to assert that a CRL publisher pushed exactly one ImportCrl.
+Counters (``GET /_emulator/stats``) count every call per operation (``calls``, attempts included)
+and, separately, the successful calls that changed state (``writes``), e.g. to assert that a CRL
+publisher pushed exactly one ImportCrl even though its first attempt was throttled.
 """
 
 from __future__ import annotations
@@ -98,8 +99,6 @@ class FaultInjector:
         """Count the call, then sleep/throttle/fail it as configured (raises ServiceError)."""
         with self._lock:
             self.calls[operation] += 1
-            if operation in WRITE_OPERATIONS:
-                self.writes[operation] += 1
             if not self._matches(operation):
                 return
             s = self.settings
@@ -132,6 +131,12 @@ class FaultInjector:
             self._tokens -= 1.0
             return True
         return False
+
+    def record_success(self, operation: str) -> None:
+        """Count a write that changed state (2xx); refused or faulted attempts only count in ``calls``."""
+        if operation in WRITE_OPERATIONS:
+            with self._lock:
+                self.writes[operation] += 1
 
     def record_error(self, error_type: str) -> None:
         with self._lock:
