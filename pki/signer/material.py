@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pki.errors import InvalidInput, RapkiError
@@ -148,13 +147,15 @@ def parse_pkcs12(data: bytes, password: str | None, path: str) -> Material:
     The leaf is the certificate matching the key (the helper picks the one that issued nothing,
     which is the same thing for a sane bundle and cannot pick a CA when the order is odd).
     """
+    from cryptography.hazmat.primitives.serialization import pkcs12  # only PKCS#12 users pay for it
+
     passwords: list[bytes | None] = [None, b""]
     if password:
         passwords.insert(0, password.encode())
     last_error: Exception | None = None
     for secret in passwords:
         try:
-            key, cert, extra = serialization.pkcs12.load_key_and_certificates(data, secret)
+            key, cert, extra = pkcs12.load_key_and_certificates(data, secret)
             break
         except ValueError as exc:
             last_error = exc

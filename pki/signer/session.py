@@ -154,6 +154,7 @@ class CreateSessionError(RapkiError):
         self.hint = hint
         self.retryable = retryable
         self.retry_after = retry_after
+        self.service_detail = ""
         prefix = error_type or "Error"
         if status is not None:
             prefix += f" (HTTP {status})"
@@ -271,13 +272,16 @@ def _service_error(status: int, headers: http.client.HTTPMessage, payload: bytes
     if (ra := headers.get("Retry-After", "")).strip().isdigit():
         retry_after = float(ra)
     retryable = status == 429 or status >= 500 or error_type in RETRYABLE_TYPES
-    return CreateSessionError(
+    error = CreateSessionError(
         message,
         error_type=error_type or "UnknownError",
         status=status,
         retryable=retryable,
         retry_after=retry_after,
     )
+    # rapki's emulator says why it refused (AWS never does); worth showing next to our own hint.
+    error.service_detail = headers.get("X-Rapki-Emulator-Detail", "") or ""
+    return error
 
 
 def _parse_success(payload: bytes) -> Credentials:
@@ -370,12 +374,20 @@ def _transport_error(exc: BaseException, endpoint: Endpoint, opts: SessionOption
     import ssl
 
     if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = str(exc.verify_message or exc)
         where = f"--ca-bundle {opts.ca_bundle}" if opts.ca_bundle else "the system trust store"
+        if "not yet valid" in reason or "expired" in reason:
+            hint = (
+                f"check this host's clock (it reads {datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ} UTC) and the "
+                "endpoint certificate's validity"
+            )
+        elif "hostname" in reason or "IP address mismatch" in reason:
+            hint = f"the endpoint's certificate does not name {endpoint.hostname}: check --endpoint"
+        else:
+            hint = f"the endpoint's certificate does not chain to {where}: pass its CA with --ca-bundle"
+            hint += " (or AWS_CA_BUNDLE)"
         return CreateSessionError(
-            f"TLS verification of {endpoint.host_header} failed: {exc.verify_message or exc}",
-            error_type="TLSError",
-            hint=f"the endpoint's certificate does not chain to {where}: pass the right CA with "
-            "--ca-bundle (or AWS_CA_BUNDLE)",
+            f"TLS verification of {endpoint.host_header} failed: {reason}", error_type="TLSError", hint=hint
         )
     reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return CreateSessionError(
@@ -462,4 +474,6 @@ def create_session(
     assert last is not None
     if not last.hint:
         last.hint = hint_for(last, material, opts, endpoint, now)
+    if last.service_detail:
+        last.hint = (last.hint + "\n  " if last.hint else "") + f"service detail: {last.service_detail}"
     raise last
