@@ -8,7 +8,9 @@ restarts, so ``AWS_CA_BUNDLE`` set once keeps working.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,8 +71,16 @@ def ensure_self_signed(state_path: Path, host: str) -> tuple[Path, Path]:
     the PEM file works directly as ``AWS_CA_BUNDLE`` / ``verify=`` for botocore and OpenSSL.
     """
     cert_path, key_path = tls_paths(state_path)
-    if _usable(cert_path, key_path, host):
-        return cert_path, key_path
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    # ``--print-ca`` may run while the server starts: one lock so both end up with the same pair.
+    with (cert_path.parent / ".emulator-tls.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _usable(cert_path, key_path, host):
+            _generate(cert_path, key_path, host)
+    return cert_path, key_path
+
+
+def _generate(cert_path: Path, key_path: Path, host: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "rapki"),
@@ -108,9 +118,9 @@ def ensure_self_signed(state_path: Path, host: str) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     write_private(key_path, private_key_pem(key))
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return cert_path, key_path
+    tmp = cert_path.with_name(cert_path.name + ".tmp")
+    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.replace(tmp, cert_path)
 
 
 class EmulatorServer(BaseApplication):  # type: ignore[misc]
