@@ -2,6 +2,7 @@
 
 # Each module below adds its commands to ``main`` when imported.
 from service.cli import (
+    aws_commands,  # noqa: F401
     ca_commands,  # noqa: F401
     cert_commands,  # noqa: F401
     emulator_commands,  # noqa: F401

@@ -57,13 +57,19 @@ def issue(home: Path | None, profile_name: str, cn: str | None, san: tuple[str, 
 @click.argument("serial")
 @click.option("--reason", type=click.Choice(REASON_NAMES, case_sensitive=False), default=None,
               help="RFC 5280 reason (default: none, which saves CRL space).")
+@click.option("--publish/--no-publish", "publish_crl", default=None,
+              help="Publish the CRL to Roles Anywhere right away (default: [roles_anywhere].auto_publish).")
 @json_option
-def revoke(home: Path | None, serial: str, reason: str | None, as_json: bool) -> None:
+def revoke(home: Path | None, serial: str, reason: str | None, publish_crl: bool | None, as_json: bool) -> None:
     """Revoke certificate SERIAL (hex as 'rapki list' shows, or decimal)."""
-    result = open_ca(home).revoke(serial, reason=reason)
+    from service.cli.aws_commands import publish_after_revoke
+
+    authority = open_ca(home)
+    result = authority.revoke(serial, reason=reason)
     record = result.record
+    publication = publish_after_revoke(authority, publish_crl, quiet=as_json)  # logic: pki.publish
     if as_json:
-        echo_json({**record.to_dict(), "already_revoked": result.already_revoked})
+        echo_json({**record.to_dict(), "already_revoked": result.already_revoked, "publication": publication})
         return
     if result.already_revoked:
         click.echo(f"{record.serial} was already revoked at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}; nothing changed")

@@ -1,0 +1,237 @@
+"""A Roles Anywhere client: boto3 underneath, our retry policy on top, one-line errors out.
+
+Why not botocore's own retries: the publisher must (a) count the calls it makes (a run with nothing
+new makes no write), (b) back off politely against the 1 request/second control-plane quota, and
+(c) look before it retries a non-idempotent ImportCrl (a timed-out import may have happened). So
+botocore makes exactly one attempt per call and ``RolesAnywhere.call`` decides about the next one.
+
+Configuration is what every AWS tool honours: ``--endpoint-url`` or ``AWS_ENDPOINT_URL_ROLESANYWHERE``
+/ ``AWS_ENDPOINT_URL``; ``--ca-bundle`` or ``AWS_CA_BUNDLE``; ``--aws-profile`` or ``AWS_PROFILE``
+and the rest of the usual credential chain; ``--fips`` or ``AWS_USE_FIPS_ENDPOINT``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pki.aws.regions import FIPS_REGIONS, endpoint_override, fips_requested, partition_of, resolve_region
+from pki.errors import InvalidInput, RapkiError
+
+# Operations that change state: what "a run with nothing new makes no write call" counts.
+WRITE_OPERATIONS = frozenset({
+    "CreateProfile", "CreateTrustAnchor", "DeleteCrl", "DeleteProfile", "DeleteTrustAnchor", "DisableCrl",
+    "DisableProfile", "DisableTrustAnchor", "EnableCrl", "EnableProfile", "EnableTrustAnchor", "ImportCrl",
+    "PutNotificationSettings", "TagResource", "UpdateCrl", "UpdateProfile", "UpdateTrustAnchor",
+})  # fmt: skip
+RETRYABLE_CODES = frozenset({
+    "ThrottlingException", "Throttling", "ThrottledException", "TooManyRequestsException",
+    "RequestLimitExceeded", "RequestThrottled", "SlowDown", "InternalServerException",
+    "InternalFailure", "ServiceUnavailable", "ServiceUnavailableException",
+})  # fmt: skip
+NOT_FOUND = "ResourceNotFoundException"
+
+
+class AwsError(RapkiError):
+    """A Roles Anywhere call failed for good (after retries). ``code`` is AWS's error code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, operation: str = "", aws_code: str = "", status: int = 0) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.aws_code = aws_code
+        self.status = status
+
+    @property
+    def not_found(self) -> bool:
+        return self.aws_code == NOT_FOUND or self.status == 404
+
+
+@dataclass
+class AwsOptions:
+    """Where and how to reach Roles Anywhere. Empty fields fall back to the environment."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    ca_bundle: str | None = None
+    aws_profile: str | None = None
+    fips: bool | None = None
+    max_attempts: int = 0  # 0: $RAPKI_AWS_MAX_ATTEMPTS, else 6
+    base_delay: float = -1.0  # <0: $RAPKI_AWS_RETRY_BASE, else 0.5 s (doubling, with jitter)
+    max_delay: float = 8.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+
+@dataclass
+class CallLog:
+    """What one client did: calls and writes per operation, retries, and the clock skew seen."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    writes: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    server_date: str | None = None
+
+    @property
+    def writes_total(self) -> int:
+        return sum(self.writes.values())
+
+
+def _env_number(name: str, default: float) -> float:
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+
+
+class RolesAnywhere:
+    """One region's Roles Anywhere control plane. Build with ``RolesAnywhere.connect``."""
+
+    def __init__(self, client: Any, *, region: str, fips: bool, options: AwsOptions,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.client = client
+        self.region = region
+        self.fips = fips
+        self.partition = partition_of(region)
+        self.options = options
+        self.log = CallLog()
+        self._sleep = sleep
+        self.max_attempts = options.max_attempts or int(_env_number("RAPKI_AWS_MAX_ATTEMPTS", 6))
+        self.base_delay = options.base_delay if options.base_delay >= 0 else _env_number("RAPKI_AWS_RETRY_BASE", 0.5)
+
+    @classmethod
+    def connect(cls, options: AwsOptions | None = None, *, arn: str | None = None,
+                configured_region: str | None = None) -> RolesAnywhere:
+        """A client for ``options`` (region from ``--region``, the ARN, the environment or the config)."""
+        import boto3
+        from botocore.config import Config
+
+        options = options or AwsOptions()
+        region, fips_region = resolve_region(options.region, arn=arn, configured=configured_region)
+        fips = fips_requested(options.fips) or fips_region
+        endpoint = endpoint_override(options.endpoint_url)
+        if fips and endpoint:
+            raise InvalidInput("--fips and an explicit endpoint URL exclude each other: pick one")
+        if fips and region not in FIPS_REGIONS:
+            raise InvalidInput(f"Roles Anywhere has no FIPS endpoint in {region} "
+                               f"(it has one in {', '.join(sorted(FIPS_REGIONS))})")
+        verify: str | bool | None = options.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
+        if isinstance(verify, str) and not os.path.isfile(verify):
+            raise InvalidInput(f"CA bundle {verify} does not exist")
+        try:
+            session = boto3.session.Session(profile_name=options.aws_profile or None)
+        except Exception as exc:  # botocore.exceptions.ProfileNotFound and friends
+            raise InvalidInput(f"AWS profile: {exc}") from exc
+        config = Config(
+            region_name=region, use_fips_endpoint=fips, retries={"total_max_attempts": 1},
+            connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
+            user_agent_extra="rapki",
+        )
+        client = session.client("rolesanywhere", region_name=region, endpoint_url=endpoint, verify=verify,
+                                config=config)
+        return cls(client, region=region, fips=fips, options=options)
+
+    @property
+    def endpoint_url(self) -> str:
+        return str(self.client.meta.endpoint_url)
+
+    # --- calls --------------------------------------------------------------------------------
+    def call(self, operation: str, *, before_retry: Callable[[], Any] | None = None, **params: Any) -> Any:
+        """Call ``operation`` (``"ImportCrl"``) with retries on throttling, 5xx and connection errors.
+
+        ``before_retry`` runs before each further attempt; a non-None result is returned instead of
+        retrying (used to find an ImportCrl that succeeded although its answer was lost).
+        """
+        method = getattr(self.client, _snake(operation))
+        delay = self.base_delay
+        for attempt in range(1, self.max_attempts + 1):
+            self.log.calls[operation] += 1
+            if operation in WRITE_OPERATIONS:
+                self.log.writes[operation] += 1
+            try:
+                response = method(**params)
+            except Exception as exc:
+                error = self._translate(operation, exc)
+                if not _retryable(error) or attempt >= self.max_attempts:
+                    raise error from exc
+                self.log.retries += 1
+                wait = _retry_after(exc) or min(self.options.max_delay, delay) * random.uniform(0.5, 1.0)
+                self._sleep(wait)
+                delay *= 2
+                if before_retry is not None:
+                    found = before_retry()
+                    if found is not None:
+                        return found
+                continue
+            headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            self.log.server_date = headers.get("date", self.log.server_date)
+            return response
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def paginate(self, operation: str, key: str) -> Iterator[dict[str, Any]]:
+        """Every item of a List* operation, page by page (each page is one retried call)."""
+        token: str | None = None
+        for _page in range(10_000):  # bounded: 10,000 pages of up to 50 is far beyond any account
+            params: dict[str, Any] = {"nextToken": token} if token else {}
+            page = self.call(operation, **params)
+            yield from page.get(key, [])
+            token = page.get("nextToken")
+            if not token:
+                return
+
+    def _translate(self, operation: str, exc: Exception) -> AwsError:
+        from botocore import exceptions as bx
+
+        where = f"{operation} at {self.endpoint_url}"
+        if isinstance(exc, bx.ClientError):
+            err = exc.response.get("Error", {})
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            code = str(err.get("Code") or status)
+            return AwsError(f"{operation}: {code}: {err.get('Message') or 'no message'}", operation=operation,
+                            aws_code=code, status=status)
+        if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+            return AwsError("no AWS credentials: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                            "AWS_SECRET_ACCESS_KEY, or run where an instance/container role is available",
+                            operation=operation, aws_code="NoCredentials")
+        if isinstance(exc, bx.SSLError):
+            return AwsError(f"{where}: TLS verification failed ({exc}); pass --ca-bundle or set AWS_CA_BUNDLE",
+                            operation=operation, aws_code="SSLError")
+        if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ReadTimeoutError
+                      | bx.ConnectTimeoutError):
+            return AwsError(f"{where}: cannot connect ({exc})", operation=operation, aws_code="ConnectionError",
+                            status=599)
+        if isinstance(exc, bx.ParamValidationError):
+            return AwsError(f"{operation}: invalid parameters: {exc}", operation=operation,
+                            aws_code="ParamValidation", status=400)
+        if isinstance(exc, bx.BotoCoreError):
+            return AwsError(f"{where}: {exc}", operation=operation, aws_code=type(exc).__name__)
+        raise exc
+
+
+def _retryable(error: AwsError) -> bool:
+    return error.aws_code in RETRYABLE_CODES or error.status == 429 or error.status >= 500
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """Seconds from a Retry-After header (bounded to 20 s), when the service sends one."""
+    response = getattr(exc, "response", None) or {}
+    value = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after")
+    try:
+        return min(20.0, max(0.0, float(value))) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _snake(operation: str) -> str:
+    out = []
+    for i, ch in enumerate(operation):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "".join(out)
