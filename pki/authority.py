@@ -13,8 +13,10 @@ the database before it is returned; a certificate that fails either never leaves
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -55,7 +57,15 @@ from pki.store.schema import audit_log, certificates, crl_state, issuers, profil
 
 DEFAULT_ACTOR = "cli"
 
+# Statements on the issuance path are built once: values go in as parameters, so SQLAlchemy reuses
+# the compiled form instead of coercing literals and computing a cache key on every call.
+_INSERT_AUDIT = insert(audit_log)
+_SELECT_PROFILE = select(profiles.c.spec).where(profiles.c.name == bindparam("name"))
+_MARK_SUPERSEDED = (update(certificates).where(certificates.c.serial == bindparam("old_serial"))
+                    .values(superseded_by=bindparam("new_serial")))
 
+
+@functools.cache
 def local_actor() -> str:
     try:
         return f"cli:{getpass.getuser()}"
@@ -210,6 +220,7 @@ class CertificateAuthority:
         self._passphrase: bytes | None = None
         self._issuers: dict[int, Issuer] | None = None
         self._root: x509.Certificate | None = None
+        self._profile_cache: dict[str, tuple[float, Profile]] = {}
 
     # --- opening ------------------------------------------------------------------------------
     @classmethod
@@ -389,6 +400,7 @@ class CertificateAuthority:
 
     # --- profiles -----------------------------------------------------------------------------
     def add_profile(self, profile: Profile, *, replace: bool = False, actor: str | None = None) -> Profile:
+        self._profile_cache.clear()
         now = datetime.now(UTC)
         with self.db.engine.begin() as conn:
             exists = conn.execute(select(profiles.c.name).where(profiles.c.name == profile.name)).first()
@@ -404,13 +416,23 @@ class CertificateAuthority:
                         profile.to_dict())
         return profile
 
+    PROFILE_CACHE_SECONDS = 2.0
+
     def profile(self, name: str) -> Profile:
+        """The profile named ``name``. A long-running process sees changes made elsewhere (another
+        worker, the CLI) within ``PROFILE_CACHE_SECONDS``; changes made through this object at once."""
+        cached = self._profile_cache.get(name)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.PROFILE_CACHE_SECONDS:
+            return cached[1]
         with self.db.engine.connect() as conn:
-            return self._profile(conn, name)
+            found = self._profile(conn, name)
+        self._profile_cache[name] = (now, found)
+        return found
 
     @staticmethod
     def _profile(conn: Connection, name: str) -> Profile:
-        spec = conn.execute(select(profiles.c.spec).where(profiles.c.name == name)).scalar()
+        spec = conn.execute(_SELECT_PROFILE, {"name": name}).scalar()
         if spec is None:
             raise NotFound(f"unknown profile {name!r}: see 'rapki profile list'")
         return Profile.from_dict(spec)
@@ -421,6 +443,7 @@ class CertificateAuthority:
         return [Profile.from_dict(spec) for spec in rows]
 
     def remove_profile(self, name: str, *, actor: str | None = None) -> None:
+        self._profile_cache.clear()
         with self.db.engine.begin() as conn:
             self._profile(conn, name)
             conn.execute(profiles.delete().where(profiles.c.name == name))
@@ -501,17 +524,20 @@ class CertificateAuthority:
         with self.db.engine.begin() as conn:
             if within is not None:
                 within(conn)
-            conn.execute(insert(certificates).values(
-                issuer_id=issuer.id, serial=serial, subject=cert.subject.rfc4514_string(),
-                common_name=cn, sans=sans.as_list(), profile=profile, key_type=key_type.value,
-                not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
-                fingerprint=hashlib.sha256(der).hexdigest(), der=der, created_at=now,
-            ))
+            self.db.prepared_insert(certificates).execute(conn, {
+                "issuer_id": issuer.id, "serial": serial, "subject": cert.subject.rfc4514_string(),
+                "common_name": cn, "sans": sans.as_list(), "profile": profile, "key_type": key_type.value,
+                "not_before": cert.not_valid_before_utc, "not_after": cert.not_valid_after_utc,
+                "fingerprint": hashlib.sha256(der).hexdigest(), "der": der, "created_at": now,
+                "revoked_at": None, "revocation_reason": None, "superseded_by": None,
+            })
             if supersedes:
-                conn.execute(update(certificates).where(certificates.c.serial == supersedes)
-                             .values(superseded_by=serial))
-            self._audit(conn, actor, "certificate.renew" if supersedes else "certificate.issue", serial,
-                        {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes})
+                conn.execute(_MARK_SUPERSEDED, {"old_serial": supersedes, "new_serial": serial})
+            self.db.prepared_insert(audit_log).execute(conn, {
+                "at": now, "actor": actor or local_actor(),
+                "action": "certificate.renew" if supersedes else "certificate.issue", "target": serial,
+                "details": {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},
+            })
 
     # --- inventory ----------------------------------------------------------------------------
     def _to_record(self, row: Row[Any]) -> CertificateRecord:
@@ -658,8 +684,8 @@ class CertificateAuthority:
     @staticmethod
     def _audit(conn: Connection, actor: str | None, action: str, target: str,
                details: dict[str, Any] | None) -> None:
-        conn.execute(insert(audit_log).values(at=datetime.now(UTC), actor=actor or local_actor(),
-                                              action=action, target=target, details=details))
+        conn.execute(_INSERT_AUDIT, {"at": datetime.now(UTC), "actor": actor or local_actor(),
+                                     "action": action, "target": target, "details": details})
 
     def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.db.engine.connect() as conn:

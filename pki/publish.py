@@ -465,6 +465,7 @@ class CrlPublisher:
                 before_retry=lambda: self._find_by_name(anchor_arn, crl_name),
             )
             writes.append("ImportCrl")
+            self._listed = None  # the anchor holds one more CRL now
             remote = dict(response["crl"])
             result.crl_id, result.crl_arn = remote.get("crlId"), remote.get("crlArn")
             needs_enable = not remote.get("enabled", False)

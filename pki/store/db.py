@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import Integer, Table, create_engine, event, insert, inspect, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 
 from pki.errors import InvalidInput, Unavailable
@@ -25,6 +25,12 @@ class Database:
             self.engine: Engine = self._create_engine(url, sqlite_synchronous)
         except Exception as exc:  # bad URL, missing driver
             raise InvalidInput(f"cannot use the database URL: {exc}") from exc
+        self._prepared: dict[str, PreparedInsert] = {}
+
+    def prepared_insert(self, table: Table) -> PreparedInsert:
+        if table.name not in self._prepared:
+            self._prepared[table.name] = PreparedInsert(self.engine, table)
+        return self._prepared[table.name]
 
     @staticmethod
     def _create_engine(url: str, synchronous: str) -> Engine:
@@ -77,3 +83,33 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class PreparedInsert:
+    """An INSERT compiled once for an engine's dialect and run on the DBAPI cursor of a SQLAlchemy
+    connection, inside that connection's transaction.
+
+    The issuance path writes two rows per certificate; SQLAlchemy's per-statement execution context
+    costs more than SQLite's own insert there. Values still go through each column type's public
+    ``bind_processor``, so rows read back through SQLAlchemy exactly as if it had written them.
+    """
+
+    def __init__(self, engine: Engine, table: Table) -> None:
+        dialect = engine.dialect
+        columns = [c for c in table.columns if not (c.primary_key and c.autoincrement in (True, "auto")
+                                                    and isinstance(c.type, Integer))]
+        compiled = insert(table).compile(dialect=dialect, column_keys=[c.key for c in columns])
+        self.sql = compiled.string
+        self.positional = list(compiled.positiontup) if compiled.positiontup else None
+        self.processors = {c.key: c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns}
+        self.keys = frozenset(self.processors)
+
+    def execute(self, conn: Connection, values: dict[str, Any]) -> None:
+        if values.keys() != self.keys:
+            raise ValueError(f"columns differ: {sorted(self.keys ^ values.keys())}")
+        params = {k: (p(v) if (p := self.processors[k]) is not None else v) for k, v in values.items()}
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self.sql, tuple(params[n] for n in self.positional) if self.positional else params)
+        finally:
+            cursor.close()

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -56,11 +57,12 @@ certificates = Table(
     Column("fingerprint", String(64), nullable=False, unique=True),  # SHA-256 of the DER
     Column("der", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("issuer_id", "serial", name="uq_certificates_issuer_serial"),
-    Index("ix_certificates_serial", "serial"),
-    Index("ix_certificates_revoked", "issuer_id", "revoked_at", "not_after"),
-    Index("ix_certificates_profile", "profile"),
-    Index("ix_certificates_not_after", "not_after"),
+    # (serial, issuer_id): unique per issuer, and serves look-ups by serial alone.
+    UniqueConstraint("serial", "issuer_id", name="uq_certificates_serial_issuer"),
+    # Partial: only revoked rows are indexed, so issuing (the hot path) never touches it; CRL
+    # builds read it. Listing by profile or expiry scans, which is fine for an operator command.
+    Index("ix_certificates_revoked", "issuer_id", "not_after",
+          sqlite_where=text("revoked_at IS NOT NULL"), postgresql_where=text("revoked_at IS NOT NULL")),
 )
 
 crl_state = Table(
@@ -91,8 +93,7 @@ audit_log = Table(
     Column("actor", String(255), nullable=False),
     Column("action", String(64), nullable=False),
     Column("target", String(255), nullable=False),
-    Column("details", JSON, nullable=True),  # never secrets
-    Index("ix_audit_log_at", "at"),
+    Column("details", JSON, nullable=True),  # never secrets; ordered by id (append-only)
 )
 
 enrollment_tokens = Table(

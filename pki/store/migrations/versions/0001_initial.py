@@ -45,12 +45,11 @@ def upgrade() -> None:
         sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
         sa.Column("der", sa.LargeBinary, nullable=False),
         sa.Column("created_at", UTC_TS, nullable=False),
-        sa.UniqueConstraint("issuer_id", "serial", name="uq_certificates_issuer_serial"),
+        sa.UniqueConstraint("serial", "issuer_id", name="uq_certificates_serial_issuer"),
     )
-    op.create_index("ix_certificates_serial", "certificates", ["serial"])
-    op.create_index("ix_certificates_revoked", "certificates", ["issuer_id", "revoked_at", "not_after"])
-    op.create_index("ix_certificates_profile", "certificates", ["profile"])
-    op.create_index("ix_certificates_not_after", "certificates", ["not_after"])
+    revoked_only = sa.text("revoked_at IS NOT NULL")
+    op.create_index("ix_certificates_revoked", "certificates", ["issuer_id", "not_after"],
+                    sqlite_where=revoked_only, postgresql_where=revoked_only)
     op.create_table(
         "crl_state",
         sa.Column("issuer_id", sa.Integer, sa.ForeignKey("issuers.id"), primary_key=True),
@@ -76,7 +75,6 @@ def upgrade() -> None:
         sa.Column("target", sa.String(255), nullable=False),
         sa.Column("details", sa.JSON, nullable=True),
     )
-    op.create_index("ix_audit_log_at", "audit_log", ["at"])
 
 
 def downgrade() -> None:
