@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote, unquote
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
@@ -155,9 +155,18 @@ def canonical_query(query: Mapping[str, str] | Iterable[tuple[str, str]]) -> str
 
 
 def canonical_query_from_raw(raw_query: str | bytes) -> str:
-    """The canonical form of a query string as received (decoded once, then re-encoded)."""
+    """The canonical form of a query string as received (each part decoded once, then re-encoded).
+
+    ``+`` is kept as a literal plus (not a space): SigV4 clients percent-encode spaces as ``%20``,
+    so a bare ``+`` can only be a plus the client also signed as ``%2B``.
+    """
     text = raw_query.decode("latin-1") if isinstance(raw_query, bytes) else raw_query
-    pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False)
+    pairs = []
+    for part in text.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        pairs.append((unquote(name), unquote(value)))
     return canonical_query(pairs)
 
 

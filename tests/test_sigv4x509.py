@@ -115,6 +115,7 @@ def test_algorithm_from_key_type_only() -> None:
 def test_canonical_query_encoding() -> None:
     assert s.canonical_query({"b": "a:b/c d~", "a": "x"}) == "a=x&b=a%3Ab%2Fc%20d~"
     assert s.canonical_query_from_raw("b=a%3Ab%2Fc%20d~&a=x") == "a=x&b=a%3Ab%2Fc%20d~"
+    assert s.canonical_query_from_raw("a=1+2&b&c=%7e") == "a=1%2B2&b=&c=~"
 
 
 def test_canonical_headers_trim_and_collapse() -> None:
