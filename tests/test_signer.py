@@ -879,3 +879,43 @@ def test_serve_command_binds_loopback_and_prints_endpoint(files: dict[str, Path]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_serve_binds_another_address_only_when_asked(files: dict[str, Path], fake: FakeService) -> None:
+    default = make_server(_opts(files, fake.url), port=0)
+    try:
+        assert default.server_address[0] == "127.0.0.1"
+    finally:
+        default.server_close()
+    # Another address than the default, still on loopback so the test exposes nothing.
+    wide = make_server(_opts(files, fake.url), port=0, bind="127.0.0.2", hop_limit=1)
+    thread = threading.Thread(target=wide.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        assert wide.server_address[0] == "127.0.0.2"
+        status, _, token = _http("PUT", f"http://127.0.0.2:{wide.server_address[1]}/latest/api/token")
+        assert status == 200 and token
+    finally:
+        wide.shutdown()
+        wide.server_close()
+
+
+def test_update_loop_refreshes_before_expiry(files: dict[str, Path], fake: FakeService, tmp_path: Path) -> None:
+    class Stop(Exception):
+        pass
+
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            raise Stop
+
+    fake.script.append((201, "", credential_body(expires_in=3600, key_id="ASIAFIRST")))
+    fake.script.append((503, "ServiceUnavailableException", b'{"message":"down"}'))
+    path = tmp_path / "credentials"
+    with pytest.raises(Stop):
+        update.run_update(_opts(files, fake.url), "ra", path=path, sleep=sleep, retry_delay=7)
+    assert 3200 < waits[0] <= 3300  # 5 minutes before the one-hour expiry
+    assert waits[1] == 7  # a failed refresh is retried; the written credentials stay in place
+    assert "aws_access_key_id = ASIAFIRST" in path.read_text()

@@ -428,3 +428,16 @@ def test_credential_process_does_not_import_boto3_or_click(ra: Setup, tmp_path: 
         check=False,
     )
     assert result.stdout.strip() == "0 []", result.stderr
+
+
+def test_tls_verification_and_no_verify_ssl(ra: Setup, tmp_path: Path) -> None:
+    ra.issue(tmp_path / "id")
+    args = ra.args(tmp_path / "id")
+    i = args.index("--ca-bundle")
+    without_bundle = args[:i] + args[i + 2 :]
+    refused = run_signer("credential-process", *without_bundle)
+    assert refused.returncode == 1 and refused.stdout == b""
+    assert b"TLS verification" in refused.stderr and b"--ca-bundle" in refused.stderr
+    assert_credentials(run_signer("credential-process", *without_bundle, "--no-verify-ssl"))
+    # AWS_CA_BUNDLE works like --ca-bundle.
+    assert_credentials(run_signer("credential-process", *without_bundle, env={"AWS_CA_BUNDLE": ra.emulator.ca_bundle}))
