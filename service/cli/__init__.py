@@ -6,6 +6,7 @@ from service.cli import (
     ca_commands,  # noqa: F401
     cert_commands,  # noqa: F401
     emulator_commands,  # noqa: F401
+    serve_commands,  # noqa: F401
 )
 from service.cli.base import main
 

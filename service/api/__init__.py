@@ -1,0 +1,57 @@
+"""The enrollment API: a Flask application on top of ``pki``.
+
+``create_app(home)`` builds it; ``rapki serve`` (``service.api.server``) runs it under gunicorn
+with TLS. The Flask development server is never used to serve it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from flask import Flask, Response, g, request
+
+from pki.authority import CertificateAuthority
+from pki.tokens import TokenStore
+from service.api import errors, metrics
+from service.api.context import ApiContext, Settings
+from service.api.state import SharedState
+
+STATE_FILE = "api-state.db"
+
+
+def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | None = None) -> Flask:
+    """The WSGI application for the CA in ``home`` (or the already open ``ca``)."""
+    if ca is None:
+        if home is None:
+            raise ValueError("create_app needs a home or a CertificateAuthority")
+        ca = CertificateAuthority.open(home)
+    app = Flask("rapki")
+    app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    settings = Settings.from_config(ca.config.extra.get("api", {}))
+    app.extensions["rapki"] = ApiContext(ca, TokenStore(ca), SharedState(ca.home.path / STATE_FILE), settings)
+    logging.getLogger("rapki.api").setLevel(logging.INFO)
+
+    from service.api.routes import ops, v1
+
+    app.register_blueprint(v1)
+    app.register_blueprint(ops)
+    errors.register(app)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        started = g.get("started")
+        if started is not None:
+            metrics.LATENCY.labels(request.method, endpoint, str(response.status_code)).observe(
+                time.perf_counter() - started)
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    return app

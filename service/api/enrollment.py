@@ -1,0 +1,192 @@
+"""Enroll, renew and revoke: the request bodies read and checked, then handed to ``pki``.
+
+Policy lives in ``pki`` (profiles, CSR rules, Roles Anywhere preflight in
+``CertificateAuthority.issue``; token binding and redemption in ``pki.tokens``). This module
+validates the shape of the JSON, orders the checks so that every refusal happens before anything
+is written, and shapes the answer (PEM or PKCS#12, Roles Anywhere binding).
+
+Order for ``/v1/enroll``: body shape (400) -> token known and redeemable (401/409) -> token bound
+to this profile and CN (403) -> profile policy (422, inside ``issue`` before any key or
+certificate is made) -> certificate recorded and token use consumed in one transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from datetime import timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from pki.authority import CertificateAuthority, IssuedCertificate
+from pki.crl import parse_reason
+from pki.durations import parse_duration
+from pki.errors import Forbidden, InvalidInput
+from pki.issuance import CsrContent, SubjectAltNames, load_csr, read_csr
+from pki.keys import KeyType
+from pki.profiles import Profile
+from pki.tokens import EnrollmentToken, TokenStore
+from service.api.auth import Caller
+
+FORMATS = ("pem", "pkcs12")
+MIN_PKCS12_PASSWORD = 8
+
+
+def _field(body: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidInput(f'"{name}" is required')
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise InvalidInput(f'"{name}" must be a {kind.__name__}')
+    return value
+
+
+def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {', '.join(unknown)}: allowed are {', '.join(sorted(allowed))}")
+
+
+class Request:
+    """The common fields of /v1/enroll and /v1/renew, checked for shape."""
+
+    def __init__(self, body: dict[str, Any], *, allowed: set[str]) -> None:
+        _check_keys(body, allowed)
+        csr_text = _field(body, "csr", str)
+        key_type = _field(body, "key_type", str)
+        if csr_text is not None and key_type is not None:
+            raise InvalidInput('give "csr" (your own key) or "key_type" (key made by the server), not both')
+        self.csr = load_csr(csr_text.encode()) if csr_text is not None else None
+        self.csr_content: CsrContent | None = None  # read by check_csr(), after authentication
+        self.key_type = KeyType.parse(key_type) if key_type is not None else None
+        ttl = _field(body, "ttl", str)
+        self.ttl: timedelta | None = parse_duration(ttl) if ttl is not None else None
+        self.format = _field(body, "format", str) or "pem"
+        if self.format not in FORMATS:
+            raise InvalidInput(f'"format" must be one of {", ".join(FORMATS)}')
+        self.password = _field(body, "password", str)
+        if self.format == "pkcs12" and (self.password is None or len(self.password) < MIN_PKCS12_PASSWORD):
+            raise InvalidInput(f'"format": "pkcs12" needs a "password" of at least {MIN_PKCS12_PASSWORD} characters')
+        sans = _field(body, "sans", list) or []
+        if not all(isinstance(s, str) for s in sans):
+            raise InvalidInput('"sans" must be a list of strings (dns:NAME or uri:URI)')
+        self.sans = SubjectAltNames.parse(sans)
+        self.cn = _field(body, "cn", str)
+        self.profile = _field(body, "profile", str)
+
+    def check_csr(self) -> None:
+        """What the CSR asks for; 422 for what a workload certificate never gets (CA:TRUE...)."""
+        if self.csr is not None:
+            self.csr_content = read_csr(self.csr)
+
+
+def enroll(ca: CertificateAuthority, tokens: TokenStore, token: str, record: EnrollmentToken,
+           body: dict[str, Any], caller_address: str) -> tuple[IssuedCertificate, Request, Profile]:
+    """``record`` is the token already authenticated (``TokenStore.authenticate``)."""
+    req = Request(body, allowed={"csr", "key_type", "ttl", "format", "password", "sans", "cn", "profile"})
+    req.check_csr()
+    if req.csr is None and req.key_type is None:
+        raise InvalidInput('give "csr" (a PEM CSR, your own key) or "key_type" (e.g. "ec-p256", key made here)')
+    csr_cn = req.csr_content.common_name if req.csr_content is not None else None
+    if req.cn is not None and csr_cn is not None and req.cn != csr_cn:
+        raise InvalidInput(f'"cn" {req.cn!r} differs from the CSR\'s CN {csr_cn!r}')
+    cn = req.cn or csr_cn or (None if record.cn_is_pattern else record.cn)
+    if cn is None:
+        raise InvalidInput('this token allows several CNs: give "cn" (or a CN in the CSR)')
+    tokens.check_binding(record, req.profile, cn)  # 403
+    profile = ca.profile(record.profile)
+    issued = ca.issue(profile, cn=cn, sans=req.sans.as_list(), csr=req.csr, key_type=req.key_type, ttl=req.ttl,
+                      actor=f"api:enrollment-token:{record.id}@{caller_address}", within=tokens.redeemer(token))
+    return issued, req, profile
+
+
+def renew(ca: CertificateAuthority, caller: Caller, body: dict[str, Any]) -> tuple[IssuedCertificate, Request, Profile]:
+    """A new certificate for the same subject and profile; the current one is marked superseded."""
+    assert caller.certificate is not None
+    current = caller.certificate
+    req = Request(body, allowed={"csr", "key_type", "ttl", "format", "password"})
+    req.check_csr()
+    old_sans = SubjectAltNames.parse(current.sans)
+    if req.csr_content is not None:
+        if req.csr_content.common_name not in (None, current.common_name):
+            raise Forbidden(f"a renewal keeps the subject: the CSR asks for CN {req.csr_content.common_name!r}, "
+                            f"the certificate has {current.common_name!r}")
+        extra = set(req.csr_content.sans.as_list()) - set(old_sans.as_list())
+        if extra:
+            raise Forbidden(f"a renewal keeps the names: the CSR adds {sorted(extra)}; enroll with a token instead")
+    key_type = req.key_type if req.csr is None else None
+    if req.csr is None and key_type is None:
+        key_type = KeyType.parse(current.key_type)
+    profile = ca.profile(current.profile)
+    issued = ca.issue(profile, cn=current.common_name, sans=old_sans.as_list(), csr=req.csr, key_type=key_type,
+                      ttl=req.ttl, actor=caller.actor, supersedes=current.serial)
+    return issued, req, profile
+
+
+def revoke_request(body: dict[str, Any], caller: Caller) -> tuple[str, Any]:
+    """The serial and reason to revoke; a certificate holder may revoke only its own certificate."""
+    _check_keys(body, {"serial", "reason"})
+    serial = _field(body, "serial", str)
+    reason = parse_reason(_field(body, "reason", str))
+    if not caller.is_operator:
+        assert caller.certificate is not None
+        own = caller.certificate.serial
+        if serial is not None and serial.lower().lstrip("0").replace(":", "") != own:
+            raise Forbidden("a certificate may revoke only itself: use an operator token for other certificates")
+        serial = own
+    if serial is None:
+        raise InvalidInput('"serial" is required')
+    return serial, reason
+
+
+# --- answers ---------------------------------------------------------------------------------------
+def roles_anywhere(profile: Profile) -> dict[str, Any] | None:
+    binding = profile.roles_anywhere
+    if not binding.is_bound:
+        return None
+    role_arn = binding.role_arns[0]
+    line = shlex.join([
+        "rapki-signer", "credential-process", "--certificate", "cert.pem", "--private-key", "key.pem",
+        "--intermediates", "chain.pem", "--trust-anchor-arn", binding.trust_anchor_arn,
+        "--profile-arn", binding.profile_arn, "--role-arn", role_arn,
+    ])
+    return {"trust_anchor_arn": binding.trust_anchor_arn, "profile_arn": binding.profile_arn,
+            "role_arn": role_arn, "role_arns": list(binding.role_arns),
+            "session_duration": binding.session_duration, "credential_process": line}
+
+
+def answer(issued: IssuedCertificate, req: Request, profile: Profile) -> dict[str, Any]:
+    cert = issued.certificate
+    result: dict[str, Any] = {
+        "serial": issued.serial_hex, "profile": issued.profile, "subject": cert.subject.rfc4514_string(),
+        "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
+        "format": req.format,
+    }
+    if req.format == "pem":
+        result["certificate"] = issued.cert_pem.text()
+        result["chain"] = issued.chain_pem.text()
+        if issued.key_pem is not None:
+            result["private_key"] = issued.key_pem.text()
+    else:
+        assert req.password is not None
+        encryption = (
+            serialization.PrivateFormat.PKCS12.encryption_builder()
+            .kdf_rounds(50_000)
+            .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+            .hmac_hash(hashes.SHA256())
+            .build(req.password.encode())
+        )
+        cn = issued.certificate.subject.rfc4514_string().encode()
+        bundle = pkcs12.serialize_key_and_certificates(cn, issued.private_key, cert, list(issued.chain), encryption)
+        result["pkcs12"] = base64.b64encode(bundle).decode()
+        # PEM copies of the public parts, so a client can use them without opening the bundle.
+        result["certificate"] = issued.cert_pem.text()
+        result["chain"] = issued.chain_pem.text()
+    binding = roles_anywhere(profile)
+    if binding is not None:
+        result["roles_anywhere"] = binding
+    return result

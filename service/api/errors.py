@@ -1,0 +1,84 @@
+"""Every error leaves the API as ``{"error": "<code>", "message": "<what was wrong, what to do>"}``.
+
+Library errors (``pki.errors``) carry their own code and status; HTTP-level failures from
+Werkzeug (404, 405, 413) and database outages are mapped here, so no handler ever answers with an
+HTML page or a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from werkzeug.exceptions import HTTPException
+
+from pki.errors import InvalidInput, RapkiError
+from service.api import metrics
+
+log = logging.getLogger("rapki.api")
+
+MAX_BODY = 64 * 1024
+
+_HTTP_CODES = {
+    400: ("malformed_request", "the request could not be read: check its syntax"),
+    404: ("not_found", "no such endpoint: see GET /v1/openapi.json"),
+    405: ("method_not_allowed", "this endpoint does not take this method: see GET /v1/openapi.json"),
+    413: ("body_too_large", f"the request body is over {MAX_BODY // 1024} KiB: send only the CSR and options"),
+    415: ("unsupported_media_type", "send the body as application/json"),
+}
+
+
+class MalformedJson(InvalidInput):
+    code = "malformed_json"
+
+
+def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    response = jsonify({"error": code, "message": message})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    metrics.REFUSED.labels(endpoint, code).inc()
+    return response
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(RapkiError)
+    def _rapki(exc: RapkiError) -> Response:
+        headers = {}
+        if getattr(exc, "retry_after", None):
+            headers["Retry-After"] = str(exc.retry_after)  # type: ignore[attr-defined]
+        if exc.http_status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="rapki"'
+        if exc.http_status >= 500 and exc.http_status != 503:
+            log.error("request failed: %s", exc)
+        return error_response(exc.code, str(exc), exc.http_status, headers)
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code, message = _HTTP_CODES.get(status, ("http_error", exc.description or "request failed"))
+        return error_response(code, message, status)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeout)
+    def _db_down(exc: Exception) -> Response:
+        log.error("database unavailable: %s", exc)
+        return error_response("unavailable", "the CA database is unreachable right now: retry later",
+                              503, {"Retry-After": "5"})
+
+    @app.errorhandler(DBAPIError)
+    def _db_error(exc: DBAPIError) -> Response:
+        if exc.connection_invalidated:
+            return _db_down(exc)
+        log.exception("database error")
+        return error_response("internal_error", "the request failed on the server: the operator can see why "
+                              "in the server log", 500)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unexpected error")
+        return error_response("internal_error", "the request failed on the server: the operator can see why "
+                              "in the server log", 500)

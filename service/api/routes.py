@@ -1,0 +1,242 @@
+"""The HTTP endpoints. Thin: read the request, authenticate, call ``pki``, shape the answer."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy import func, select
+
+from pki.crl import BuiltCrl
+from pki.durations import parse_duration
+from pki.errors import InvalidInput, Unauthenticated, Unavailable
+from pki.pem import Pem
+from pki.store.schema import certificates
+from pki.tokens import parse_token
+from service.api import enrollment, metrics
+from service.api.auth import Caller, certificate_caller, client_address, operator_caller, require_bearer
+from service.api.context import ApiContext
+from service.api.errors import MalformedJson
+from service.api.openapi import spec
+
+v1 = Blueprint("v1", __name__, url_prefix="/v1")
+ops = Blueprint("ops", __name__)
+
+PEM_TYPE = "application/x-pem-file"
+
+
+def ctx() -> ApiContext:
+    return current_app.extensions["rapki"]  # type: ignore[no-any-return]
+
+
+def json_body(*, optional: bool = False) -> dict[str, Any]:
+    data = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
+    if not data.strip():
+        if optional:
+            return {}
+        raise MalformedJson("the request body is empty: send a JSON object")
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedJson(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise MalformedJson("the request body must be a JSON object")
+    return body
+
+
+def _limit_address() -> None:
+    c = ctx()
+    c.state.hit(f"addr:{client_address()}", c.settings.per_address, f"from {client_address()}")
+
+
+def _limit_identity(key: str) -> None:
+    c = ctx()
+    c.state.hit(key, c.settings.per_identity, "with these credentials")
+
+
+def _certificate_caller() -> Caller | None:
+    c = ctx()
+    return certificate_caller(c.ca, c.state.first_use, operator_profiles=c.settings.operator_profiles,
+                              accept_signed=c.settings.accept_signed)
+
+
+def _operator() -> Caller:
+    c = ctx()
+    caller = operator_caller(c.ca, c.tokens, operator_profiles=c.settings.operator_profiles,
+                             replay_check=c.state.first_use, accept_signed=c.settings.accept_signed)
+    _limit_identity(f"{caller.kind}:{caller.id}")
+    return caller
+
+
+# --- workload endpoints ----------------------------------------------------------------------------
+@v1.post("/enroll")
+def enroll() -> tuple[Response, int]:
+    _limit_address()
+    c = ctx()
+    token = require_bearer()
+    _limit_identity(f"enrollment-token:{parse_token(token, 'e')}")
+    record = c.tokens.authenticate(token)
+    issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, json_body(), client_address())
+    metrics.ISSUED.labels(issued.profile).inc()
+    return jsonify(enrollment.answer(issued, req, profile)), 201
+
+
+@v1.post("/renew")
+def renew() -> tuple[Response, int]:
+    _limit_address()
+    caller = _certificate_caller()
+    if caller is None:
+        raise Unauthenticated("renewal needs the current certificate: connect with it (mutual TLS) or sign the "
+                              "request with its key (RAPKI-SIG-V1)")
+    _limit_identity(f"certificate:{caller.id}")
+    issued, req, profile = enrollment.renew(ctx().ca, caller, json_body(optional=True))
+    metrics.RENEWED.labels(issued.profile).inc()
+    return jsonify(enrollment.answer(issued, req, profile)), 201
+
+
+@v1.post("/revoke")
+def revoke() -> Response:
+    _limit_address()
+    c = ctx()
+    if request.headers.get("Authorization"):
+        caller = _operator()
+    else:
+        caller = _certificate_caller()  # self-revocation: proof of possession of the key
+        if caller is None:
+            raise Unauthenticated("revocation needs an operator token, an operator certificate, or the "
+                                  "certificate itself (mutual TLS or a RAPKI-SIG-V1 signature)")
+        _limit_identity(f"certificate:{caller.id}")
+    serial, reason = enrollment.revoke_request(json_body(), caller)
+    result = c.ca.revoke(serial, reason=reason, actor=caller.actor)
+    if not result.already_revoked:
+        metrics.REVOKED.labels(result.record.profile).inc()
+    return jsonify({**result.record.to_dict(), "already_revoked": result.already_revoked})
+
+
+# --- operator endpoints ----------------------------------------------------------------------------
+@v1.get("/certificates/<serial>")
+def certificate(serial: str) -> Response:
+    _limit_address()
+    _operator()
+    record = ctx().ca.find(serial)
+    return jsonify({**record.to_dict(), "certificate": Pem.of_certificates([record.certificate]).text()})
+
+
+@v1.post("/tokens")
+def create_token() -> tuple[Response, int]:
+    _limit_address()
+    caller = _operator()
+    body = json_body()
+    enrollment._check_keys(body, {"profile", "cn", "cn_pattern", "ttl", "uses"})
+    profile = enrollment._field(body, "profile", str, required=True)
+    uses = enrollment._field(body, "uses", int) or 1
+    ttl = parse_duration(enrollment._field(body, "ttl", str) or "15m")
+    created = ctx().tokens.create(profile, cn=enrollment._field(body, "cn", str),
+                                  cn_pattern=enrollment._field(body, "cn_pattern", str), ttl=ttl, uses=uses,
+                                  actor=caller.actor)
+    return jsonify({**created.record.to_dict(), "token": created.token}), 201
+
+
+@v1.get("/tokens")
+def list_tokens() -> Response:
+    _limit_address()
+    _operator()
+    include = request.args.get("all") in ("1", "true", "yes")
+    return jsonify({"tokens": [t.to_dict() for t in ctx().tokens.list(include_inactive=include)]})
+
+
+@v1.delete("/tokens/<token_id>")
+def revoke_token(token_id: str) -> Response:
+    _limit_address()
+    caller = _operator()
+    return jsonify(ctx().tokens.revoke(token_id, actor=caller.actor).to_dict())
+
+
+# --- public CA material ----------------------------------------------------------------------------
+def _pem(data: bytes) -> Response:
+    return Response(data, mimetype=PEM_TYPE)
+
+
+@v1.get("/ca/chain")
+def ca_chain() -> Response:
+    return _pem(Pem.of_certificates(ctx().ca.chain()).data)
+
+
+@v1.get("/ca/root")
+def ca_root() -> Response:
+    return _pem(Pem.of_certificates([ctx().ca.root_certificate]).data)
+
+
+@v1.get("/crl")
+def crl() -> Response:
+    """The issuing CA's current CRL (``?issuer=NAME`` for another). Rebuilt when there is none yet,
+    when it is past half its validity, or when a revocation happened after it was built, so a
+    relying party never fetches a CRL that misses a revocation the API already confirmed."""
+    c = ctx()
+    name = request.args.get("issuer") or None
+    issuer = c.ca.issuer(name)
+    state = c.ca.crl_state(issuer.name)
+    now = datetime.now(UTC)
+    stale = state["der"] is None or state["this_update"] is None
+    if not stale:
+        validity: timedelta = state["next_update"] - state["this_update"]
+        stale = now >= state["this_update"] + validity / 2
+    if not stale:
+        with c.ca.db.engine.connect() as conn:
+            latest = conn.execute(select(func.max(certificates.c.revoked_at))
+                                  .where(certificates.c.issuer_id == issuer.id)).scalar()
+        if latest is not None:
+            latest = latest if latest.tzinfo else latest.replace(tzinfo=UTC)
+            stale = latest >= state["this_update"].replace(microsecond=0)
+    if stale:
+        built: BuiltCrl = c.ca.build_crl(issuer.name, actor="api:crl")
+        der = built.der
+    else:
+        der = state["der"]
+    if PEM_TYPE in request.headers.get("Accept", ""):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        pem = x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM)
+        return _pem(pem)
+    return Response(der, mimetype="application/pkix-crl")
+
+
+@v1.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(spec())
+
+
+# --- operations ------------------------------------------------------------------------------------
+@ops.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    c = ctx()
+    checks: dict[str, str] = {}
+    status = 200
+    try:
+        c.ca.db.ping()
+        checks["database"] = "ok"
+    except Unavailable as exc:
+        checks["database"] = str(exc)
+        status = 503
+    try:
+        issuer = c.ca.issuer()
+        if not c.ca.home.resolve(issuer.key_ref).is_file():
+            raise InvalidInput(f"the key file of {issuer.name} is missing")
+        c.ca.issuer_key(issuer)
+        checks["ca_key"] = "ok"
+    except Exception as exc:
+        checks["ca_key"] = str(exc)
+        status = 503
+    body: dict[str, Any] = {"status": "ok" if status == 200 else "unavailable", "checks": checks}
+    if status != 200:
+        body.update({"error": "unavailable", "message": "; ".join(f"{k}: {v}" for k, v in checks.items()
+                                                                   if v != "ok")})
+    return jsonify(body), status
+
+
+@ops.get("/metrics")
+def prometheus() -> Response:
+    return Response(metrics.render(ctx().ca), content_type=metrics.CONTENT_TYPE)
