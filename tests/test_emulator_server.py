@@ -184,3 +184,24 @@ def test_print_ca(tmp_path: Path) -> None:
     again = CliRunner().invoke(main, ["emulator", "--state", str(state), "--print-ca"])
     assert again.output == result.output  # reused, so AWS_CA_BUNDLE stays valid
     assert ((tmp_path / "emu" / "emulator-tls.key").stat().st_mode & 0o777) == 0o600
+
+
+def test_served_by_gunicorn_with_concurrent_writes(emulator: RunningEmulator) -> None:
+    """Threads of the one worker write concurrently; every acknowledged write is in the state file."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    health = emulator.request("GET", "/_emulator/health")
+    assert "gunicorn" in health.headers.get("server", "")
+    ra = emulator.boto3_client()
+
+    def create(i: int) -> str:
+        return str(ra.create_profile(name=f"concurrent-{i}", roleArns=[ROLE])["profile"]["profileId"])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = set(pool.map(create, range(40)))
+    assert len(ids) == 40
+    listed = {p["profileId"] for p in ra.get_paginator("list_profiles").paginate().build_full_result()["profiles"]}
+    assert ids <= listed
+    saved = json.loads(emulator.state_path.read_text())["accounts"]["123456789012"]["us-east-1"]["profiles"]
+    assert ids <= set(saved)
