@@ -310,3 +310,15 @@ def test_shared_vector_replayed_against_emulator(tmp_path: Path) -> None:
     assert_refused(resp, 403, "AccessDeniedException", "Untrusted Signing Certificate")
     assert "does not exist" in (resp.detail or "")
     assert anchor
+
+
+def test_session_rate_per_certificate(setup: dict[str, Any], pki: dict[str, SimpleCa]) -> None:
+    """With ``sessionRate`` set, a burst from one certificate is throttled; another certificate is not."""
+    emu: InProcessEmulator = setup["emu"]
+    assert emu.client.put("/_emulator/faults", json={"sessionRate": 1}).status_code == 200
+    statuses = [session(setup).status for _ in range(3)]
+    assert statuses[0] == 201 and 429 in statuses
+    other, other_key = make_leaf(pki["issuing"], "build-agent-03")
+    assert session(setup, certificate=other, private_key=other_key).status == 201
+    emu.client.delete("/_emulator/faults")
+    assert session(setup).status == 201

@@ -62,11 +62,15 @@ from service.cli.base import default_home, main
 @click.option(
     "--latency", default=0.0, show_default=True, type=click.FloatRange(0.0), help="Seconds added to every call."
 )
+@click.option(
+    "--session-rate", default=0.0, show_default=True, type=click.FloatRange(0.0),
+    help="CreateSession requests/second per certificate and client (0: no limit; AWS: 10).",
+)  # fmt: skip
 @click.option("--print-ca", is_flag=True, help="Print the TLS certificate to trust (PEM, for AWS_CA_BUNDLE) and exit.")
 def emulator(
     host: str, port: int, tls_cert: Path | None, tls_key: Path | None, state_path: Path | None,
     region: str, account: str, threads: int, fail_rate: float, throttle: float, latency: float,
-    print_ca: bool,
+    session_rate: float, print_ca: bool,
 ) -> None:  # fmt: skip
     """Serve the Roles Anywhere control plane and CreateSession on HTTPS.
 
@@ -89,12 +93,13 @@ def emulator(
         click.echo(cert_path.read_text(), nl=False)
         return
     _serve(host=host, port=port, cert_path=cert_path, key_path=key_path, state=state, region=region,
-           account=account, threads=threads, fail_rate=fail_rate, throttle=throttle, latency=latency)  # fmt: skip
+           account=account, threads=threads, fail_rate=fail_rate, throttle=throttle, latency=latency,
+           session_rate=session_rate)  # fmt: skip
 
 
 def _serve(
     *, host: str, port: int, cert_path: Path, key_path: Path, state: Path, region: str, account: str,
-    threads: int, fail_rate: float, throttle: float, latency: float,
+    threads: int, fail_rate: float, throttle: float, latency: float, session_rate: float,
 ) -> None:  # fmt: skip
     from service.emulator import create_app
     from service.emulator.faults import FaultSettings
@@ -108,7 +113,7 @@ def _serve(
         raise InvalidInput(f"cannot read the emulator state {state}: {exc}") from exc
 
     def factory() -> object:
-        faults = FaultSettings(fail_rate=fail_rate, throttle=throttle, latency=latency)
+        faults = FaultSettings(fail_rate=fail_rate, throttle=throttle, latency=latency, session_rate=session_rate)
         return create_app(state, account=account, region=region, faults=faults)
 
     shown = f"[{host}]" if ":" in host else host

@@ -113,6 +113,7 @@ def create_app(
     def sessions() -> Response:
         try:
             injector.before("CreateSession")
+            injector.check_session_rate(request.headers.get("X-Amz-X509", ""), request.remote_addr or "")
             session = SessionInput(
                 method=request.method, path=request.path,
                 raw_query=request.query_string.decode("latin-1"),

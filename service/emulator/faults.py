@@ -42,12 +42,14 @@ class FaultSettings:
     fail_next: int = 0
     throttle_next: int = 0
     operations: list[str] = field(default_factory=list)
+    # CreateSession requests/second per certificate and client address (0: unlimited; AWS: 10).
+    session_rate: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "failRate": self.fail_rate, "throttle": self.throttle, "latency": self.latency,
             "failNext": self.fail_next, "throttleNext": self.throttle_next,
-            "operations": list(self.operations),
+            "operations": list(self.operations), "sessionRate": self.session_rate,
         }  # fmt: skip
 
     def update(self, body: dict[str, Any]) -> None:
@@ -56,6 +58,7 @@ class FaultSettings:
             "failRate": ("fail_rate", float), "throttle": ("throttle", float),
             "latency": ("latency", float), "failNext": ("fail_next", int),
             "throttleNext": ("throttle_next", int), "operations": ("operations", list),
+            "sessionRate": ("session_rate", float),
         }  # fmt: skip
         unknown = set(body) - set(fields)
         if unknown:
@@ -90,6 +93,7 @@ class FaultInjector:
         self.injected: Counter[str] = Counter()
         self._tokens = max(self.settings.throttle, 1.0)
         self._last_refill = time.monotonic()
+        self._session_buckets: dict[tuple[str, str], tuple[float, float]] = {}
 
     def _matches(self, operation: str) -> bool:
         ops = self.settings.operations
@@ -132,6 +136,24 @@ class FaultInjector:
             return True
         return False
 
+    def check_session_rate(self, certificate_header: str, client: str) -> None:
+        """The service's CreateSession quota, per certificate and source address, when enabled."""
+        rate = self.settings.session_rate
+        if rate <= 0:
+            return
+        key = (certificate_header, client)
+        now = time.monotonic()
+        with self._lock:
+            if len(self._session_buckets) > 10_000:  # bounded memory under load tests
+                self._session_buckets.clear()
+            tokens, last = self._session_buckets.get(key, (max(rate, 1.0), now))
+            tokens = min(max(rate, 1.0), tokens + (now - last) * rate)
+            if tokens < 1.0:
+                self._session_buckets[key] = (tokens, now)
+                self.injected["ThrottlingException"] += 1
+                raise throttling()
+            self._session_buckets[key] = (tokens - 1.0, now)
+
     def record_success(self, operation: str) -> None:
         """Count a write that changed state (2xx); refused or faulted attempts only count in ``calls``."""
         if operation in WRITE_OPERATIONS:
@@ -161,11 +183,13 @@ class FaultInjector:
         with self._lock:
             self.settings.update(body)
             self._tokens = max(self.settings.throttle, 1.0)
+            self._session_buckets.clear()
             return self.settings.to_json()
 
     def clear_faults(self) -> dict[str, Any]:
         with self._lock:
             self.settings = FaultSettings()
+            self._session_buckets.clear()
             return self.settings.to_json()
 
     def faults(self) -> dict[str, Any]:
