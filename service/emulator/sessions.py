@@ -27,6 +27,7 @@ from itertools import pairwise
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from pki import sigv4x509
@@ -103,7 +104,7 @@ def issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
         return False
     try:
         child.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, Exception):  # InvalidSignature, unsupported algorithms
+    except (InvalidSignature, ValueError, TypeError):  # bad signature, unsupported algorithm or key
         return False
     return True
 
