@@ -405,8 +405,11 @@ def start_emulator(state_dir: Path, *, extra_args: Sequence[str] = (), threads: 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     with log_path.open("wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    extra = list(extra_args)
+    # With --tls-cert the client trusts that certificate; otherwise the self-signed one.
+    ca_bundle = extra[extra.index("--tls-cert") + 1] if "--tls-cert" in extra else str(state_dir / "emulator-tls.pem")
     running = RunningEmulator(
-        endpoint_url=f"https://127.0.0.1:{port}", ca_bundle=str(state_dir / "emulator-tls.pem"),
+        endpoint_url=f"https://127.0.0.1:{port}", ca_bundle=ca_bundle,
         region=DEFAULT_REGION, state_path=state_path, host="127.0.0.1", port=port, process=process,
         log_path=log_path,
     )  # fmt: skip
