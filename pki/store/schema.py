@@ -54,7 +54,9 @@ certificates = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     Column("revocation_reason", String(32), nullable=True),
     Column("superseded_by", String(42), nullable=True),
-    Column("fingerprint", String(64), nullable=False, unique=True),  # SHA-256 of the DER
+    # SHA-256 of the DER. Not indexed: a random-key index costs every issuance a B-tree write, and
+    # certificates are found by (serial, issuer) instead.
+    Column("fingerprint", String(64), nullable=False),
     Column("der", LargeBinary, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     # (serial, issuer_id): unique per issuer, and serves look-ups by serial alone.

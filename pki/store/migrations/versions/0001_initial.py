@@ -42,7 +42,7 @@ def upgrade() -> None:
         sa.Column("revoked_at", UTC_TS, nullable=True),
         sa.Column("revocation_reason", sa.String(32), nullable=True),
         sa.Column("superseded_by", sa.String(42), nullable=True),
-        sa.Column("fingerprint", sa.String(64), nullable=False, unique=True),
+        sa.Column("fingerprint", sa.String(64), nullable=False),
         sa.Column("der", sa.LargeBinary, nullable=False),
         sa.Column("created_at", UTC_TS, nullable=False),
         sa.UniqueConstraint("serial", "issuer_id", name="uq_certificates_serial_issuer"),
