@@ -99,7 +99,8 @@ def _schemas() -> dict[str, Any]:
                 "chain": {"type": "string", "description": "PEM intermediates (X-Amz-X509-Chain)"},
                 "private_key": {"type": "string", "description": "PKCS#8 PEM, only when the server made the key"},
                 "pkcs12": {"type": "string", "contentEncoding": "base64",
-                           "description": "format pkcs12: key (when made here), certificate and chain"},
+                           "description": "format pkcs12: key and certificate (when the key was made here), "
+                                          "else the certificate first among the bundle's certificates; then the chain"},
                 "roles_anywhere": _ref("RolesAnywhere"),
             },
         },

@@ -1,0 +1,535 @@
+"""The enrollment API end to end: real HTTPS on 127.0.0.1 through gunicorn (2 workers), started
+once for this module by ``rapki serve``.
+
+Independent judges: pkilint and ``openssl verify`` for what is issued, openapi-spec-validator and
+JSON Schema for the API description, the database itself for "nothing was written".
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+from sqlalchemy import create_engine, func, select, update
+from sqlalchemy.engine import Engine
+
+from pki.enrollment_client import make_csr, sign_request
+from pki.home import Home
+from pki.profiles import Profile, RolesAnywhereBinding
+from pki.store.schema import audit_log, certificates, enrollment_tokens
+from pki.tokens import TokenStore
+from tests.conftest import PASSPHRASE, make_ca
+from tests.validators import lint_cert, openssl_verify
+
+RAPKI = [sys.executable, "-c", "from service.cli import main; main()"]
+TRUST_ANCHOR = "arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+PROFILE_ARN = "arn:aws:rolesanywhere:eu-west-1:111122223333:profile/1a2b3c4d-5e6f-7081-92a3-b4c5d6e7f809"
+ROLE_ARN = "arn:aws:iam::111122223333:role/web"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    home: Path
+    url: str
+    root: Path
+    engine: Engine
+    tokens: TokenStore
+    operator_token: str
+    tmp: Path
+
+    def token(self, profile: str = "web", cn: str | None = "web-1", uses: int = 1, **kw: Any) -> str:
+        return self.tokens.create(profile, cn=cn, uses=uses, **kw).token
+
+    def post(self, path: str, body: Any = None, *, token: str | None = None, data: bytes | None = None,
+             cert: tuple[Path, Path] | None = None, headers: dict[str, str] | None = None) -> requests.Response:
+        all_headers = dict(headers or {})
+        if token is not None:
+            all_headers["Authorization"] = f"Bearer {token}"
+        if data is None and body is not None:
+            data = json.dumps(body).encode()
+            all_headers.setdefault("Content-Type", "application/json")
+        return requests.post(self.url + path, data=data, headers=all_headers, verify=str(self.root),
+                             cert=tuple(map(str, cert)) if cert else None, timeout=30)
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, verify=str(self.root), timeout=30, **kw)
+
+    def count(self, table: Any = certificates) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
+
+    def uses_left(self, token: str) -> int:
+        token_id = token.split("_")[2].split(".")[0]
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(enrollment_tokens.c.uses_left)
+                                    .where(enrollment_tokens.c.id == token_id)).scalar_one())
+
+
+def rapki(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([*RAPKI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                            check=False, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"rapki {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("api")
+    home = tmp / "home"
+    os.environ["RAPKI_PASSPHRASE"] = PASSPHRASE
+    os.environ.pop("RAPKI_DATABASE_URL", None)
+    ca = make_ca(home)
+    ca.add_profile(Profile(name="ra", cn_pattern=r"ra-[0-9]+", roles_anywhere=RolesAnywhereBinding(
+        profile_arn=PROFILE_ARN, role_arns=(ROLE_ARN,), trust_anchor_arn=TRUST_ANCHOR)))
+    ca.add_profile(Profile(name="ops", cn_pattern=r"ops-[a-z]+"))
+    ca.add_profile(Profile(name="short", cn_pattern=r"short-[0-9]+", max_ttl=timedelta(hours=1),
+                           default_ttl=timedelta(hours=1)))
+    Home(home).update_section("api", {"operator_profiles": ["ops"], "rate_limit_per_address": "5000/m",
+                                      "rate_limit_per_identity": "200/m"})
+    port = free_port()
+    log = (tmp / "serve.log").open("w")
+    proc = subprocess.Popen([*RAPKI, "serve", "--home", str(home), "--port", str(port), "--workers", "2",
+                             "--threads", "4", "--quiet"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "RAPKI_PASSPHRASE": PASSPHRASE})
+    url = f"https://127.0.0.1:{port}"
+    root = home / "ca" / "root.pem"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(url + "/healthz", verify=str(root), timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("rapki serve did not come up: " + (tmp / "serve.log").read_text()[-3000:])
+        time.sleep(0.2)
+    engine = create_engine(f"sqlite:///{home / 'rapki.db'}")
+    op = TokenStore(ca).create_operator("tests")
+    try:
+        yield Server(home, url, root, engine, TokenStore(ca), op.token, tmp)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        engine.dispose()
+        log.close()
+
+
+# --- OpenAPI: the document validates, the answers match it ---------------------------------------
+def _validator(spec: dict[str, Any], schema: dict[str, Any]) -> Any:
+    from openapi_schema_validator import OAS31Validator
+
+    root = {"components": spec["components"], **schema}
+    return OAS31Validator(root)
+
+
+def check_against_spec(server: Server, path: str, method: str, response: requests.Response) -> None:
+    spec = server.get("/v1/openapi.json").json()
+    operation = spec["paths"][path][method]
+    answer = operation["responses"].get(str(response.status_code))
+    assert answer is not None, f"{method.upper()} {path} answered {response.status_code}, not in the OpenAPI document"
+    if "$ref" in answer:
+        answer = spec["components"]["responses"][answer["$ref"].rsplit("/", 1)[1]]
+    media = answer["content"]
+    ctype = response.headers["Content-Type"].split(";")[0]
+    assert ctype in media, f"{ctype} not documented for {path} {response.status_code}"
+    if ctype == "application/json":
+        errors = sorted(_validator(spec, media[ctype]["schema"]).iter_errors(response.json()), key=str)
+        assert not errors, f"{path} {response.status_code}: {errors[0].message}"
+
+
+def test_openapi_document_validates(server: Server) -> None:
+    from openapi_spec_validator import validate
+
+    response = server.get("/v1/openapi.json")
+    assert response.status_code == 200
+    validate(response.json())
+
+
+# --- end to end ------------------------------------------------------------------------------------
+def test_enroll_keygen_pem_lint_verify_renew_revoke(server: Server) -> None:
+    """token -> rapki enroll (key made by the server) -> pkilint + openssl verify -> renew over mTLS
+    -> revoke -> renew refused."""
+    token = rapki("token", "create", "--home", str(server.home), "--profile", "web", "--cn", "web-10",
+                  "--json").stdout
+    token_value = json.loads(token)["token"]
+    out = server.tmp / "keygen"
+    rapki("enroll", "--url", server.url, "--token", token_value, "--out", str(out), "--key-type", "ec-p384",
+          "--ca-bundle", str(server.root))
+    assert (out / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert lint_cert(out / "cert.pem") == ""
+    verified = openssl_verify(out / "cert.pem", root=server.root, untrusted=out / "chain.pem")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    first = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+
+    # Not due yet: nothing happens without --force.
+    not_due = json.loads(rapki("renew", "--url", server.url, "--cert-dir", str(out), "--ca-bundle",
+                               str(server.root), "--json").stdout)
+    assert not_due["renewed"] is False
+    renewed = json.loads(rapki("renew", "--url", server.url, "--cert-dir", str(out), "--ca-bundle",
+                               str(server.root), "--force", "--json").stdout)
+    second = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert renewed["renewed"] is True and second.serial_number != first.serial_number
+    assert second.subject == first.subject
+    assert lint_cert(out / "cert.pem") == ""
+    assert openssl_verify(out / "cert.pem", root=server.root, untrusted=out / "chain.pem").returncode == 0
+    with server.engine.connect() as conn:
+        old = conn.execute(select(certificates).where(certificates.c.serial == format(first.serial_number, "x"))).one()
+        new = conn.execute(select(certificates).where(certificates.c.serial == format(second.serial_number, "x"))).one()
+    assert old.superseded_by == new.serial and new.profile == "web"
+
+    # Revoke the new one as an operator; the CRL lists it; renewing with it is refused.
+    revoked = server.post("/v1/revoke", {"serial": new.serial, "reason": "keyCompromise"},
+                          token=server.operator_token)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["status"] == "revoked"
+    check_against_spec(server, "/v1/revoke", "post", revoked)
+    crl = x509.load_der_x509_crl(server.get("/v1/crl").content)
+    assert crl.get_revoked_certificate_by_serial_number(second.serial_number) is not None
+    refused = rapki("renew", "--url", server.url, "--cert-dir", str(out), "--ca-bundle", str(server.root),
+                    "--force", check=False)
+    assert refused.returncode != 0 and "certificate_revoked" in refused.stderr
+    direct = server.post("/v1/renew", {}, cert=(out / "cert.pem", out / "key.pem"))
+    assert direct.status_code == 401 and direct.json()["error"] == "certificate_revoked"
+    assert server.count() == 2  # nothing written for the refusals
+
+    with server.engine.connect() as conn:
+        actions = conn.execute(select(audit_log.c.action, audit_log.c.actor, audit_log.c.details)
+                               .order_by(audit_log.c.id)).all()
+    renew_entry = [a for a in actions if a.action == "certificate.renew"][-1]
+    assert renew_entry.actor.startswith(f"api:certificate/mtls:{old.serial}@127.0.0.1")
+    revoke_entry = [a for a in actions if a.action == "certificate.revoke"][-1]
+    assert revoke_entry.actor.startswith("api:operator-token:")
+    audit_text = json.dumps([list(map(str, a)) for a in actions])
+    assert token_value not in audit_text and token_value.split(".")[1] not in audit_text
+
+
+def test_enroll_csr_mode_key_stays_local(server: Server) -> None:
+    token = server.token(cn="web-11")
+    out = server.tmp / "csr"
+    result = json.loads(rapki("enroll", "--url", server.url, "--token", token, "--out", str(out), "--csr-mode",
+                              "--cn", "web-11", "--ca-bundle", str(server.root), "--json").stdout)
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), None)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+    assert result["serial"] == format(cert.serial_number, "x")
+    assert lint_cert(out / "cert.pem") == ""
+    assert openssl_verify(out / "cert.pem", root=server.root, untrusted=out / "chain.pem").returncode == 0
+
+
+def test_enroll_pem_answer_and_key_never_returned_for_csr(server: Server) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    response = server.post("/v1/enroll", {"csr": make_csr(key, "web-12").decode()}, token=server.token(cn="web-12"))
+    assert response.status_code == 201, response.text
+    check_against_spec(server, "/v1/enroll", "post", response)
+    body = response.json()
+    assert "private_key" not in body and body["format"] == "pem"
+    assert "roles_anywhere" not in body  # profile web is not bound
+
+
+@pytest.mark.parametrize("mode", ["keygen", "csr"])
+def test_enroll_pkcs12(server: Server, mode: str) -> None:
+    cn = "web-13" if mode == "keygen" else "web-14"
+    key = ec.generate_private_key(ec.SECP256R1())
+    body: dict[str, Any] = {"format": "pkcs12", "password": "correct horse battery"}
+    body.update({"key_type": "ec-p256"} if mode == "keygen" else {"csr": make_csr(key, cn).decode()})
+    response = server.post("/v1/enroll", body, token=server.token(cn=cn))
+    assert response.status_code == 201, response.text
+    check_against_spec(server, "/v1/enroll", "post", response)
+    bundle = base64.b64decode(response.json()["pkcs12"])
+    with pytest.raises(ValueError):
+        pkcs12.load_key_and_certificates(bundle, b"wrong password")
+    p12_key, cert, extra = pkcs12.load_key_and_certificates(bundle, b"correct horse battery")
+    if mode == "keygen":
+        assert p12_key is not None and cert is not None
+        assert p12_key.public_key().public_numbers() == cert.public_key().public_numbers()  # type: ignore[union-attr]
+    else:  # no key to pair with: the certificate comes first among the bundle's certificates
+        assert p12_key is None and cert is None
+        cert, extra = extra[0], extra[1:]
+        assert cert.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == cn
+    assert [c.subject.rfc4514_string() for c in extra] == ["CN=rapki Issuing CA 1,O=rapki"]
+    path = server.tmp / f"p12-{mode}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    assert lint_cert(path) == ""
+
+
+def test_roles_anywhere_profile_answer_carries_arns_and_credential_process(server: Server) -> None:
+    token = server.token("ra", cn="ra-1")
+    out = server.tmp / "ra"
+    result = json.loads(rapki("enroll", "--url", server.url, "--token", token, "--out", str(out), "--ca-bundle",
+                              str(server.root), "--json").stdout)
+    line = result["credential_process"]
+    assert line.startswith("rapki-signer credential-process --certificate ")
+    for expected in (str(out.resolve() / "cert.pem"), str(out.resolve() / "key.pem"),
+                     str(out.resolve() / "chain.pem"), f"--trust-anchor-arn {TRUST_ANCHOR}",
+                     f"--profile-arn {PROFILE_ARN}", f"--role-arn {ROLE_ARN}"):
+        assert expected in line
+    key = ec.generate_private_key(ec.SECP256R1())
+    response = server.post("/v1/enroll", {"csr": make_csr(key, "ra-2").decode()}, token=server.token("ra", cn="ra-2"))
+    binding = response.json()["roles_anywhere"]
+    assert binding["trust_anchor_arn"] == TRUST_ANCHOR and binding["profile_arn"] == PROFILE_ARN
+    assert binding["role_arn"] == ROLE_ARN
+    assert binding["credential_process"].startswith("rapki-signer credential-process --certificate cert.pem")
+
+
+def test_signed_renewal_for_proxies_and_replay_refused(server: Server) -> None:
+    token = server.token(cn="web-15")
+    out = server.tmp / "signed"
+    rapki("enroll", "--url", server.url, "--token", token, "--out", str(out), "--ca-bundle", str(server.root))
+    before = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    result = json.loads(rapki("renew", "--url", server.url, "--cert-dir", str(out), "--ca-bundle",
+                              str(server.root), "--force", "--signed", "--json").stdout)
+    assert result["replaced"] == format(before.serial_number, "x")
+
+    # A signed request replayed verbatim is refused, and nothing is written.
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), None)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    data = json.dumps({"csr": make_csr(new_key, "web-15").decode()}).encode()
+    headers = {"Content-Type": "application/json",
+               **sign_request(key, cert, "POST", "/v1/renew", data)}  # type: ignore[arg-type]
+    assert server.post("/v1/renew", data=data, headers=headers).status_code == 201
+    count = server.count()
+    replay = server.post("/v1/renew", data=data, headers=headers)
+    assert replay.status_code == 401 and "replay" in replay.json()["message"]
+    tampered = dict(headers, **sign_request(key, cert, "POST", "/v1/renew", b"{}"))  # type: ignore[arg-type]
+    forged = server.post("/v1/renew", data=data, headers=tampered)
+    assert forged.status_code == 401
+    assert server.count() == count
+
+
+def test_self_revocation_by_proof_of_possession(server: Server) -> None:
+    token = server.token(cn="web-16")
+    out = server.tmp / "self"
+    rapki("enroll", "--url", server.url, "--token", token, "--out", str(out), "--ca-bundle", str(server.root))
+    other = server.token(cn="web-17")
+    key = ec.generate_private_key(ec.SECP256R1())
+    other_serial = server.post("/v1/enroll", {"csr": make_csr(key, "web-17").decode()}, token=other).json()["serial"]
+    mtls = (out / "cert.pem", out / "key.pem")
+    forbidden = server.post("/v1/revoke", {"serial": other_serial}, cert=mtls)
+    assert forbidden.status_code == 403 and forbidden.json()["error"] == "forbidden"
+    check_against_spec(server, "/v1/revoke", "post", forbidden)
+    own = server.post("/v1/revoke", {"reason": "superseded"}, cert=mtls)
+    assert own.status_code == 200 and own.json()["status"] == "revoked"
+    assert own.json()["revocation_reason"] == "superseded"
+    again = server.post("/v1/revoke", {}, cert=mtls)
+    assert again.status_code == 401 and again.json()["error"] == "certificate_revoked"
+    crl_pem = server.get("/v1/crl", headers={"Accept": "application/x-pem-file"})
+    assert crl_pem.headers["Content-Type"].startswith("application/x-pem-file")
+    crl = x509.load_pem_x509_crl(crl_pem.content)
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+def test_operator_endpoints_token_and_client_certificate(server: Server) -> None:
+    # An operator token creates an enrollment token over HTTP.
+    created = server.post("/v1/tokens", {"profile": "ops", "cn": "ops-alice"}, token=server.operator_token)
+    assert created.status_code == 201, created.text
+    check_against_spec(server, "/v1/tokens", "post", created)
+    out = server.tmp / "ops"
+    rapki("enroll", "--url", server.url, "--token", created.json()["token"], "--out", str(out), "--ca-bundle",
+          str(server.root))
+    serial = format(x509.load_pem_x509_certificate((out / "cert.pem").read_bytes()).serial_number, "x")
+    # A certificate of an operator profile may read records; an ordinary workload certificate may not.
+    as_operator = requests.get(f"{server.url}/v1/certificates/{serial}", verify=str(server.root),
+                               cert=(str(out / "cert.pem"), str(out / "key.pem")), timeout=30)
+    assert as_operator.status_code == 200 and as_operator.json()["common_name"] == "ops-alice"
+    check_against_spec(server, "/v1/certificates/{serial}", "get", as_operator)
+    workload = server.tmp / "csr"  # from test_enroll_csr_mode_key_stays_local (web-11)
+    if not (workload / "cert.pem").exists():
+        rapki("enroll", "--url", server.url, "--token", server.token(cn="web-11"), "--out", str(workload),
+              "--ca-bundle", str(server.root))
+    denied = requests.get(f"{server.url}/v1/certificates/{serial}", verify=str(server.root),
+                          cert=(str(workload / "cert.pem"), str(workload / "key.pem")), timeout=30)
+    assert denied.status_code == 403
+    anonymous = server.get(f"/v1/certificates/{serial}")
+    assert anonymous.status_code == 401 and anonymous.json()["error"] == "unauthenticated"
+    missing = server.get("/v1/certificates/abcdef", headers={"Authorization": f"Bearer {server.operator_token}"})
+    assert missing.status_code == 404
+    check_against_spec(server, "/v1/certificates/{serial}", "get", missing)
+    listed = server.get("/v1/tokens", headers={"Authorization": f"Bearer {server.operator_token}"})
+    assert listed.status_code == 200
+    check_against_spec(server, "/v1/tokens", "get", listed)
+    assert created.json()["token"] not in listed.text
+
+
+# --- refusals: documented status, JSON error, nothing written, token not consumed -----------------
+def _refused(server: Server, response: requests.Response, status: int, code: str, token: str | None,
+             before: int, path: str = "/v1/enroll") -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json()["error"] == code and response.json()["message"]
+    assert server.count() == before
+    if token is not None:
+        assert server.uses_left(token) == 1
+    check_against_spec(server, path, "post", response)
+
+
+def test_refusals_write_nothing_and_keep_the_token(server: Server) -> None:
+    token = server.token(cn="web-20")
+    before = server.count()
+    good_key = ec.generate_private_key(ec.SECP256R1())
+
+    _refused(server, server.post("/v1/enroll", {"key_type": "ec-p256"}), 401, "unauthenticated", token, before)
+    _refused(server, server.post("/v1/enroll", {"key_type": "ec-p256"}, token="rpk_e_0000000000000000."
+                                 + "A" * 43), 401, "invalid_token", token, before)
+    _refused(server, server.post("/v1/enroll", data=b'{"key_type": ', token=token,
+                                 headers={"Content-Type": "application/json"}), 400, "malformed_json", token, before)
+    _refused(server, server.post("/v1/enroll", data=b"x" * (65 * 1024), token=token,
+                                 headers={"Content-Type": "application/json"}), 413, "body_too_large", token, before)
+    _refused(server, server.post("/v1/enroll", {"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n"
+                                                       "-----END CERTIFICATE REQUEST-----\n"}, token=token),
+             400, "invalid_input", token, before)
+    _refused(server, server.post("/v1/enroll", {"key_type": "dsa-1024"}, token=token), 400, "invalid_input",
+             token, before)
+    # A CSR asking for CA:TRUE.
+    ca_csr = (x509.CertificateSigningRequestBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web-20")]))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+              .sign(good_key, hashes.SHA256()))
+    _refused(server, server.post("/v1/enroll", {"csr": ca_csr.public_bytes(serialization.Encoding.PEM).decode()},
+                                 token=token), 422, "policy_violation", token, before)
+    # Wrong CN for the token; wrong profile for the token.
+    _refused(server, server.post("/v1/enroll", {"csr": make_csr(good_key, "web-21").decode()}, token=token),
+             403, "forbidden", token, before)
+    _refused(server, server.post("/v1/enroll", {"key_type": "ec-p256", "profile": "ra"}, token=token),
+             403, "forbidden", token, before)
+    # Policy: TTL over the profile's maximum; a SAN the profile does not allow.
+    _refused(server, server.post("/v1/enroll", {"key_type": "ec-p256", "ttl": "400d"}, token=token),
+             422, "policy_violation", token, before)
+    _refused(server, server.post("/v1/enroll", {"key_type": "ec-p256", "sans": ["dns:evil.example.org"]},
+                                 token=token), 422, "policy_violation", token, before)
+    _refused(server, server.post("/v1/enroll", {"key_type": "ec-p256", "unexpected": 1}, token=token),
+             400, "invalid_input", token, before)
+
+    # After all that the token still works, once.
+    ok = server.post("/v1/enroll", {"key_type": "ec-p256"}, token=token)
+    assert ok.status_code == 201, ok.text
+    assert server.uses_left(token) == 0
+    after = server.count()
+    reused = server.post("/v1/enroll", {"key_type": "ec-p256"}, token=token)
+    assert reused.status_code == 409 and reused.json()["error"] == "token_used"
+    check_against_spec(server, "/v1/enroll", "post", reused)
+    assert server.count() == after
+
+
+def test_expired_and_revoked_tokens(server: Server) -> None:
+    expired = server.token(cn="web-22")
+    with server.engine.begin() as conn:
+        conn.execute(update(enrollment_tokens).where(enrollment_tokens.c.id == expired.split("_")[2].split(".")[0])
+                     .values(expires_at=datetime(2020, 1, 1, tzinfo=UTC)))
+    before = server.count()
+    _refused(server, server.post("/v1/enroll", {"key_type": "ec-p256"}, token=expired), 401, "token_expired",
+             expired, before)
+    revoked = server.token(cn="web-23")
+    rapki("token", "revoke", "--home", str(server.home), revoked.split("_")[2].split(".")[0])
+    _refused(server, server.post("/v1/enroll", {"key_type": "ec-p256"}, token=revoked), 401, "token_revoked",
+             revoked, before)
+
+
+def test_concurrent_redemption_across_workers_issues_once(server: Server) -> None:
+    token = server.token(cn="web-30")
+    before = server.count()
+
+    def attempt(_: int) -> int:
+        return server.post("/v1/enroll", {"key_type": "ec-p256"}, token=token).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(attempt, range(8)))
+    assert sorted(statuses) == [201] + [409] * 7
+    assert server.count() == before + 1
+    with server.engine.connect() as conn:
+        issued = conn.execute(select(func.count()).select_from(certificates)
+                              .where(certificates.c.common_name == "web-30")).scalar()
+    assert issued == 1
+
+
+# --- public material, health, metrics ------------------------------------------------------------
+def test_ca_material_and_crl_formats(server: Server) -> None:
+    root = server.get("/v1/ca/root")
+    assert root.status_code == 200 and root.headers["Content-Type"].startswith("application/x-pem-file")
+    assert root.content == server.root.read_bytes()
+    chain = x509.load_pem_x509_certificates(server.get("/v1/ca/chain").content)
+    assert [c.subject.rfc4514_string() for c in chain] == ["CN=rapki Issuing CA 1,O=rapki"]
+    der = server.get("/v1/crl")
+    assert der.headers["Content-Type"] == "application/pkix-crl"
+    crl = x509.load_der_x509_crl(der.content)
+    assert crl.issuer == chain[0].subject
+    assert crl.is_signature_valid(chain[0].public_key())  # type: ignore[arg-type]
+
+
+def test_healthz_and_metrics_sum_over_workers(server: Server) -> None:
+    health = server.get("/healthz")
+    assert health.status_code == 200 and health.json()["checks"] == {"database": "ok", "ca_key": "ok"}
+    check_against_spec(server, "/healthz", "get", health)
+
+    def issued_total(text: str) -> float:
+        for line in text.splitlines():
+            if line.startswith('rapki_certificates_issued_total{profile="web"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    start = issued_total(server.get("/metrics").text)
+    token = server.token(cn="web-40", uses=6)
+    for _ in range(6):  # each request on a new connection: gunicorn spreads them over both workers
+        assert server.post("/v1/enroll", {"key_type": "ec-p256"}, token=token).status_code == 201
+    # Any worker answers the scrape, and each must report all six.
+    for _ in range(4):
+        text = server.get("/metrics").text
+        assert issued_total(text) - start == 6
+    assert 'rapki_http_request_duration_seconds_bucket{endpoint="/v1/enroll"' in text
+    assert 'rapki_ca_expiry_days{ca="root"}' in text and 'rapki_ca_expiry_days{ca="issuing-1"}' in text
+    assert 'rapki_crl_age_seconds{issuer="issuing-1"}' in text and "rapki_crl_size_bytes" in text
+    assert "rapki_certificates_renewed_total" in text or "renew" not in text
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_tls_is_at_least_1_2_and_never_plain_http(server: Server) -> None:
+    import ssl
+
+    port = int(server.url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=str(server.root))
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.0/1.1: the server must refuse
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, pytest.raises(ssl.SSLError):
+        context.wrap_socket(raw, server_hostname="127.0.0.1")
+    with pytest.raises(requests.RequestException):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    served = x509.load_pem_x509_certificates((server.home / "tls" / "server.pem").read_bytes())[0]
+    eku = served.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in eku
+
+
+def test_private_keys_never_logged(server: Server) -> None:
+    log = (server.tmp / "serve.log").read_text()
+    assert "PRIVATE KEY" not in log and "rpk_e_" not in log and "rpk_o_" not in log
