@@ -1,0 +1,79 @@
+"""The enrollment client's pieces that need no server: renewal timing, request signatures, files."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from pki.authority import CertificateAuthority
+from pki.enrollment_client import EnrollmentClient, make_csr, renewal_due, sign_request, verify_request_signature
+from pki.errors import InvalidInput, Unauthenticated
+from pki.issuance import load_csr, read_csr
+from pki.keys import KeyType
+
+
+def test_renewal_due_after_two_thirds(ca: CertificateAuthority) -> None:
+    cert = ca.issue("web", cn="web-1", ttl=timedelta(hours=30)).certificate
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    at = start + (end - start) * 2 / 3
+    assert not renewal_due(cert, at - timedelta(seconds=1)).due
+    assert renewal_due(cert, at).due
+    assert renewal_due(cert, at).not_after == end
+
+
+@pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048])
+def test_request_signature_round_trip_and_tampering(ca: CertificateAuthority, key_type: KeyType) -> None:
+    key = key_type.generate()
+    issued = ca.issue("web", csr=make_csr(key, "web-2"))
+    now = 1_800_000_000.0
+    headers = sign_request(key, issued.certificate, "POST", "/v1/renew", b'{"a":1}', now=now)
+    cert, _sig = verify_request_signature(headers, "POST", "/v1/renew", b'{"a":1}', now=now + 10)
+    assert cert == issued.certificate
+    with pytest.raises(Unauthenticated, match="does not verify"):
+        verify_request_signature(headers, "POST", "/v1/renew", b'{"a":2}', now=now)
+    with pytest.raises(Unauthenticated, match="does not verify"):
+        verify_request_signature(headers, "POST", "/v1/revoke", b'{"a":1}', now=now)
+    with pytest.raises(Unauthenticated, match="5 minutes"):
+        verify_request_signature(headers, "POST", "/v1/renew", b'{"a":1}', now=now + 301)
+    other = ec.generate_private_key(ec.SECP256R1()) if key_type.is_ec else rsa.generate_private_key(65537, 2048)
+    forged = sign_request(other, issued.certificate, "POST", "/v1/renew", b'{"a":1}', now=now)  # type: ignore[arg-type]
+    with pytest.raises(Unauthenticated):
+        verify_request_signature(forged, "POST", "/v1/renew", b'{"a":1}', now=now)
+    with pytest.raises(Unauthenticated, match="malformed"):
+        verify_request_signature({}, "POST", "/v1/renew", b"", now=now)
+
+
+def test_csr_carries_only_cn_and_sans() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    content = read_csr(load_csr(make_csr(key, "web-3", ["dns:a.example.com", "uri:https://example.com/x"])))
+    assert content.common_name == "web-3"
+    assert content.sans.dns == ("a.example.com",) and content.sans.uri == ("https://example.com/x",)
+
+
+def test_client_refuses_plain_http() -> None:
+    with pytest.raises(InvalidInput):
+        EnrollmentClient("http://127.0.0.1:8443")
+
+
+def test_renew_refuses_expired_certificate_locally(ca: CertificateAuthority, tmp_path: Path) -> None:
+    """An expired certificate cannot renew itself: say so without calling the server."""
+    from pki.enrollment_client import renew
+
+    issued = ca.issue("web", cn="web-4")
+    issued.write_to(tmp_path)
+    # Rewrite cert.pem with a certificate that expired (same key), signed by the same issuer.
+    issuer = ca.issuer()
+    old = (x509.CertificateBuilder().subject_name(issued.certificate.subject).issuer_name(issuer.certificate.subject)
+           .public_key(issued.private_key.public_key()).serial_number(x509.random_serial_number())  # type: ignore[union-attr]
+           .not_valid_before(datetime.now(UTC) - timedelta(days=2))
+           .not_valid_after(datetime.now(UTC) - timedelta(days=1))
+           .sign(ca.issuer_key(issuer), issuer.key_type.signature_hash()))
+    from cryptography.hazmat.primitives import serialization
+
+    (tmp_path / "cert.pem").write_bytes(old.public_bytes(serialization.Encoding.PEM))
+    with pytest.raises(InvalidInput, match="expired"):
+        renew("https://127.0.0.1:1", tmp_path, force=True)
