@@ -26,7 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import and_, insert, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from pki.authority import CertificateAuthority, local_actor
 from pki.errors import Conflict, Forbidden, InvalidInput, NotFound, RapkiError, Unauthenticated
@@ -174,7 +174,10 @@ class TokenStore:
 
     def __init__(self, ca: CertificateAuthority) -> None:
         self.ca = ca
-        self.engine = ca.db.engine
+
+    @property
+    def engine(self) -> Engine:
+        return self.ca.db.engine
 
     # --- enrollment tokens ----------------------------------------------------------------------
     def create(self, profile: str, *, cn: str | None = None, cn_pattern: str | None = None,

@@ -1,0 +1,113 @@
+"""Rate limits shared by gunicorn workers, and JSON 503s when the database is down."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import create_engine
+
+from pki.authority import CertificateAuthority
+from pki.home import Home
+from pki.tokens import TokenStore
+from service.api.state import Limit, RateLimited, SharedState
+from tests.conftest import PASSPHRASE, make_ca
+from tests.test_api import RAPKI, free_port
+
+
+def test_rate_limit_is_shared_by_workers(tmp_path: Path) -> None:
+    """Per-address limit 12/h with 3 workers: exactly 12 requests pass, whichever worker
+    answers (each worker counting alone would let up to 36 through)."""
+    os.environ["RAPKI_PASSPHRASE"] = PASSPHRASE
+    os.environ.pop("RAPKI_DATABASE_URL", None)
+    home = tmp_path / "home"
+    ca = make_ca(home)
+    token = TokenStore(ca).create("web", cn="web-1", uses=100).token
+    Home(home).update_section("api", {"rate_limit_per_address": "12/1h", "rate_limit_per_identity": "1000/m"})
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([*RAPKI, "serve", "--home", str(home), "--port", str(port), "--workers", "3",
+                             "--threads", "2", "--quiet"], stdout=log, stderr=subprocess.STDOUT)
+    url, root = f"https://127.0.0.1:{port}", str(home / "ca" / "root.pem")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(url + "/healthz", verify=root, timeout=2)
+                break
+            except requests.RequestException:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("rapki serve did not start: " + (tmp_path / "serve.log").read_text()[-2000:])
+                time.sleep(0.2)
+        # Windows are fixed (aligned to the hour here): keep all requests inside one.
+        if time.time() % 3600 > 3590:
+            time.sleep(3601 - time.time() % 3600)
+        statuses = Counter()
+        for _ in range(20):  # new connection each time: spread over the workers
+            response = requests.post(url + "/v1/enroll", json={"key_type": "ec-p256"}, verify=root, timeout=30,
+                                     headers={"Authorization": f"Bearer {token}"})
+            statuses[response.status_code] += 1
+            if response.status_code == 429:
+                assert response.json()["error"] == "rate_limited"
+                assert int(response.headers["Retry-After"]) >= 1
+        assert statuses == Counter({201: 12, 429: 8})
+        assert TokenStore(CertificateAuthority.open(home)).authenticate(token).uses_left == 88
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_limit_parsing_and_counter(tmp_path: Path) -> None:
+    assert Limit.parse("30/m") == Limit(30, 60)
+    assert Limit.parse("1000/1h") == Limit(1000, 3600)
+    assert Limit.parse("off") is None
+    state = SharedState(tmp_path / "state.db")
+    other = SharedState(tmp_path / "state.db")  # another worker: same file
+    limit = Limit(3, 3600)
+    state.hit("k", limit, "x")
+    other.hit("k", limit, "x")
+    state.hit("k", limit, "x")
+    with pytest.raises(RateLimited):
+        other.hit("k", limit, "x")
+    state.hit("other-key", limit, "x")
+    assert state.first_use("sig", 600) and not other.first_use("sig", 600)
+
+
+def test_database_down_is_a_json_503(ca: CertificateAuthority) -> None:
+    from service.api import create_app
+
+    app = create_app(ca=ca)
+    token = TokenStore(ca).create("web", cn="web-1").token
+    client = app.test_client()
+    assert client.get("/healthz").status_code == 200
+    ca.db.engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", pool_pre_ping=False,
+                                 connect_args={"connect_timeout": 2})
+    ca._profile_cache = {}  # type: ignore[attr-defined]  # whatever the core caches, the database is gone
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.json["status"] == "unavailable"
+    assert "database" in health.json["message"]
+    enroll = client.post("/v1/enroll", json={"key_type": "ec-p256"}, headers={"Authorization": f"Bearer {token}"})
+    assert enroll.status_code == 503
+    assert enroll.json["error"] == "unavailable" and "retry" in enroll.json["message"]
+    assert enroll.headers["Retry-After"] == "5"
+
+
+def test_unknown_route_and_method_are_json(ca: CertificateAuthority) -> None:
+    from service.api import create_app
+
+    client = create_app(ca=ca).test_client()
+    missing = client.get("/v2/enroll")
+    assert missing.status_code == 404 and missing.json["error"] == "not_found"
+    wrong = client.get("/v1/enroll")
+    assert wrong.status_code == 405 and wrong.json["error"] == "method_not_allowed"
+    no_cert = client.post("/v1/renew", json={})
+    assert no_cert.status_code == 401 and no_cert.json["error"] == "unauthenticated"
