@@ -162,3 +162,90 @@ def _split_roles(values: tuple[str, ...]) -> list[str]:
     if not roles:
         raise InvalidInput("give at least one --role-arn")
     return roles
+
+
+@aws_group.command("register")
+@home_option
+@aws_options
+@click.option("--name", default="rapki", show_default=True,
+              help="Name of the trust anchor and the profile (CRLs are NAME-issuing-N).")
+@click.option("--role-arn", "role_arns", multiple=True, required=True,
+              help="IAM role the profile may assume (repeatable, or comma-separated).")
+@click.option("--duration", type=click.IntRange(900, 43200), default=3600, show_default=True,
+              help="Session duration the profile allows, in seconds.")
+@click.option("--accept-role-session-name", is_flag=True, help="Let clients choose the role session name.")
+@click.option("--anchor", "anchor_mode", type=click.Choice(["issuing", "root", "both"]), default="issuing",
+              show_default=True, help="Which CA certificates the trust anchor holds.")
+@click.option("--expiry-notification-days", type=click.IntRange(1, 360), default=None,
+              help="Notify (CloudWatch/EventBridge/Health) this many days before a certificate expires.")
+@click.option("--profile", "rapki_profile", default=None,
+              help="rapki issuance profile whose roles_anywhere binding gets the ARNs.")
+@click.option("--files", default="/etc/rapki", show_default=True,
+              help="Directory with cert.pem, key.pem, chain.pem for the printed credential_process line.")
+@json_option
+def aws_register(home: Path | None, region: str | None, endpoint_url: str | None, ca_bundle: str | None,
+                 aws_profile: str | None, fips: bool | None, name: str, role_arns: tuple[str, ...], duration: int,
+                 accept_role_session_name: bool, anchor_mode: str, expiry_notification_days: int | None,
+                 rapki_profile: str | None, files: str, as_json: bool) -> None:
+    """Create or update the trust anchor, profile and first CRL; store the ARNs; print credential_process."""
+    import os
+
+    from pki.aws.client import RolesAnywhere
+    from pki.aws.regions import endpoint_override
+    from pki.aws.register import register
+    from pki.publish import settings
+
+    authority = open_ca(home)
+    aws = RolesAnywhere.connect(make_options(region, endpoint_url, ca_bundle, aws_profile, fips),
+                                configured_region=settings(authority).get("region"))
+    result = register(
+        authority, aws, name=name, role_arns=_split_roles(role_arns), duration=duration,
+        accept_role_session_name=accept_role_session_name, anchor=anchor_mode,
+        expiry_notification_days=expiry_notification_days, profile=rapki_profile,
+        endpoint_url=endpoint_override(endpoint_url), ca_bundle=ca_bundle or os.environ.get("AWS_CA_BUNDLE"),
+        files=files,
+    )
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    for action in result.actions or ["already registered: nothing changed"]:
+        click.echo(f"- {action}")
+    click.echo(f"region:           {result.region} ({result.partition})")
+    click.echo(f"trust anchor:     {result.trust_anchor_arn}")
+    click.echo(f"  certificates:   {'; '.join(result.anchor_subjects)}")
+    click.echo(f"profile:          {result.profile_arn}")
+    click.echo(f"roles:            {', '.join(result.role_arns)}")
+    click.echo("\nAdd to ~/.aws/config (then: aws sts get-caller-identity --profile rapki):\n")
+    click.echo("[profile rapki]")
+    click.echo(result.credential_process)
+    click.echo("\nRole trust policy: rapki aws trust-policy" + (f" --profile {rapki_profile}" if rapki_profile else ""))
+
+
+@aws_group.command("trust-policy")
+@home_option
+@click.option("--trust-anchor-arn", default=None,
+              help="Trust anchor (default: the profile's binding, else the registered one).")
+@click.option("--profile", "rapki_profile", default=None,
+              help="rapki issuance profile: its CN/SAN patterns become PrincipalTag conditions.")
+def aws_trust_policy(home: Path | None, trust_anchor_arn: str | None, rapki_profile: str | None) -> None:
+    """Print the IAM role trust policy (JSON) for Roles Anywhere and this CA's certificates."""
+    import json
+
+    from pki.aws.trust_policy import trust_policy
+
+    profile = None
+    anchor = trust_anchor_arn
+    if rapki_profile or not anchor:
+        from pki.publish import settings
+
+        authority = open_ca(home)
+        if rapki_profile:
+            profile = authority.profile(rapki_profile)
+            anchor = anchor or profile.roles_anywhere.trust_anchor_arn or None
+        anchor = anchor or settings(authority).get("trust_anchor_arn")
+    if not anchor:
+        raise InvalidInput("no trust anchor: pass --trust-anchor-arn, or run 'rapki aws register' first")
+    policy, notes = trust_policy(anchor, profile)
+    click.echo(json.dumps(policy, indent=2))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
