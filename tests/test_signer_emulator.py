@@ -51,6 +51,7 @@ class Setup:
     issuing_anchor: str  # trust anchor holding the issuing CA itself: no intermediates needed
     profile: str
     client: Any
+    crl_id: str = ""
 
     def rapki(self, *args: str) -> str:
         result = subprocess.run([*rapki_cmd(), *args], env=self.env, capture_output=True, text=True, check=False)
@@ -98,13 +99,13 @@ class Setup:
         self.rapki("revoke", serial)
         crl_path = self.home.parent / "crl.pem"
         self.rapki("crl", "build", "--out", str(crl_path))
-        existing = self.client.list_crls().get("crls", [])
-        if existing:
-            self.client.update_crl(crlId=existing[0]["crlId"], crlData=crl_path.read_bytes())
+        # The emulator is shared by the test session: touch only this module's CRL.
+        if self.crl_id:
+            self.client.update_crl(crlId=self.crl_id, crlData=crl_path.read_bytes())
         else:
-            self.client.import_crl(
+            self.crl_id = self.client.import_crl(
                 name="rapki", crlData=crl_path.read_bytes(), trustAnchorArn=self.root_anchor, enabled=True
-            )
+            )["crl"]["crlId"]
 
 
 @pytest.fixture(scope="module")
