@@ -247,7 +247,8 @@ def test_invalid_signature_hint_under_clock_skew(ra: Setup, tmp_path: Path) -> N
     )
     assert result.returncode == 1 and result.stdout == b""
     err = result.stderr.decode()
-    assert "AccessDeniedException (HTTP 403)" in err and "clock" in err
+    assert "AccessDeniedException (HTTP 403)" in err
+    assert "clock is 20 minutes ahead of the service's" in err
 
 
 # ------------------------------------------------------------------------------------------------

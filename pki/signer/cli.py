@@ -116,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prompt_password_if_needed(args: argparse.Namespace) -> None:
+    """Ask for an encrypted key's password on a terminal, as the helper does; never when run by an SDK."""
+    if getattr(args, "pkcs8_password", "") or not getattr(args, "private_key", "") or not sys.stdin.isatty():
+        return
+    try:
+        with open(args.private_key, "rb") as fh:
+            encrypted = b"ENCRYPTED PRIVATE KEY" in fh.read(4096)
+    except OSError:
+        return  # reported properly when the key is loaded
+    if encrypted:
+        import getpass
+
+        args.pkcs8_password = getpass.getpass("Please enter your PKCS#8 private key password: ")
+
+
 def session_options(args: argparse.Namespace) -> Any:
     from pki.signer.session import SessionOptions
 
@@ -225,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         _refuse_unsupported(args)
+        _prompt_password_if_needed(args)
         COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130

@@ -24,7 +24,6 @@ What differs from the helper, on purpose:
 from __future__ import annotations
 
 import base64
-import json
 import secrets
 import signal
 import socket
@@ -38,7 +37,7 @@ from typing import Any
 from pki.errors import InvalidInput, RapkiError
 from pki.signer.endpoints import role_name as role_name_of
 from pki.signer.material import Material, file_fingerprint
-from pki.signer.session import Credentials, SessionOptions, create_session
+from pki.signer.session import Credentials, SessionOptions, create_session, go_json
 
 DEFAULT_PORT = 9911
 DEFAULT_HOP_LIMIT = 64
@@ -337,7 +336,8 @@ class ImdsHandler(BaseHTTPRequestHandler):
             "Expiration": go_time(creds.expires_at),
             "LastUpdated": go_time(updated),
         }
-        self._send(200, json.dumps(body, separators=(",", ":")) + "\n", {TTL_HEADER: str(ttl)})
+        # Go's json.Encoder: compact, HTML-escaped, newline-terminated, as the helper answers.
+        self._send(200, go_json(body) + "\n", {TTL_HEADER: str(ttl)})
 
 
 def make_server(

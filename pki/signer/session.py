@@ -155,6 +155,7 @@ class CreateSessionError(RapkiError):
         self.retryable = retryable
         self.retry_after = retry_after
         self.service_detail = ""
+        self.server_date: datetime | None = None
         prefix = error_type or "Error"
         if status is not None:
             prefix += f" (HTTP {status})"
@@ -281,7 +282,21 @@ def _service_error(status: int, headers: http.client.HTTPMessage, payload: bytes
     )
     # rapki's emulator says why it refused (AWS never does); worth showing next to our own hint.
     error.service_detail = headers.get("X-Rapki-Emulator-Detail", "") or ""
+    error.server_date = _http_date(headers.get("Date", ""))
     return error
+
+
+def _http_date(value: str) -> datetime | None:
+    """The response's Date header: the service's clock, to measure skew against ours."""
+    if not value:
+        return None
+    from email.utils import parsedate_to_datetime
+
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _parse_success(payload: bytes) -> Credentials:
@@ -318,7 +333,16 @@ def hint_for(
     """What a person should check, given the service's error and what was sent."""
     msg = error.message.lower()
     cert = material.certificate
-    if "invalid signature" in msg:
+    if "invalid signature" in msg or "signature expired" in msg or "skew" in msg:
+        if error.server_date is not None:
+            skew = (now - error.server_date).total_seconds()
+            if abs(skew) > 60:
+                direction = "ahead of" if skew > 0 else "behind"
+                return (
+                    f"this host's clock is {abs(skew) / 60:.0f} minutes {direction} the service's "
+                    f"(ours {now:%Y-%m-%dT%H:%M:%SZ}, theirs {error.server_date:%Y-%m-%dT%H:%M:%SZ} UTC); "
+                    "requests more than 5 minutes off are refused: sync the clock (chrony/ntp)"
+                )
         return (
             "the service could not verify the signature. The private key matches the certificate "
             "(checked locally), so the usual cause is clock skew: this host's clock reads "
@@ -459,9 +483,10 @@ def create_session(
             response = conn.getresponse()
             payload = response.read()
             status = response.status
-            debug_log(opts.debug, f"response {status}: {payload[:2000]!r}")
             if status in (200, 201):
+                debug_log(opts.debug, f"response {status}: {len(payload)} bytes (credentials not logged)")
                 return _parse_success(payload)
+            debug_log(opts.debug, f"response {status}: {payload[:2000]!r}")
             last = _service_error(status, response.headers, payload)
         except CreateSessionError:
             raise
