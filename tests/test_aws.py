@@ -4,6 +4,7 @@ The end-to-end test is the issue's proof: init -> register -> issue -> rapki-sig
 revoke --publish -> the same certificate gets ``Certificate revoked``, a new one still works.
 """
 
+# ruff: noqa: F811  (the "aws" fixture is imported from tests.test_publish and used as a parameter)
 from __future__ import annotations
 
 import json
@@ -39,7 +40,7 @@ def connect() -> RolesAnywhere:
 
 
 # --- the proof ------------------------------------------------------------------------------------
-def test_register_issue_sign_revoke_publish_refused(aws: Aws, tmp_path: Path) -> None:  # noqa: F811
+def test_register_issue_sign_revoke_publish_refused(aws: Aws, tmp_path: Path) -> None:
     home = tmp_path / "home"
     aws.rapki("init", home=home)
     aws.rapki("profile", "add", "web", "--cn-pattern", "web-[0-9]+", home=home)
@@ -81,7 +82,7 @@ def test_register_issue_sign_revoke_publish_refused(aws: Aws, tmp_path: Path) ->
 
 
 # --- registration -----------------------------------------------------------------------------------
-def test_register_converges_after_changes_and_rotation(ca: CertificateAuthority, aws: Aws) -> None:  # noqa: F811
+def test_register_converges_after_changes_and_rotation(ca: CertificateAuthority, aws: Aws) -> None:
     result = register(ca, connect(), name="team-a", role_arns=[role(aws)])
     assert [a.split(" ")[0] for a in result.actions] == ["created", "created", "imported"]
     assert ca.config.extra["roles_anywhere"]["trust_anchor_arn"] == result.trust_anchor_arn
@@ -111,7 +112,7 @@ def test_register_converges_after_changes_and_rotation(ca: CertificateAuthority,
     assert len(aws.crls(result.trust_anchor_arn)) == 2
 
 
-def test_register_expiry_notifications_and_anchor_modes(ca: CertificateAuthority, aws: Aws) -> None:  # noqa: F811
+def test_register_expiry_notifications_and_anchor_modes(ca: CertificateAuthority, aws: Aws) -> None:
     result = register(ca, connect(), name="n", role_arns=[role(aws)], anchor="both", expiry_notification_days=30)
     assert len(result.anchor_subjects) == 2 and "rapki Root CA" in result.anchor_subjects[0]
     detail = aws.client.get_trust_anchor(trustAnchorId=result.trust_anchor_arn.rsplit("/", 1)[1])["trustAnchor"]
@@ -124,7 +125,7 @@ def test_register_expiry_notifications_and_anchor_modes(ca: CertificateAuthority
     assert aws.emulator.stats()["writes"] == {"UpdateTrustAnchor": 1, "PutNotificationSettings": 1}
 
 
-def test_register_in_govcloud(ca: CertificateAuthority, aws: Aws) -> None:  # noqa: F811
+def test_register_in_govcloud(ca: CertificateAuthority, aws: Aws) -> None:
     gov_role = role(aws, partition="aws-us-gov")
     result = aws.rapki("aws", "register", "--region", "us-gov-east-1", "--role-arn", gov_role, "--json",
                        home=ca.home.path)
@@ -164,7 +165,7 @@ def test_trust_policy_for_govcloud_with_profile_conditions() -> None:
         trust_policy(anchor.replace("aws-us-gov", "aws"))
 
 
-def test_trust_policy_cli_uses_the_binding(ca: CertificateAuthority, aws: Aws) -> None:  # noqa: F811
+def test_trust_policy_cli_uses_the_binding(ca: CertificateAuthority, aws: Aws) -> None:
     register(ca, connect(), name="tp", role_arns=[role(aws)], profile="web")
     out = aws.rapki("aws", "trust-policy", "--profile", "web", home=ca.home.path).stdout
     policy: dict[str, Any] = json.loads(out)

@@ -249,3 +249,66 @@ def aws_trust_policy(home: Path | None, trust_anchor_arn: str | None, rapki_prof
     click.echo(json.dumps(policy, indent=2))
     for note in notes:
         click.echo(f"note: {note}", err=True)
+
+
+# --- rapki doctor ------------------------------------------------------------------------------------
+@main.command("doctor")
+@home_option
+@click.option("--certificate", "cert_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              required=True, help="The workload certificate (cert.pem).")
+@click.option("--private-key", "key_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="Its private key (key.pem).")
+@click.option("--intermediates", "chain_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="The chain sent as X-Amz-X509-Chain (chain.pem).")
+@click.option("--trust-anchor-arn", default=None,
+              help="Check against this anchor in AWS (default: the registered one; else the local CA, offline).")
+@aws_options
+@click.option("--offline", is_flag=True, help="Do not call AWS: check against the local CA and its CRLs.")
+@json_option
+def doctor(home: Path | None, cert_path: Path, key_path: Path | None, chain_path: Path | None,
+           trust_anchor_arn: str | None, region: str | None, endpoint_url: str | None, ca_bundle: str | None,
+           aws_profile: str | None, fips: bool | None, offline: bool, as_json: bool) -> None:
+    """Replay Roles Anywhere's checks on a certificate and say what to fix (e.g. 'Untrusted Signing Certificate')."""
+    from pki.doctor import anchor_from_aws, anchor_from_local_ca, diagnose, load_certificates, local_revocation_check
+    from pki.errors import RapkiError
+
+    authority = None
+    try:
+        authority = open_ca(home)
+    except RapkiError:
+        if home is not None:
+            raise
+    anchor_arn = trust_anchor_arn
+    if authority is not None and not anchor_arn and not offline:
+        from pki.publish import settings
+
+        anchor_arn = settings(authority).get("trust_anchor_arn") or None
+    anchor = None
+    if anchor_arn and not offline:
+        from pki.aws.client import RolesAnywhere
+
+        aws = RolesAnywhere.connect(make_options(region, endpoint_url, ca_bundle, aws_profile, fips), arn=anchor_arn)
+        anchor = anchor_from_aws(aws, anchor_arn)
+    elif authority is not None:
+        anchor = anchor_from_local_ca(authority)
+    report = diagnose(cert_path.read_bytes(), key_path.read_bytes() if key_path else None,
+                      chain_path.read_bytes() if chain_path else None, anchor=anchor)
+    if authority is not None:
+        try:
+            leaf = load_certificates(cert_path.read_bytes())[0]
+        except (ValueError, IndexError):
+            leaf = None
+        extra = local_revocation_check(authority, leaf) if leaf is not None else None
+        if extra is not None:
+            report.checks.append(extra)
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(f"trust anchor: {report.anchor or '(none: pass --trust-anchor-arn)'}")
+        for check in report.checks:
+            click.echo(f"{check.status.upper():<5} {check.name}" + (f": {check.detail}" if check.detail else ""))
+            if check.fix and check.status in ("fail", "warn"):
+                click.echo(f"      fix: {check.fix}")
+        click.echo(report.verdict)
+    if not report.ok:
+        sys.exit(1)
