@@ -244,7 +244,8 @@ def base_args(files: dict[str, Path], endpoint: str, *extra: str) -> list[str]:
 def run_signer(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[bytes]:
-    full_env = {**os.environ, **(env or {})}
+    # A developer's AWS_* settings (FIPS, CA bundle, endpoint URL) must not leak into these runs.
+    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **(env or {})}
     return subprocess.run([*signer_cmd(), *args], capture_output=True, env=full_env, timeout=timeout, check=False)
 
 

@@ -8,6 +8,24 @@ Outputs match the helper byte for byte: ``credential-process`` and ``read-certif
 compact JSON without a newline, ``version`` prints the version and a newline. Failures print
 ``rapki-signer: error: ...`` (and a ``hint:`` line when there is one) on stderr, nothing on stdout,
 and exit 1, as the helper exits 1 for every failure.
+
+Typical uses (the same lines as with the helper)::
+
+    # ~/.aws/config
+    [profile ra]
+    credential_process = rapki-signer credential-process --certificate /etc/rapki/cert.pem \
+        --private-key /etc/rapki/key.pem --intermediates /etc/rapki/chain.pem \
+        --trust-anchor-arn arn:aws:rolesanywhere:... --profile-arn ... --role-arn ...
+
+    # an IMDSv2 endpoint for a pod or host (AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:9911)
+    rapki-signer serve ... [--port 9911] [--bind 127.0.0.1] [--hop-limit 64]
+
+    # keep [ra] of ~/.aws/credentials fresh (or --once from a timer)
+    rapki-signer update ... --profile ra
+
+Extensions over the helper: ``--ca-bundle``/``AWS_CA_BUNDLE``, ``--use-fips-endpoint``/
+``AWS_USE_FIPS_ENDPOINT``, ``--use-dualstack-endpoint``/``AWS_USE_DUALSTACK_ENDPOINT``, ``serve --bind``,
+``AWS_MAX_ATTEMPTS`` for retries, and hints after the service's error message.
 """
 
 from __future__ import annotations
