@@ -920,3 +920,19 @@ def test_update_loop_refreshes_before_expiry(files: dict[str, Path], fake: FakeS
     assert 3200 < waits[0] <= 3300  # 5 minutes before the one-hour expiry
     assert waits[1] == 7  # a failed refresh is retried; the written credentials stay in place
     assert "aws_access_key_id = ASIAFIRST" in path.read_text()
+
+
+def test_serve_never_queues_behind_a_slow_refresh(files: dict[str, Path], fake: FakeService) -> None:
+    fake.script.append((201, "", credential_body(expires_in=300)))  # valid, but due for refresh
+    cache = CredentialCache(_opts(files, fake.url), min_validity=60)
+    assert cache.refresh(force=True)
+    cache._lock.acquire()  # a refresh in flight in another thread (e.g. the service is slow)
+    try:
+        result: list[Any] = []
+        reader = threading.Thread(target=lambda: result.append(cache.get()))
+        reader.start()
+        reader.join(timeout=5)
+        assert not reader.is_alive(), "get() waited for the refresh in flight"
+        assert result[0][0].access_key_id == "ASIATESTKEY"
+    finally:
+        cache._lock.release()

@@ -92,6 +92,7 @@ class CredentialCache:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._paths = [p for p in (opts.certificate, opts.private_key, opts.intermediates) if p]
 
     # -- policy ---------------------------------------------------------------------------------
@@ -115,58 +116,85 @@ class CredentialCache:
         return max(0.0, self.credentials.seconds_left(now) - self._refresh_margin(self.credentials))
 
     # -- refreshing -----------------------------------------------------------------------------
-    def refresh(self, *, force: bool = False) -> bool:
-        """One CreateSession, re-reading the files; True when new credentials were stored."""
-        with self._lock:
-            if not force:
-                if time.monotonic() < self.next_retry:
-                    return False
-                # Another request may have refreshed while this one waited for the lock.
-                if not (self._stale(datetime.now(UTC)) or self._files_changed()):
-                    return False
-            try:
-                material = self.opts.load_material()
-                creds = create_session(self.opts, material=material)
-                if creds.seconds_left() <= self.min_validity:
-                    raise RapkiError(f"CreateSession returned credentials expiring at {creds.expiration}")
-            except Exception as exc:  # any failure keeps the last good credentials
-                self.failures += 1
-                self.last_error = str(exc)
-                hint = getattr(exc, "hint", "")
-                delay = min(RETRY_MAX, RETRY_MIN * 2 ** (self.failures - 1))
-                self.next_retry = time.monotonic() + delay
-                log(
-                    f"refresh failed ({self.failures}x), next try in {delay:.0f}s: {exc}"
-                    + (f"\n  hint: {hint}" if hint else "")
-                )
+    def refresh(self, *, force: bool = False, wait: float | None = None) -> bool:
+        """One CreateSession, re-reading the files; True when new credentials were stored.
+
+        ``wait`` bounds how long to wait for a refresh already running in another thread (None:
+        as long as it takes; 0: not at all). Requests that hold valid credentials never queue
+        behind a slow refresh: SDKs give IMDS about a second.
+        """
+        if not self._lock.acquire(timeout=-1 if wait is None else wait):
+            return False
+        try:
+            return self._refresh_locked(force)
+        finally:
+            self._lock.release()
+
+    def _refresh_locked(self, force: bool) -> bool:
+        if not force:
+            if time.monotonic() < self.next_retry:
                 return False
-            replaced = self.material is not None and material.certificate != self.material.certificate
-            self.credentials, self.material = creds, material
-            self.last_updated = datetime.now(UTC)
-            self.failures, self.next_retry, self.last_error = 0, 0.0, ""
+            # Another request may have refreshed while this one waited for the lock.
+            if not (self._stale(datetime.now(UTC)) or self._files_changed()):
+                return False
+        try:
+            material = self.opts.load_material()
+            creds = create_session(self.opts, material=material)
+            if creds.seconds_left() <= self.min_validity:
+                raise RapkiError(f"CreateSession returned credentials expiring at {creds.expiration}")
+        except Exception as exc:  # any failure keeps the last good credentials
+            self.failures += 1
+            self.last_error = str(exc)
+            hint = getattr(exc, "hint", "")
+            delay = min(RETRY_MAX, RETRY_MIN * 2 ** (self.failures - 1))
+            self.next_retry = time.monotonic() + delay
             log(
-                f"credentials refreshed, expire {creds.expiration}"
-                + (f" (now using certificate serial {material.certificate.serial_number:x})" if replaced else "")
+                f"refresh failed ({self.failures}x), next try in {delay:.0f}s: {exc}"
+                + (f"\n  hint: {hint}" if hint else "")
             )
-            return True
+            return False
+        replaced = self.material is not None and material.certificate != self.material.certificate
+        self.credentials, self.material = creds, material
+        self.last_updated = datetime.now(UTC)
+        self.failures, self.next_retry, self.last_error = 0, 0.0, ""
+        log(
+            f"credentials refreshed, expire {creds.expiration}"
+            + (f" (now using certificate serial {material.certificate.serial_number:x})" if replaced else "")
+        )
+        return True
+
+    def _servable(self) -> Credentials | None:
+        creds = self.credentials
+        return creds if creds is not None and creds.seconds_left() > self.min_validity else None
 
     def get(self) -> tuple[Credentials, datetime]:
-        """Credentials fit to hand out, refreshing first when stale or when the files changed."""
-        now = datetime.now(UTC)
-        if self._stale(now) or self._files_changed():
+        """Credentials fit to hand out, refreshing first when needed.
+
+        Nothing valid to hand out: refresh and wait for it. Certificate files replaced: refresh now
+        (waiting a little for a refresh in flight), so the renewed certificate is used from the next
+        request on. Merely due for refresh: the background thread is woken and the cached
+        credentials answer at once.
+        """
+        if self._servable() is None:
             self.refresh()
-        with self._lock:
-            creds = self.credentials
-            if creds is not None and creds.seconds_left() > self.min_validity:
-                return creds, self.last_updated or now
-            reason = self.last_error or "credentials expired"
-        raise Unavailable(f"no valid credentials: {reason}")
+        elif self._files_changed():
+            self.refresh(wait=2.0)
+        elif self._stale(datetime.now(UTC)):
+            if self._thread is not None and self._thread.is_alive():
+                self._wake.set()
+            else:
+                self.refresh(wait=0)
+        # One read of each attribute: a concurrent refresh replaces them, never half of them.
+        creds, updated = self.credentials, self.last_updated
+        if creds is not None and creds.seconds_left() > self.min_validity:
+            return creds, updated or datetime.now(UTC)
+        raise Unavailable(f"no valid credentials: {self.last_error or 'credentials expired'}")
 
     # -- background loop ------------------------------------------------------------------------
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self._loop, name="rapki-signer-refresh", daemon=True)
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=self._loop, name="rapki-signer-refresh", daemon=True)
+        self._thread.start()
+        return self._thread
 
     def stop(self) -> None:
         self._stop.set()
