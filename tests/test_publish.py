@@ -447,3 +447,22 @@ def test_revoke_publish_failure_is_one_line_and_the_revocation_stays(ca: Certifi
     with ca.db.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(audit_log)
                             .where(audit_log.c.action == "certificate.revoke")).scalar() == 1
+
+
+def test_publish_crl_script_is_cron_safe(ca: CertificateAuthority, aws: Aws) -> None:
+    """scripts/publish-crl with the stored anchor: publishes, then stays silent and write-free."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "publish-crl"
+    anchor = aws.anchor(ca.root_certificate)
+    ca.home.update_section("roles_anywhere", {"trust_anchor_arn": anchor})
+    if shutil.which("rapki") is None:
+        pytest.skip("the rapki console script is not installed")
+    env = {**aws.env, "RAPKI_HOME": str(ca.home.path)}
+    first = subprocess.run([str(script), "--quiet"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    assert "imported" in first.stdout
+    aws.emulator.reset_stats()
+    again = subprocess.run([str(script), "--quiet"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    assert aws.writes() == 0
+    cron = (script.parent / "publish-crl.cron").read_text()
+    assert "scripts/publish-crl --quiet" in cron
