@@ -127,8 +127,8 @@ def test_register_expiry_notifications_and_anchor_modes(ca: CertificateAuthority
 
 def test_register_in_govcloud(ca: CertificateAuthority, aws: Aws) -> None:
     gov_role = role(aws, partition="aws-us-gov")
-    result = aws.rapki("aws", "register", "--region", "us-gov-east-1", "--role-arn", gov_role, "--json",
-                       home=ca.home.path)
+    result = aws.rapki("aws", "register", "--region", "us-gov-east-1", "--role-arn", gov_role, "--auto-publish",
+                       "--json", home=ca.home.path)
     data = json.loads(result.stdout)
     assert data["partition"] == "aws-us-gov"
     assert data["trust_anchor_arn"].startswith("arn:aws-us-gov:rolesanywhere:us-gov-east-1:")
@@ -142,6 +142,11 @@ def test_register_in_govcloud(ca: CertificateAuthority, aws: Aws) -> None:
     # Later publishes find the region in the stored ARN.
     again = json.loads(aws.rapki("crl", "publish", "--json", home=ca.home.path).stdout)
     assert again["region"] == "us-gov-east-1" and again["writes"] == 0
+    # --auto-publish: a plain revoke pushes the CRL to the GovCloud anchor.
+    issued = ca.issue("web", cn="web-1")
+    aws.emulator.reset_stats()
+    aws.rapki("revoke", issued.serial_hex, home=ca.home.path)
+    assert aws.emulator.stats()["writes"] == {"UpdateCrl": 1}
 
 
 # --- trust policy ----------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
              duration: int = 3600, accept_role_session_name: bool = False, anchor: str = "issuing",
              expiry_notification_days: int | None = None, profile: str | None = None,
              endpoint_url: str | None = None, ca_bundle: str | None = None, files: str = "/etc/rapki",
-             actor: str | None = None) -> Registration:
+             auto_publish: bool | None = None, actor: str | None = None) -> Registration:
     """Create or converge the trust anchor, profile and first CRL; store the ARNs. See the module doc."""
     from pki.publish import crl_name_for
 
@@ -205,10 +205,13 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
     anchor_arn = registrar.trust_anchor(name, certs, expiry_notification_days)
     profile_arn = registrar.profile(name, roles, duration, accept_role_session_name)
     # Stored before the CRL goes out: if publishing fails, a re-run finds these resources by ARN.
-    ca.config = ca.home.update_section(SECTION, {
+    stored: dict[str, Any] = {
         "name": name, "region": aws.region, "trust_anchor_arn": anchor_arn, "profile_arn": profile_arn,
         "role_arns": roles, "duration": duration, "anchor": anchor,
-    })
+    }
+    if auto_publish is not None:  # every 'rapki revoke' publishes (see pki.publish.auto_publish_enabled)
+        stored["auto_publish"] = auto_publish
+    ca.config = ca.home.update_section(SECTION, stored)
     crl = CrlPublisher(ca, aws, name=name, actor=actor).publish(anchor_arn)
     if not crl.ok:
         raise AwsError(crl.errors[0])

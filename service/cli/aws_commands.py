@@ -182,11 +182,13 @@ def _split_roles(values: tuple[str, ...]) -> list[str]:
               help="rapki issuance profile whose roles_anywhere binding gets the ARNs.")
 @click.option("--files", default="/etc/rapki", show_default=True,
               help="Directory with cert.pem, key.pem, chain.pem for the printed credential_process line.")
+@click.option("--auto-publish/--no-auto-publish", default=None,
+              help="Make every 'rapki revoke' publish the CRL ([roles_anywhere].auto_publish).")
 @json_option
 def aws_register(home: Path | None, region: str | None, endpoint_url: str | None, ca_bundle: str | None,
                  aws_profile: str | None, fips: bool | None, name: str, role_arns: tuple[str, ...], duration: int,
                  accept_role_session_name: bool, anchor_mode: str, expiry_notification_days: int | None,
-                 rapki_profile: str | None, files: str, as_json: bool) -> None:
+                 rapki_profile: str | None, files: str, auto_publish: bool | None, as_json: bool) -> None:
     """Create or update the trust anchor, profile and first CRL; store the ARNs; print credential_process."""
     import os
 
@@ -203,7 +205,7 @@ def aws_register(home: Path | None, region: str | None, endpoint_url: str | None
         accept_role_session_name=accept_role_session_name, anchor=anchor_mode,
         expiry_notification_days=expiry_notification_days, profile=rapki_profile,
         endpoint_url=endpoint_override(endpoint_url), ca_bundle=ca_bundle or os.environ.get("AWS_CA_BUNDLE"),
-        files=files,
+        files=files, auto_publish=auto_publish,
     )
     if as_json:
         echo_json(result.to_dict())
