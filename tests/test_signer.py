@@ -936,3 +936,138 @@ def test_serve_never_queues_behind_a_slow_refresh(files: dict[str, Path], fake: 
         assert result[0][0].access_key_id == "ASIATESTKEY"
     finally:
         cache._lock.release()
+
+
+# ------------------------------------------------------------------------------------------------
+# The vectors again, with no --endpoint at all: the endpoint comes from the trust anchor ARN, the
+# request goes over HTTPS through a loopback CONNECT proxy that plays the AWS host with a test CA.
+
+
+class MitmProxy:
+    """HTTPS_PROXY on loopback: accepts CONNECT, then terminates TLS as the requested host."""
+
+    def __init__(self, certfile: Path, keyfile: Path) -> None:
+        import ssl
+
+        self.requests: list[dict[str, Any]] = []
+        self.connects: list[str] = []
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(certfile), str(keyfile))
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_CONNECT(self) -> None:
+                proxy.connects.append(self.path)
+                self.send_response(200, "Connection established")
+                self.end_headers()
+                self.wfile.flush()
+                with context.wrap_socket(self.connection, server_side=True) as tls:
+                    reader = tls.makefile("rb")
+                    request_line = reader.readline().decode().rstrip("\r\n")
+                    headers: dict[str, str] = {}
+                    while (line := reader.readline().decode().rstrip("\r\n")) != "":
+                        name, value = line.split(":", 1)
+                        headers[name.strip()] = value.strip()
+                    body = reader.read(int(headers.get("Content-Length", "0")))
+                    proxy.requests.append({"line": request_line, "headers": headers, "body": body})
+                    payload = credential_body()
+                    tls.sendall(
+                        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+                        + payload
+                    )
+                self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime is not installed")
+@pytest.mark.parametrize("name", [n for n in VECTOR_NAMES if not n.endswith("loopback-port")])
+def test_vector_default_endpoint_over_https(name: str, tmp_path: Path) -> None:
+    assert VECTORS is not None
+    folder = VECTORS / name
+    v = json.loads((folder / "vector.json").read_text())
+    # A TLS certificate for the AWS host, valid at the vector's date, from a CA given by --ca-bundle.
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC)
+    ca_name = _name("Test TLS CA")
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    tls_key = ec.generate_private_key(ec.SECP256R1())
+    tls_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(v["host"]))
+        .issuer_name(ca_name)
+        .public_key(tls_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(v["host"])]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (tmp_path / "tls.pem").write_bytes(pem(tls_cert))
+    (tmp_path / "tls.key").write_bytes(key_pem(tls_key, serialization.PrivateFormat.PKCS8))
+    (tmp_path / "ca.pem").write_bytes(pem(ca))
+    proxy = MitmProxy(tmp_path / "tls.pem", tmp_path / "tls.key")
+    try:
+        args = [
+            "faketime",
+            "-f",
+            _faketime_arg(v["amz_date"]),
+            *signer_cmd(),
+            "credential-process",
+            "--certificate",
+            str(folder / "leaf.pem"),
+            "--private-key",
+            str(folder / "key.pem"),
+            "--trust-anchor-arn",
+            v["trust_anchor_arn"],
+            "--profile-arn",
+            v["profile_arn"],
+            "--role-arn",
+            v["role_arn"],
+            "--session-duration",
+            str(v["duration_seconds"]),
+            "--ca-bundle",
+            str(tmp_path / "ca.pem"),
+            "--with-proxy",
+        ]
+        if v["has_chain"]:
+            args += ["--intermediates", str(folder / "chain.pem")]
+        clean = {k: val for k, val in os.environ.items() if not k.startswith("AWS_")}
+        env = {**clean, "HTTPS_PROXY": proxy.url, "https_proxy": proxy.url, "NO_PROXY": "", "no_proxy": ""}
+        result = subprocess.run(args, capture_output=True, env=env, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr.decode()
+    finally:
+        proxy.close()
+    assert proxy.connects == [f"{v['host']}:443"]  # the endpoint was derived from the trust anchor ARN
+    (req,) = proxy.requests
+    assert req["line"].startswith("POST /sessions?" + v["canonical_request"].split("\n")[2] + " ")
+    assert req["headers"]["Host"] == v["host"]
+    assert req["body"].decode() == v["request_body"]
+    if v["signature_is_deterministic"]:
+        assert req["headers"]["Authorization"] == v["authorization"]
+    else:
+        assert req["headers"]["Authorization"].startswith(v["authorization_prefix"])
+        signature = bytes.fromhex(req["headers"]["Authorization"].rsplit("Signature=", 1)[1])
+        leaf = x509.load_pem_x509_certificate((folder / "leaf.pem").read_bytes())
+        leaf.public_key().verify(signature, v["string_to_sign"].encode(), ec.ECDSA(hashes.SHA256()))
