@@ -130,3 +130,12 @@ def test_leaf_rules_validity_and_clock() -> None:
     [clock] = [c for c in report.checks if c.name == "validity and clock"]
     assert clock.status == "fail" and "NTP" in clock.fix
     assert statuses(diagnose(b"not a certificate"))["certificate readable"] == "fail"
+
+
+def test_offline_doctor_uses_the_local_ca(ca: CertificateAuthority, aws: Aws, tmp_path: Path) -> None:
+    issued = ca.issue("web", cn="web-1")
+    files = issued.write_to(tmp_path / "w")
+    result = aws.rapki("doctor", "--certificate", str(files["certificate"]), "--private-key",
+                       str(files["private_key"]), "--offline", home=ca.home.path)
+    assert "local CA (offline" in result.stdout and "PASS  chain builds to the trust anchor" in result.stdout
+    assert aws.emulator.stats()["calls"] == {}

@@ -272,6 +272,20 @@ def test_throttling_and_500s_are_retried_without_duplicating_the_import(ca: Cert
     assert len(publications(ca)) == 1
 
 
+def test_publishes_under_the_one_request_per_second_quota(ca: CertificateAuthority, aws: Aws) -> None:
+    """The emulator enforces AWS's default control-plane rate (1 request/s): throttled calls are retried."""
+    anchor = aws.anchor(ca.root_certificate)
+    ca.revoke(ca.issue("web", cn="web-1").serial_hex)
+    aws.emulator.set_faults(throttle=1.0)
+    try:
+        report = publisher(ca).publish(anchor)
+    finally:
+        aws.emulator.clear_faults()
+    assert report.ok and report.publications[0].action == "imported"
+    assert report.retries >= 1 and aws.emulator.stats()["injected"].get("ThrottlingException", 0) == report.retries
+    assert len(aws.crls(anchor)) == 1
+
+
 def test_permanent_failure_exits_1_and_leaves_the_records(ca: CertificateAuthority, aws: Aws) -> None:
     anchor = aws.anchor(ca.root_certificate)
     publisher(ca).publish(anchor)

@@ -164,7 +164,7 @@ class RolesAnywhere:
                 wait = _retry_after(exc) or min(self.options.max_delay, delay) * random.uniform(0.5, 1.0)
                 self._sleep(wait)
                 delay *= 2
-                if before_retry is not None:
+                if before_retry is not None and not _throttled(error):  # a throttled call did not happen
                     found = before_retry()
                     if found is not None:
                         return found
@@ -216,6 +216,11 @@ class RolesAnywhere:
 
 def _retryable(error: AwsError) -> bool:
     return error.aws_code in RETRYABLE_CODES or error.status == 429 or error.status >= 500
+
+
+def _throttled(error: AwsError) -> bool:
+    return error.status == 429 or "Throttl" in error.aws_code or error.aws_code in (
+        "TooManyRequestsException", "RequestLimitExceeded", "SlowDown")
 
 
 def _retry_after(exc: Exception) -> float | None:
