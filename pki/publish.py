@@ -139,7 +139,8 @@ def publish_lock(ca: CertificateAuthority, timeout: float = DEFAULT_LOCK_TIMEOUT
         key = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big", signed=True)
         with ca.db.engine.connect() as raw:
             conn = raw.execution_options(isolation_level="AUTOCOMMIT")  # no transaction left idle
-            conn.execute(text(f"SET lock_timeout = '{int(timeout * 1000)}ms'"))
+            # lock_timeout 0 would mean "wait forever" to PostgreSQL: at least 1 ms keeps the wait bounded.
+            conn.execute(text(f"SET lock_timeout = '{max(1, int(timeout * 1000))}ms'"))
             try:
                 conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
             except Exception as exc:  # lock_timeout: "canceling statement due to lock timeout"
