@@ -74,7 +74,8 @@ def revoke(home: Path | None, serial: str, reason: str | None, publish_crl: bool
     if result.already_revoked:
         click.echo(f"{record.serial} was already revoked at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}; nothing changed")
     else:
-        click.echo(f"revoked {record.serial} ({record.common_name}); run 'rapki crl build' or publish the CRL")
+        done = "the CRL is published" if publication else "run 'rapki crl publish' to enforce it in Roles Anywhere"
+        click.echo(f"revoked {record.serial} ({record.common_name}); {done}")
 
 
 @main.command("list")
