@@ -41,7 +41,10 @@ def test_retries_with_backoff_and_retry_after(stubbed: tuple[RolesAnywhere, Stub
     with stub:
         assert client.call("ListCrls")["crls"] == []
     assert client.log.retries == 2 and client.log.calls["ListCrls"] == 3
-    assert 0.25 <= slept[0] <= 0.5 and slept[1] == 3.0  # jittered first delay, then the server's Retry-After
+    assert 0.25 <= slept[0] <= 0.5  # jittered first back-off
+    assert 3.0 in slept  # then the server's Retry-After
+    assert client.paced  # throttled once: later calls are spaced a second apart
+    assert all(0.0 <= s <= 1.0 for s in slept if s not in (slept[0], 3.0))
 
 
 def test_gives_up_after_max_attempts_and_never_retries_4xx(stubbed: tuple[RolesAnywhere, Stubber, list[float]]) -> None:

@@ -35,6 +35,7 @@ RETRYABLE_CODES = frozenset({
     "InternalFailure", "ServiceUnavailable", "ServiceUnavailableException",
 })  # fmt: skip
 NOT_FOUND = "ResourceNotFoundException"
+PACED_INTERVAL = 1.0  # seconds between calls once throttled (the default control-plane quota)
 
 
 class AwsError(RapkiError):
@@ -103,6 +104,10 @@ class RolesAnywhere:
         self.log = CallLog()
         self._sleep = sleep
         self.max_attempts = options.max_attempts or int(_env_number("RAPKI_AWS_MAX_ATTEMPTS", 6))
+        # Once throttled, space calls PACED_INTERVAL apart for the rest of this client's life: the
+        # control-plane quota is 1 request/s by default, and retrying into it only burns attempts.
+        self.paced = False
+        self._last_call = 0.0
         self.base_delay = options.base_delay if options.base_delay >= 0 else _env_number("RAPKI_AWS_RETRY_BASE", 0.5)
 
     @classmethod
@@ -151,6 +156,9 @@ class RolesAnywhere:
         method = getattr(self.client, _snake(operation))
         delay = self.base_delay
         for attempt in range(1, self.max_attempts + 1):
+            if self.paced:
+                self._sleep(max(0.0, self._last_call + PACED_INTERVAL - time.monotonic()))
+            self._last_call = time.monotonic()
             self.log.calls[operation] += 1
             if operation in WRITE_OPERATIONS:
                 self.log.writes[operation] += 1
@@ -161,6 +169,7 @@ class RolesAnywhere:
                 if not _retryable(error) or attempt >= self.max_attempts:
                     raise error from exc
                 self.log.retries += 1
+                self.paced = self.paced or _throttled(error)
                 wait = _retry_after(exc) or min(self.options.max_delay, delay) * random.uniform(0.5, 1.0)
                 self._sleep(wait)
                 delay *= 2
