@@ -288,7 +288,7 @@ class CrlPublisher:
             report.warnings.append(f"trust anchor {anchor.get('name')!r} is disabled: Roles Anywhere refuses every "
                                    "certificate until it is enabled ('rapki aws register' enables it)")
         trusted = self._trusted_issuers(anchor, unexpired)
-        trusted.sort(key=lambda i: i.certificate.not_valid_before_utc, reverse=True)
+        trusted.sort(key=lambda i: (i.certificate.not_valid_before_utc, i.id), reverse=True)  # newest first
         covered, uncovered = trusted[:MAX_CRLS_PER_ANCHOR], trusted[MAX_CRLS_PER_ANCHOR:]
         # 3. Each trusted issuer's CRL.
         for issuer in covered:

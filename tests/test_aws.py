@@ -189,3 +189,18 @@ def test_trust_policy_cli_uses_the_binding(ca: CertificateAuthority, aws: Aws) -
 ])  # fmt: skip
 def test_regex_to_wildcards(pattern: str, expected: list[str] | None) -> None:
     assert regex_to_wildcards(pattern) == expected
+
+
+def test_third_issuing_ca_replaces_the_oldest_crl(ca: CertificateAuthority, aws: Aws) -> None:
+    """Anchored on the issuing CAs: after two rotations the bundle holds the 2 newest, and the CRL of the
+    dropped CA is deleted to make room (Roles Anywhere allows 2 CRLs per anchor)."""
+    first = register(ca, connect(), name="rot", role_arns=[role(aws)], anchor="issuing")
+    ca.sign_intermediate()
+    register(ca, connect(), name="rot", role_arns=[role(aws)], anchor="issuing")
+    assert sorted(c["name"] for c in aws.crls(first.trust_anchor_arn)) == ["rot-issuing-1", "rot-issuing-2"]
+    ca.sign_intermediate()
+    aws.emulator.reset_stats()
+    third = register(ca, connect(), name="rot", role_arns=[role(aws)], anchor="issuing")
+    assert [s.split(",")[0] for s in third.anchor_subjects] == ["CN=rapki Issuing CA 3", "CN=rapki Issuing CA 2"]
+    assert sorted(c["name"] for c in aws.crls(first.trust_anchor_arn)) == ["rot-issuing-2", "rot-issuing-3"]
+    assert aws.emulator.stats()["writes"] == {"UpdateTrustAnchor": 1, "DeleteCrl": 1, "ImportCrl": 1}

@@ -70,7 +70,7 @@ def bundle_certificates(ca: CertificateAuthority, mode: str) -> list[x509.Certif
     if mode == "both":
         return [ca.root_certificate, ca.issuer().certificate]
     issuers = sorted((i for i in ca.issuers() if i.not_after > now),
-                     key=lambda i: i.certificate.not_valid_before_utc, reverse=True)
+                     key=lambda i: (i.certificate.not_valid_before_utc, i.id), reverse=True)
     if not issuers:
         raise InvalidInput("no unexpired issuing CA: run 'rapki ca sign-intermediate'")
     return [i.certificate for i in issuers[:MAX_ANCHOR_CERTIFICATES]]
