@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
+
+try:  # gthread internals the worker below builds on (gunicorn >= 25)
+    from gunicorn.workers.gthread import _DEFER, DEFAULT_WORKER_DATA_TIMEOUT
+except ImportError:  # pragma: no cover - older gunicorn: plain gthread
+    _DEFER = DEFAULT_WORKER_DATA_TIMEOUT = None
 
 _CONTEXT: dict[str, ssl.SSLContext] = {}
 
@@ -29,6 +35,12 @@ def ssl_context(config: Any, default_factory: Callable[[], ssl.SSLContext]) -> s
         context = default_factory()
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_NO_COMPRESSION
+        import os
+        if os.environ.get("XX_TLS12"):
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+        if os.environ.get("XX_NOTICKETS"):
+            context.num_tickets = 0
+            context.options |= ssl.OP_NO_TICKET
         if config.ca_certs:
             context.verify_mode = ssl.CERT_OPTIONAL
         _CONTEXT["ctx"] = context
@@ -43,6 +55,50 @@ def child_exit(_server: Any, worker: Any) -> None:
 
 def post_fork(_server: Any, _worker: Any) -> None:
     _CONTEXT.clear()  # never share a parent's context (and its session cache) with a worker
+
+
+class TlsThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's ``gthread`` worker, made safe for clients that open TLS connections ahead of use.
+
+    gthread gives a new connection a thread once its first bytes arrive. Over TLS those bytes are
+    the ClientHello: the thread does the handshake and then blocks reading a request that may
+    never come soon (HTTP clients such as Go's dial spare connections and park them idle). With
+    as many idle connections as threads, the worker stops serving while requests queue on other
+    connections. Here the thread does the handshake, and if no request bytes are there yet the
+    connection goes back to the poller (gthread's own "deferred" path) and the thread is freed.
+
+    After a keep-alive response gthread also waits for the kernel socket to become readable;
+    bytes already inside the TLS buffer would never wake it, so such connections are handed
+    straight back to a thread.
+    """
+
+    def handle(self, conn: Any) -> Any:
+        if not self.cfg.is_ssl or conn.initialized:
+            return super().handle(conn)
+        if not conn.data_ready and not conn.wait_for_data(DEFAULT_WORKER_DATA_TIMEOUT):
+            return _DEFER
+        try:
+            conn.sock.setblocking(True)
+            conn.init()  # the TLS handshake
+        except (OSError, ssl.SSLError) as exc:
+            self.log.debug("TLS handshake failed: %s", exc)
+            return False
+        if conn.sock.pending() == 0:
+            conn.data_ready = False
+            if not conn.wait_for_data(0.0):
+                return _DEFER  # finish_request parks it in the poller; readable -> handled then
+        return super().handle(conn)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        try:
+            keep = not fs.cancelled() and fs.exception() is None and fs.result() is True
+        except Exception:
+            keep = False
+        pending = getattr(conn.sock, "pending", None)
+        if keep and self.alive and pending is not None and pending() > 0:
+            self.enqueue_req(conn)
+            return
+        super().finish_request(conn, fs)
 
 
 class ApiServer(BaseApplication):  # type: ignore[misc]
@@ -67,7 +123,7 @@ def run(home: Path, *, host: str, port: int, workers: int, threads: int, certfil
     options: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
-        "worker_class": "gthread",
+        "worker_class": "service.api.server.TlsThreadWorker" if _DEFER is not None else "gthread",
         "threads": threads,
         "certfile": str(certfile),
         "keyfile": str(keyfile),
