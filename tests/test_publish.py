@@ -480,3 +480,26 @@ def test_publish_crl_script_is_cron_safe(ca: CertificateAuthority, aws: Aws) -> 
     assert aws.writes() == 0
     cron = (script.parent / "publish-crl.cron").read_text()
     assert "scripts/publish-crl --quiet" in cron
+
+
+def test_flags_and_the_generic_endpoint_variable_drive_the_cli(ca: CertificateAuthority, aws: Aws) -> None:
+    """--endpoint-url/--ca-bundle without any AWS_ENDPOINT_* variable, then AWS_ENDPOINT_URL alone."""
+    anchor = aws.anchor(ca.root_certificate)
+    bare = {k: v for k, v in aws.env.items() if k not in ("AWS_ENDPOINT_URL_ROLESANYWHERE", "AWS_CA_BUNDLE")}
+    flags = ["--endpoint-url", aws.emulator.endpoint_url, "--ca-bundle", aws.emulator.ca_bundle]
+    env = {**bare, "RAPKI_HOME": str(ca.home.path)}
+    first = subprocess.run([*rapki_cmd(), "crl", "publish", "--trust-anchor-arn", anchor, *flags, "--json"],
+                           env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["endpoint_url"] == aws.emulator.endpoint_url
+    generic = {**env, "AWS_ENDPOINT_URL": aws.emulator.endpoint_url, "AWS_CA_BUNDLE": aws.emulator.ca_bundle}
+    again = subprocess.run([*rapki_cmd(), "crl", "publish", "--trust-anchor-arn", anchor, "--json"],
+                           env=generic, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["publications"][0]["action"] == "unchanged"
+    # Without a CA bundle, TLS to the emulator's self-signed certificate fails with a hint, in one line.
+    no_bundle = subprocess.run([*rapki_cmd(), "crl", "publish", "--trust-anchor-arn", anchor, "--endpoint-url",
+                                aws.emulator.endpoint_url], env={**env, "RAPKI_AWS_MAX_ATTEMPTS": "1"},
+                               capture_output=True, text=True, timeout=120, check=False)
+    assert no_bundle.returncode == 1 and no_bundle.stderr.count("\n") == 1
+    assert "--ca-bundle" in no_bundle.stderr
