@@ -78,7 +78,7 @@ def enroll() -> tuple[Response, int]:
     token = require_bearer()
     _limit_identity(f"enrollment-token:{parse_token(token, 'e')}")
     record = c.tokens.authenticate(token)
-    issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, json_body(), client_address())
+    issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, json_body(), client_address(), c.wrap)
     metrics.ISSUED.labels(issued.profile).inc()
     return jsonify(enrollment.answer(issued, req, profile)), 201
 
@@ -91,7 +91,7 @@ def renew() -> tuple[Response, int]:
         raise Unauthenticated("renewal needs the current certificate: connect with it (mutual TLS) or sign the "
                               "request with its key (RAPKI-SIG-V1)")
     _limit_identity(f"certificate:{caller.id}")
-    issued, req, profile = enrollment.renew(ctx().ca, caller, json_body(optional=True))
+    issued, req, profile = enrollment.renew(ctx().ca, caller, json_body(optional=True), ctx().wrap)
     metrics.RENEWED.labels(issued.profile).inc()
     return jsonify(enrollment.answer(issued, req, profile)), 201
 
