@@ -363,6 +363,15 @@ def test_each_unexpired_issuer_gets_its_crl(ca: CertificateAuthority, aws: Aws) 
     assert publisher(ca).publish(anchor).writes == 0
 
 
+def test_a_third_issuer_under_a_root_anchor_is_reported_not_covered(ca: CertificateAuthority, aws: Aws) -> None:
+    ca.sign_intermediate()
+    ca.sign_intermediate()
+    anchor = aws.anchor(ca.root_certificate)
+    result = aws.rapki("crl", "publish", "--trust-anchor-arn", anchor, home=ca.home.path, check=False)
+    assert result.returncode == 1 and "issuing-1 are NOT enforced" in result.stderr
+    assert sorted(c["name"] for c in aws.crls(anchor)) == ["rapki-issuing-2", "rapki-issuing-3"]
+
+
 def test_anchor_on_the_issuing_ca_publishes_only_its_crl(ca: CertificateAuthority, aws: Aws) -> None:
     first = ca.issuer()
     ca.sign_intermediate()
