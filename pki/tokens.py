@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from pki.authority import CertificateAuthority, local_actor
@@ -169,6 +169,20 @@ def _operator(row: Any) -> OperatorToken:
     )
 
 
+# Built once: the enrollment hot path only binds values (building SQLAlchemy expressions per request
+# cost more than running them).
+_SELECT_ENROLLMENT = select(enrollment_tokens).where(enrollment_tokens.c.id == bindparam("token_id"))
+_REDEEM = (
+    update(enrollment_tokens)
+    .where(and_(enrollment_tokens.c.id == bindparam("token_id"),
+                enrollment_tokens.c.token_hash == bindparam("digest"),
+                enrollment_tokens.c.uses_left > 0,
+                enrollment_tokens.c.expires_at > bindparam("now"),
+                enrollment_tokens.c.revoked_at.is_(None)))
+    .values(uses_left=enrollment_tokens.c.uses_left - 1, last_used_at=bindparam("used_at"))
+)
+
+
 class TokenStore:
     """Enrollment and operator tokens of one CA (its database)."""
 
@@ -247,7 +261,7 @@ class TokenStore:
         is consumed here (see ``redeemer``)."""
         token_id = parse_token(token, "e")
         with self.engine.connect() as conn:
-            row = conn.execute(select(enrollment_tokens).where(enrollment_tokens.c.id == token_id)).first()
+            row = conn.execute(_SELECT_ENROLLMENT, {"token_id": token_id}).first()
         if row is None or not hmac.compare_digest(row.token_hash, hash_token(token.strip())):
             raise InvalidToken("unknown enrollment token: ask an operator for a fresh one")
         record = _enrollment(row)
@@ -278,13 +292,8 @@ class TokenStore:
 
         def redeem(conn: Connection) -> None:
             now = datetime.now(UTC)
-            changed = conn.execute(
-                update(enrollment_tokens)
-                .where(and_(enrollment_tokens.c.id == token_id, enrollment_tokens.c.token_hash == digest,
-                            enrollment_tokens.c.uses_left > 0, enrollment_tokens.c.expires_at > now,
-                            enrollment_tokens.c.revoked_at.is_(None)))
-                .values(uses_left=enrollment_tokens.c.uses_left - 1, last_used_at=now)
-            ).rowcount
+            changed = conn.execute(_REDEEM, {"token_id": token_id, "digest": digest, "now": now,
+                                             "used_at": now}).rowcount
             if changed != 1:  # lost a race with another request (or it expired meanwhile)
                 raise TokenUsed("this enrollment token was already used: ask an operator for a fresh one")
 
