@@ -533,3 +533,23 @@ def test_tls_is_at_least_1_2_and_never_plain_http(server: Server) -> None:
 def test_private_keys_never_logged(server: Server) -> None:
     log = (server.tmp / "serve.log").read_text()
     assert "PRIVATE KEY" not in log and "rpk_e_" not in log and "rpk_o_" not in log
+
+
+def test_idle_tls_connections_do_not_stall_the_workers(server: Server) -> None:
+    """More idle TLS connections (handshake done, no request) than the server has threads: a real
+    request must still be answered (plain gthread would park a thread on each idle one)."""
+    import ssl
+
+    port = int(server.url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=str(server.root))
+    idle = []
+    try:
+        for _ in range(12):  # 2 workers x 4 threads = 8 threads
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            idle.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+        time.sleep(0.5)
+        response = requests.get(server.url + "/healthz", verify=str(server.root), timeout=8)
+        assert response.status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
