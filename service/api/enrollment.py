@@ -148,7 +148,7 @@ def revoke_request(body: dict[str, Any], caller: Caller) -> tuple[str, Any]:
     if not caller.is_operator:
         assert caller.certificate is not None
         own = caller.certificate.serial
-        if serial is not None and serial.lower().lstrip("0").replace(":", "") != own:
+        if serial is not None and serial.lower().replace(":", "").removeprefix("0x").lstrip("0") != own:
             raise Forbidden("a certificate may revoke only itself: use an operator token for other certificates")
         serial = own
     if serial is None:

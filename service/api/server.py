@@ -136,7 +136,6 @@ def run(home: Path, *, host: str, port: int, workers: int, threads: int, certfil
         "proc_name": "rapki-serve",
         "accesslog": "-" if access_log else None,
         "errorlog": "-",
-        "forwarded_allow_ips": "127.0.0.1",
         "limit_request_field_size": 16384,  # a signed request carries a certificate in a header
         # gunicorn >= 25 opens a control socket at one per-user path: several servers would clash.
         "control_socket_disable": True,

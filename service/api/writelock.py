@@ -39,10 +39,10 @@ class WriterLock:
         """A ``within`` callback for ``CertificateAuthority.issue``: lock first, then ``within``."""
 
         def locked(conn: Connection) -> None:
-            record = conn.connection._connection_record  # type: ignore[attr-defined]
-            if record is not None and not record.info.get(_KEY):
+            # conn.info is the pool record's info: the checkin event below sees the same dict.
+            if not conn.info.get(_KEY):
                 self._acquire()
-                record.info[_KEY] = True
+                conn.info[_KEY] = True
             if within is not None:
                 within(conn)
 
