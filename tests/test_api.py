@@ -101,7 +101,8 @@ def rapki(*args: str, env: dict[str, str] | None = None, check: bool = True) -> 
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("api")
     home = tmp / "home"
-    os.environ["RAPKI_PASSPHRASE"] = PASSPHRASE
+    saved = {k: os.environ.get(k) for k in ("RAPKI_PASSPHRASE", "RAPKI_DATABASE_URL")}
+    os.environ["RAPKI_PASSPHRASE"] = PASSPHRASE  # this module's CLI calls and library use need it
     os.environ.pop("RAPKI_DATABASE_URL", None)
     ca = make_ca(home)
     ca.add_profile(Profile(name="ra", cn_pattern=r"ra-[0-9]+", roles_anywhere=RolesAnywhereBinding(
@@ -141,6 +142,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             proc.kill()
         engine.dispose()
         log.close()
+        for key, value in saved.items():  # leave the environment as other test modules expect it
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # --- OpenAPI: the document validates, the answers match it ---------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections import Counter
@@ -20,11 +19,11 @@ from tests.conftest import PASSPHRASE, make_ca
 from tests.test_api import RAPKI, free_port
 
 
-def test_rate_limit_is_shared_by_workers(tmp_path: Path) -> None:
+def test_rate_limit_is_shared_by_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Per-address limit 12/h with 3 workers: exactly 12 requests pass, whichever worker
     answers (each worker counting alone would let up to 36 through)."""
-    os.environ["RAPKI_PASSPHRASE"] = PASSPHRASE
-    os.environ.pop("RAPKI_DATABASE_URL", None)
+    monkeypatch.setenv("RAPKI_PASSPHRASE", PASSPHRASE)
+    monkeypatch.delenv("RAPKI_DATABASE_URL", raising=False)
     home = tmp_path / "home"
     ca = make_ca(home)
     token = TokenStore(ca).create("web", cn="web-1", uses=100).token
