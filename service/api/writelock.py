@@ -24,14 +24,13 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
-_KEY = "rapki_writer_lock"
-
 
 class WriterLock:
     def __init__(self, engine: Engine, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         self._thread_lock = threading.Lock()
+        self._key = f"rapki_writer_lock_{id(self)}"  # two apps on one engine must not release each other's
         event.listen(engine.pool, "checkin", self._on_checkin)
         event.listen(engine.pool, "close", self._on_checkin)
 
@@ -40,9 +39,9 @@ class WriterLock:
 
         def locked(conn: Connection) -> None:
             # conn.info is the pool record's info: the checkin event below sees the same dict.
-            if not conn.info.get(_KEY):
+            if not conn.info.get(self._key):
                 self._acquire()
-                conn.info[_KEY] = True
+                conn.info[self._key] = True
             if within is not None:
                 within(conn)
 
@@ -57,6 +56,6 @@ class WriterLock:
             raise
 
     def _on_checkin(self, _dbapi_connection: Any, record: Any) -> None:
-        if record is not None and record.info.pop(_KEY, False):
+        if record is not None and record.info.pop(self._key, False):
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             self._thread_lock.release()
