@@ -19,12 +19,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from pki.errors import RapkiError
 from pki.preflight import (
     STRONG_HASHES,
     common_name,
+    extension_problems,
     public_key_problem,
     source_identity,
     source_identity_problem,
@@ -160,24 +160,8 @@ def _key_check(leaf: x509.Certificate, private_key: bytes | None, password: byte
 
 def _leaf_checks(leaf: x509.Certificate) -> list[Check]:
     out: list[Check] = []
-    # End-entity profile: basicConstraints, keyUsage, extendedKeyUsage.
-    problems = []
-    try:
-        if leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            problems.append("basicConstraints CA:TRUE (a CA certificate cannot sign sessions)")
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        if not leaf.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature:
-            problems.append("keyUsage lacks digitalSignature")
-    except x509.ExtensionNotFound:
-        problems.append("keyUsage is missing (digitalSignature is required)")
-    try:
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
-            problems.append("extendedKeyUsage without clientAuth")
-    except x509.ExtensionNotFound:
-        pass
+    # End-entity profile: basicConstraints, keyUsage, extendedKeyUsage (the preflight's own rules).
+    problems = extension_problems(leaf)
     out.append(Check("key usage (end-entity, digitalSignature)", FAIL if problems else PASS, "; ".join(problems),
                      "issue the certificate from rapki ('rapki issue'), which sets these" if problems else ""))
     # Algorithms.

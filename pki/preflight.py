@@ -85,7 +85,7 @@ def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> lis
         problems.append("the subject has no CN (it becomes the STS source identity)")
     elif (problem := source_identity_problem(cn)) is not None:
         problems.append(problem)
-    problems.extend(_extension_problems(cert))
+    problems.extend(extension_problems(cert))
     if now is not None:
         if now < cert.not_valid_before_utc:
             problems.append(f"not valid before {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}")
@@ -94,7 +94,8 @@ def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> lis
     return problems
 
 
-def _extension_problems(cert: x509.Certificate) -> list[str]:
+def extension_problems(cert: x509.Certificate) -> list[str]:
+    """The end-entity extension rules: CA:FALSE, digitalSignature, clientAuth when EKU is present."""
     problems: list[str] = []
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
