@@ -558,3 +558,42 @@ def test_idle_tls_connections_do_not_stall_the_workers(server: Server) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_renewal_keeps_subject_and_names(server: Server) -> None:
+    token = server.token(cn="web-50")
+    out = server.tmp / "keep"
+    rapki("enroll", "--url", server.url, "--token", token, "--out", str(out), "--ca-bundle", str(server.root))
+    mtls = (out / "cert.pem", out / "key.pem")
+    before = server.count()
+    other_cn = server.post("/v1/renew", {"csr": make_csr(ec.generate_private_key(ec.SECP256R1()), "web-51").decode()},
+                           cert=mtls)
+    assert other_cn.status_code == 403 and other_cn.json()["error"] == "forbidden"
+    check_against_spec(server, "/v1/renew", "post", other_cn)
+    more_names = server.post("/v1/renew", {"csr": make_csr(ec.generate_private_key(ec.SECP256R1()), "web-50",
+                                                           ["dns:extra.example.com"]).decode()}, cert=mtls)
+    assert more_names.status_code == 403
+    assert server.count() == before
+    # Server-side key generation on renewal: a new key comes back with the certificate.
+    renewed = server.post("/v1/renew", {"key_type": "ec-p256"}, cert=mtls)
+    assert renewed.status_code == 201, renewed.text
+    check_against_spec(server, "/v1/renew", "post", renewed)
+    cert = x509.load_pem_x509_certificate(renewed.json()["certificate"].encode())
+    key = serialization.load_pem_private_key(renewed.json()["private_key"].encode(), None)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+    assert cert.subject.rfc4514_string() == "CN=web-50"
+
+
+def test_renewed_files_are_a_matching_pair(server: Server) -> None:
+    token = server.token(cn="web-52")
+    out = server.tmp / "pair"
+    rapki("enroll", "--url", server.url, "--token", token, "--out", str(out), "--csr-mode", "--cn", "web-52",
+          "--ca-bundle", str(server.root))
+    old_key = (out / "key.pem").read_bytes()
+    rapki("renew", "--url", server.url, "--cert-dir", str(out), "--ca-bundle", str(server.root), "--force")
+    assert (out / "key.pem").read_bytes() != old_key  # renewal rotates the key
+    assert (out / "key.pem").stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    key = serialization.load_pem_private_key((out / "key.pem").read_bytes(), None)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()  # type: ignore[union-attr]
+    assert not list(out.glob("*.tmp"))
