@@ -57,4 +57,7 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    from service.api.direct import DirectEnroll
+
+    app.wsgi_app = DirectEnroll(app, app.wsgi_app)  # type: ignore[method-assign]
     return app

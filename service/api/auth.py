@@ -59,16 +59,21 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def bearer_token() -> str | None:
-    header = request.headers.get("Authorization", "")
+def parse_bearer(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value, or None."""
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value.strip():
         return None
     return value.strip()
 
 
-def require_bearer() -> str:
-    token = bearer_token()
+def bearer_token() -> str | None:
+    return parse_bearer(request.headers.get("Authorization", ""))
+
+
+def require_bearer(header: str | None = None) -> str:
+    """The bearer token of this request (or of the ``Authorization`` value given); 401 without one."""
+    token = parse_bearer(header if header is not None else request.headers.get("Authorization", ""))
     if token is None:
         raise Unauthenticated("missing credentials: send 'Authorization: Bearer <token>' with the token an "
                               "operator created ('rapki token create')")

@@ -34,6 +34,29 @@ class MalformedJson(InvalidInput):
     code = "malformed_json"
 
 
+def describe(exc: BaseException) -> tuple[str, str, int, dict[str, str]]:
+    """The answer for ``exc``: error code, message, HTTP status and extra headers. Logs what the
+    operator must see (server faults; never the request itself)."""
+    if isinstance(exc, RapkiError):
+        headers = {}
+        if getattr(exc, "retry_after", None):
+            headers["Retry-After"] = str(exc.retry_after)  # type: ignore[attr-defined]
+        if exc.http_status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="rapki"'
+        if exc.http_status >= 500 and exc.http_status != 503:
+            log.error("request failed: %s", exc)
+        return exc.code, str(exc), exc.http_status, headers
+    if isinstance(exc, HTTPException):
+        status = exc.code or 500
+        code, message = _HTTP_CODES.get(status, ("http_error", exc.description or "request failed"))
+        return code, message, status, {}
+    if isinstance(exc, OperationalError | PoolTimeout) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        log.error("database unavailable: %s", exc)
+        return "unavailable", "the CA database is unreachable right now: retry later", 503, {"Retry-After": "5"}
+    log.error("database error" if isinstance(exc, DBAPIError) else "unexpected error", exc_info=exc)
+    return "internal_error", "the request failed on the server: the operator can see why in the server log", 500, {}
+
+
 def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
     response = jsonify({"error": code, "message": message})
     response.status_code = status
@@ -46,39 +69,10 @@ def error_response(code: str, message: str, status: int, headers: dict[str, str]
 
 def register(app: Flask) -> None:
     @app.errorhandler(RapkiError)
-    def _rapki(exc: RapkiError) -> Response:
-        headers = {}
-        if getattr(exc, "retry_after", None):
-            headers["Retry-After"] = str(exc.retry_after)  # type: ignore[attr-defined]
-        if exc.http_status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="rapki"'
-        if exc.http_status >= 500 and exc.http_status != 503:
-            log.error("request failed: %s", exc)
-        return error_response(exc.code, str(exc), exc.http_status, headers)
-
     @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        code, message = _HTTP_CODES.get(status, ("http_error", exc.description or "request failed"))
-        return error_response(code, message, status)
-
     @app.errorhandler(OperationalError)
     @app.errorhandler(PoolTimeout)
-    def _db_down(exc: Exception) -> Response:
-        log.error("database unavailable: %s", exc)
-        return error_response("unavailable", "the CA database is unreachable right now: retry later",
-                              503, {"Retry-After": "5"})
-
     @app.errorhandler(DBAPIError)
-    def _db_error(exc: DBAPIError) -> Response:
-        if exc.connection_invalidated:
-            return _db_down(exc)
-        log.exception("database error")
-        return error_response("internal_error", "the request failed on the server: the operator can see why "
-                              "in the server log", 500)
-
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.exception("unexpected error")
-        return error_response("internal_error", "the request failed on the server: the operator can see why "
-                              "in the server log", 500)
+    def _error(exc: Exception) -> Response:
+        return error_response(*describe(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +33,11 @@ def ctx() -> ApiContext:
 
 
 def json_body(*, optional: bool = False) -> dict[str, Any]:
-    data = request.get_data(cache=True)  # 413 past MAX_CONTENT_LENGTH
+    return parse_json(request.get_data(cache=True), optional=optional)  # 413 past MAX_CONTENT_LENGTH
+
+
+def parse_json(data: bytes, *, optional: bool = False) -> dict[str, Any]:
+    """The JSON object a request body holds; 400 (``malformed_json``) for anything else."""
     if not data.strip():
         if optional:
             return {}
@@ -73,14 +78,23 @@ def _operator() -> Caller:
 # --- workload endpoints ----------------------------------------------------------------------------
 @v1.post("/enroll")
 def enroll() -> tuple[Response, int]:
-    _limit_address()
-    c = ctx()
-    token = require_bearer()
-    _limit_identity(f"enrollment-token:{parse_token(token, 'e')}")
+    # Served by service.api.direct in front of Flask; this view answers when the app is called
+    # without it (e.g. mounted under another WSGI server's dispatcher) and keeps the route known.
+    answer = serve_enroll(ctx(), client_address(), request.headers.get("Authorization", ""), json_body)
+    return jsonify(answer), 201
+
+
+def serve_enroll(c: ApiContext, address: str, authorization: str,
+                 body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``POST /v1/enroll``: rate limits, token (401/409), then ``body()`` (400/413), binding (403),
+    policy (422), issuance; the JSON answer. Refusals raise before anything is written."""
+    c.state.hit(f"addr:{address}", c.settings.per_address, f"from {address}")
+    token = require_bearer(authorization)
+    c.state.hit(f"enrollment-token:{parse_token(token, 'e')}", c.settings.per_identity, "with these credentials")
     record = c.tokens.authenticate(token)
-    issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, json_body(), client_address(), c.wrap)
+    issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, body(), address, c.wrap)
     metrics.ISSUED.labels(issued.profile).inc()
-    return jsonify(enrollment.answer(issued, req, profile)), 201
+    return enrollment.answer(issued, req, profile)
 
 
 @v1.post("/renew")
