@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
@@ -63,6 +64,16 @@ _INSERT_AUDIT = insert(audit_log)
 _SELECT_PROFILE = select(profiles.c.spec).where(profiles.c.name == bindparam("name"))
 _MARK_SUPERSEDED = (update(certificates).where(certificates.c.serial == bindparam("old_serial"))
                     .values(superseded_by=bindparam("new_serial")))
+
+
+def _server_san(name: str) -> str:
+    """``ip:`` for an address, ``dns:`` for a host name."""
+    import ipaddress
+
+    try:
+        return f"ip:{ipaddress.ip_address(name)}"
+    except ValueError:
+        return f"dns:{name}"
 
 
 @functools.cache
@@ -486,6 +497,8 @@ class CertificateAuthority:
             prof.check_dns(name)
         for uri in requested_sans.uri:
             prof.check_uri(uri)
+        if requested_sans.ip:
+            raise PolicyViolation("IP SANs are not issued to workloads: use dns: or uri: names")
         lifetime = prof.ttl(ttl)
         if csr is None:
             private_key = kt.generate()
@@ -510,6 +523,32 @@ class CertificateAuthority:
             except IntegrityError:
                 continue  # serial collision: draw again
             return IssuedCertificate(cert, (issuer.certificate,), prof.name, private_key)
+        raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
+
+    SERVER_PROFILE = "_server"  # not a valid profile name, so it never collides with one
+
+    def issue_server_certificate(self, names: Sequence[str], *, lifetime: timedelta = timedelta(days=90),
+                                 actor: str | None = None) -> IssuedCertificate:
+        """A TLS server certificate for rapki's own HTTPS API: serverAuth, CN = the first name, DNS
+        and IP SANs for every name, an EC P-256 key made here. Workload profiles do not apply, but
+        it is recorded in the inventory (profile ``_server``) like every certificate, so it can be
+        listed and revoked."""
+        if not names or not 1 <= len(names[0]) <= 64:
+            raise InvalidInput("a server certificate needs names, the first (its CN) of at most 64 characters")
+        sans = SubjectAltNames.parse([_server_san(name) for name in dict.fromkeys(names)])
+        issuer = self.issuer()
+        key = KeyType.EC_P256.generate()
+        now = datetime.now(UTC)
+        for _attempt in range(5):
+            spec = LeafSpec(names[0], sans, key.public_key(), random_serial(self.config.serial_bytes),
+                            now - BACKDATE, min(now + lifetime, issuer.not_after), ExtendedKeyUsageOID.SERVER_AUTH)
+            cert = build_leaf(spec, issuer_cert=issuer.certificate, issuer_aki=issuer.aki,
+                              issuer_key=self.issuer_key(issuer), issuer_key_type=issuer.key_type)
+            try:
+                self._record(cert, issuer, self.SERVER_PROFILE, KeyType.EC_P256, sans, actor, None)
+            except IntegrityError:
+                continue
+            return IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, key)
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
     def _record(self, cert: x509.Certificate, issuer: Issuer, profile: str, key_type: KeyType,

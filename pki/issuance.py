@@ -8,6 +8,7 @@ for that a workload certificate must not have. ``build_leaf`` makes the certific
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,37 +21,64 @@ from pki.keys import KeyType, PrivateKey, PublicKey
 BACKDATE = timedelta(minutes=5)  # tolerate clients whose clock runs a little behind
 
 
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def dns_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a fully qualified host name in RFC 1034 preferred syntax, or None.
+
+    Single-label names (``localhost``) and numeric top-level labels are refused: linters (and the
+    CA/B rules they encode) reject them, and a certificate rapki makes must pass the linters.
+    A leading ``*.`` wildcard label is allowed.
+    """
+    labels = name.removeprefix("*.").split(".")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        return f"{name!r} is not a fully qualified DNS name (labels of letters, digits and '-', at least two)"
+    if labels[-1].isdigit():
+        return f"{name!r} ends in a numeric label: use an ip: SAN for addresses"
+    return None
+
+
 @dataclass(frozen=True)
 class SubjectAltNames:
     dns: tuple[str, ...] = ()
     uri: tuple[str, ...] = ()
+    ip: tuple[str, ...] = ()  # only in rapki's own TLS server certificates, never in workload ones
 
     @classmethod
     def parse(cls, values: list[str] | tuple[str, ...]) -> SubjectAltNames:
-        """``dns:name``, ``uri:scheme://...`` or a bare name (DNS, or URI when it has ``://``)."""
+        """``dns:name``, ``uri:scheme://...``, ``ip:address`` or a bare name (DNS, or URI when it has
+        ``://``)."""
         dns: list[str] = []
         uri: list[str] = []
+        ip: list[str] = []
         for value in values:
             kind, _, rest = value.partition(":")
             if kind.lower() == "dns" and rest:
-                dns.append(rest)
+                dns.append(_checked_dns(rest))
             elif kind.lower() == "uri" and rest:
                 uri.append(rest)
+            elif kind.lower() == "ip" and rest:
+                try:
+                    ip.append(str(ipaddress.ip_address(rest)))
+                except ValueError:
+                    raise InvalidInput(f"invalid IP SAN {rest!r}") from None
             elif "://" in value:
                 uri.append(value)
             elif value and "://" not in value and ":" not in value:
-                dns.append(value)
+                dns.append(_checked_dns(value))
             else:
                 raise InvalidInput(f"invalid SAN {value!r}: use dns:NAME or uri:URI")
-        return cls(tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(uri)))
+        return cls(tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(uri)), tuple(dict.fromkeys(ip)))
 
     def merged(self, other: SubjectAltNames) -> SubjectAltNames:
         return SubjectAltNames(
-            tuple(dict.fromkeys(self.dns + other.dns)), tuple(dict.fromkeys(self.uri + other.uri))
+            tuple(dict.fromkeys(self.dns + other.dns)), tuple(dict.fromkeys(self.uri + other.uri)),
+            tuple(dict.fromkeys(self.ip + other.ip)),
         )
 
     def as_list(self) -> list[str]:
-        return [f"dns:{d}" for d in self.dns] + [f"uri:{u}" for u in self.uri]
+        return [f"dns:{d}" for d in self.dns] + [f"uri:{u}" for u in self.uri] + [f"ip:{a}" for a in self.ip]
 
     def general_names(self) -> list[x509.GeneralName]:
         names: list[x509.GeneralName] = []
@@ -62,7 +90,14 @@ class SubjectAltNames:
             else:
                 raise InvalidInput(f"{name!r} is an IP address, not a DNS name")
         names.extend(x509.UniformResourceIdentifier(u) for u in self.uri)
+        names.extend(x509.IPAddress(ipaddress.ip_address(a)) for a in self.ip)
         return names
+
+
+def _checked_dns(name: str) -> str:
+    if (problem := dns_name_problem(name)) is not None:
+        raise InvalidInput(f"invalid DNS SAN: {problem}")
+    return name
 
 
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
@@ -126,7 +161,7 @@ def _check_csr_extension(ext: x509.Extension[x509.ExtensionType]) -> SubjectAltN
         dns, uri = [], []
         for name in value:
             if isinstance(name, x509.DNSName):
-                dns.append(name.value)
+                dns.append(_checked_dns(name.value))
             elif isinstance(name, x509.UniformResourceIdentifier):
                 uri.append(name.value)
             else:
@@ -145,6 +180,7 @@ class LeafSpec:
     serial: int
     not_before: datetime
     not_after: datetime
+    usage: x509.ObjectIdentifier = ExtendedKeyUsageOID.CLIENT_AUTH  # SERVER_AUTH for rapki's own TLS
 
 
 _KEY_USAGE = x509.KeyUsage(
@@ -152,7 +188,7 @@ _KEY_USAGE = x509.KeyUsage(
     data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
     encipher_only=False, decipher_only=False,
 )
-_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+_EKU = {oid: x509.ExtendedKeyUsage([oid]) for oid in (ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH)}
 _BASIC = x509.BasicConstraints(ca=False, path_length=None)
 
 
@@ -168,7 +204,7 @@ def build_leaf(spec: LeafSpec, *, issuer_cert: x509.Certificate, issuer_aki: x50
         .not_valid_after(spec.not_after)
         .add_extension(_BASIC, critical=True)
         .add_extension(_KEY_USAGE, critical=True)
-        .add_extension(_EKU, critical=False)
+        .add_extension(_EKU[spec.usage], critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(spec.public_key), critical=False)
         .add_extension(issuer_aki, critical=False)
     )

@@ -232,3 +232,40 @@ def test_preflight_refuses_sha1_signatures(tmp_path: Path) -> None:
                    check=True, capture_output=True)
     problems = leaf_problems(x509.load_pem_x509_certificate(cert.read_bytes()))
     assert problems == ["signature hash sha1: SHA-256 or stronger is required"]
+
+
+def test_server_certificate_for_the_api(ca: CertificateAuthority, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="fully qualified"):
+        ca.issue_server_certificate(["localhost", "127.0.0.1"])
+    issued = ca.issue_server_certificate(["rapki.example.com", "127.0.0.1", "::1", "ca.internal"])
+    files = issued.write_to(tmp_path / "tls")
+    assert lint_cert(files["certificate"]) == ""
+    result = openssl_verify(files["certificate"], root=ca.home.root_cert_path, untrusted=files["chain"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    import subprocess
+
+    purpose = subprocess.run(["openssl", "verify", "-purpose", "sslserver", "-CAfile", str(ca.home.root_cert_path),
+                              "-untrusted", str(files["chain"]), str(files["certificate"])],
+                             capture_output=True, text=True, check=False)
+    assert purpose.returncode == 0, purpose.stdout + purpose.stderr
+    san = issued.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["rapki.example.com", "ca.internal"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
+    record = ca.find(issued.serial_hex)
+    assert record.profile == "_server" and "ip:127.0.0.1" in record.sans  # in the inventory: revocable
+
+
+def test_workloads_never_get_ip_sans(ca: CertificateAuthority) -> None:
+    with pytest.raises(PolicyViolation, match="IP SANs"):
+        ca.issue("web", cn="web-1", sans=["ip:10.0.0.1"])
+    assert count_rows(ca) == 0
+
+
+@pytest.mark.parametrize("name", ["localhost", "web-1", "a..example.com", "-a.example.com", "host.123", "a_b.example.com"])
+def test_dns_sans_must_be_fully_qualified(ca: CertificateAuthority, name: str) -> None:
+    ca.add_profile(Profile(name="open", cn_pattern=".*", san_dns_patterns=(".*",)))
+    with pytest.raises(InvalidInput, match="DNS"):
+        ca.issue("open", cn="x", sans=[f"dns:{name}"])
+    with pytest.raises(InvalidInput, match="DNS"):
+        ca.issue("open", csr=csr_for(ec.generate_private_key(ec.SECP256R1()), cn="x", sans=[x509.DNSName(name)]))
+    assert count_rows(ca) == 0
