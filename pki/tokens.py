@@ -323,7 +323,12 @@ class TokenStore:
         row = self._select_enrollment(token_id)
         if row is None or not hmac.compare_digest(row[1], hash_token(token.strip())):
             raise InvalidToken("unknown enrollment token: ask an operator for a fresh one")
-        record = _enrollment(SimpleNamespace(**{c.key: v for c, v in zip(_TOKEN_COLUMNS, row, strict=True)}))
+        (token_id, _hash, profile, cn, cn_is_pattern, uses_left, max_uses, expires_at, created_at, created_by,
+         revoked_at, last_used_at) = row
+        record = EnrollmentToken(
+            id=token_id, profile=profile, cn=cn, cn_is_pattern=bool(cn_is_pattern), uses_left=uses_left,
+            max_uses=max_uses, expires_at=_utc(expires_at), created_at=_utc(created_at),  # type: ignore[arg-type]
+            created_by=created_by, revoked_at=_utc(revoked_at), last_used_at=_utc(last_used_at))
         status = record.status()
         if status == "revoked":
             raise TokenRevoked("this enrollment token was revoked: ask an operator for a fresh one")

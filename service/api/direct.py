@@ -13,6 +13,7 @@ metrics (``rapki_http_request_duration_seconds``, ``rapki_requests_refused_total
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -59,7 +60,10 @@ class DirectEnroll:
     def __init__(self, app: Flask, fallback: WsgiApp) -> None:
         self.ctx: ApiContext = app.extensions["rapki"]
         self.fallback = fallback
-        self._dumps = app.json.dumps
+        provider = app.json  # Flask's JSON provider, compact: the bytes jsonify() would send
+        self._encode = json.JSONEncoder(ensure_ascii=provider.ensure_ascii, sort_keys=provider.sort_keys,  # type: ignore[attr-defined]
+                                        separators=(",", ":"), default=provider.default).encode  # type: ignore[attr-defined]
+        self._issued_latency = metrics.LATENCY.labels("POST", ENROLL_PATH, "201")
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != ENROLL_PATH or environ.get("REQUEST_METHOD") != "POST":
@@ -74,10 +78,11 @@ class DirectEnroll:
             code, message, status, headers = errors.describe(exc)
             metrics.REFUSED.labels(ENROLL_PATH, code).inc()
             answer = {"error": code, "message": message}
-        data = f"{self._dumps(answer, separators=(',', ':'))}\n".encode()
+        data = f"{self._encode(answer)}\n".encode()
         start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", [
             ("Content-Type", "application/json"), ("Content-Length", str(len(data))), *headers.items(),
             ("Cache-Control", "no-store"),
         ])
-        metrics.LATENCY.labels("POST", ENROLL_PATH, str(status)).observe(time.perf_counter() - started)
+        latency = self._issued_latency if status == 201 else metrics.LATENCY.labels("POST", ENROLL_PATH, str(status))
+        latency.observe(time.perf_counter() - started)
         return [data]

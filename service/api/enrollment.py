@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from sqlalchemy.engine import Connection
@@ -28,6 +29,7 @@ from pki.durations import parse_duration
 from pki.errors import Forbidden, InvalidInput
 from pki.issuance import CsrContent, SubjectAltNames, load_csr, read_csr
 from pki.keys import KeyType
+from pki.pem import Pem
 from pki.profiles import Profile
 from pki.tokens import EnrollmentToken, TokenStore
 from service.api.auth import Caller
@@ -172,6 +174,19 @@ def roles_anywhere(profile: Profile) -> dict[str, Any] | None:
             "session_duration": binding.session_duration, "credential_process": line}
 
 
+_CHAIN_PEM: dict[tuple[x509.Certificate, ...], str] = {}
+
+
+def chain_pem(chain: tuple[x509.Certificate, ...]) -> str:
+    """The PEM text of ``chain``: the same few issuing CA certificates in every answer, encoded once."""
+    text = _CHAIN_PEM.get(chain)
+    if text is None:
+        if len(_CHAIN_PEM) > 8:  # issuers rotate rarely; never grow without bound
+            _CHAIN_PEM.clear()
+        text = _CHAIN_PEM[chain] = Pem.of_certificates(chain).text()
+    return text
+
+
 def answer(issued: IssuedCertificate, req: Request, profile: Profile) -> dict[str, Any]:
     cert = issued.certificate
     result: dict[str, Any] = {
@@ -181,7 +196,7 @@ def answer(issued: IssuedCertificate, req: Request, profile: Profile) -> dict[st
     }
     if req.format == "pem":
         result["certificate"] = issued.cert_pem.text()
-        result["chain"] = issued.chain_pem.text()
+        result["chain"] = chain_pem(tuple(issued.chain))
         if issued.key_pem is not None:
             result["private_key"] = issued.key_pem.text()
     else:
@@ -198,7 +213,7 @@ def answer(issued: IssuedCertificate, req: Request, profile: Profile) -> dict[st
         result["pkcs12"] = base64.b64encode(bundle).decode()
         # PEM copies of the public parts, so a client can use them without opening the bundle.
         result["certificate"] = issued.cert_pem.text()
-        result["chain"] = issued.chain_pem.text()
+        result["chain"] = chain_pem(tuple(issued.chain))
     binding = roles_anywhere(profile)
     if binding is not None:
         result["roles_anywhere"] = binding

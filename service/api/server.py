@@ -35,12 +35,6 @@ def ssl_context(config: Any, default_factory: Callable[[], ssl.SSLContext]) -> s
         context = default_factory()
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_NO_COMPRESSION
-        import os
-        if os.environ.get("XX_TLS12"):
-            context.maximum_version = ssl.TLSVersion.TLSv1_2
-        if os.environ.get("XX_NOTICKETS"):
-            context.num_tickets = 0
-            context.options |= ssl.OP_NO_TICKET
         if config.ca_certs:
             context.verify_mode = ssl.CERT_OPTIONAL
         _CONTEXT["ctx"] = context
