@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 from werkzeug.test import EnvironBuilder
 
@@ -38,6 +40,14 @@ def call(wsgi: Any, body: bytes | None, headers: dict[str, str], *, chunked: boo
     data = b"".join(wsgi(environ, start_response))
     assert answer["headers"]["Content-Length"] == str(len(data))
     return answer["status"], answer["headers"], json.loads(data)
+
+
+def ca_csr(key: ec.EllipticCurvePrivateKey, cn: str) -> str:
+    """A CSR asking for CA:TRUE, which a workload certificate never gets."""
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
 
 
 def refused_total(code: str) -> float:
@@ -80,6 +90,9 @@ def test_refusals_match_the_flask_view(ca: CertificateAuthority, apps: tuple[Dir
         (b'{"key_type": "ec-p256", "unexpected": 1}', auth, 400, "invalid_input"),
         (json.dumps({"csr": make_csr(key, "web-2").decode()}).encode(), auth, 403, "forbidden"),
         (b'{"key_type": "ec-p256", "ttl": "400d"}', auth, 422, "policy_violation"),
+        (json.dumps({"csr": ca_csr(key, "web-1")}).encode(), auth, 422, "policy_violation"),
+        # The binding (403) is checked before what the CSR asks for (422), as documented.
+        (json.dumps({"csr": ca_csr(key, "web-2")}).encode(), auth, 403, "forbidden"),
     ]
     before = count(ca)
     for body, headers, status, code in cases:
