@@ -115,7 +115,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     log = (tmp / "serve.log").open("w")
     proc = subprocess.Popen([*RAPKI, "serve", "--home", str(home), "--port", str(port), "--workers", "2",
-                             "--threads", "4", "--quiet"], stdout=log, stderr=subprocess.STDOUT,
+                             "--quiet"], stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "RAPKI_PASSPHRASE": PASSPHRASE})
     url = f"https://127.0.0.1:{port}"
     root = home / "ca" / "root.pem"
@@ -549,7 +549,7 @@ def test_idle_tls_connections_do_not_stall_the_workers(server: Server) -> None:
     context = ssl.create_default_context(cafile=str(server.root))
     idle = []
     try:
-        for _ in range(12):  # 2 workers x 4 threads = 8 threads
+        for _ in range(12):  # 2 workers x 2 threads (the default) = 4 threads
             raw = socket.create_connection(("127.0.0.1", port), timeout=10)
             idle.append(context.wrap_socket(raw, server_hostname="127.0.0.1"))
         time.sleep(0.5)

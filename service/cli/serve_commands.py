@@ -19,7 +19,9 @@ from service.cli.ca_commands import KEY_TYPES, open_ca, progress
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True)
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="gunicorn worker processes.")
-@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True, help="Threads per worker.")
+@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Threads per worker (one request runs Python at a time per worker: more threads mostly "
+                   "contend for the GIL; a second one keeps a slow request from holding up the rest).")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Server certificate (PEM, with intermediates); default: one issued by the CA into HOME/tls.")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
