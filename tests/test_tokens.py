@@ -157,3 +157,35 @@ def test_postgres_redemption_is_atomic(pg_database_url: str, tmp_path: Path, mon
     with ThreadPoolExecutor(max_workers=6) as pool:
         outcomes = sorted(pool.map(attempt, range(6)))
     assert outcomes == ["issued"] + ["refused"] * 5
+
+
+def test_token_statements_compile_for_sqlite_and_postgresql() -> None:
+    """The look-up and redemption run precompiled on the DBAPI cursor: only named parameters, for
+    either dialect (a literal turned into a bind parameter would be sent unconverted)."""
+    from sqlalchemy import create_engine
+
+    from pki.tokens import _REDEEM, _SELECT_ENROLLMENT
+
+    for url in ("sqlite://", "postgresql+psycopg://nobody@127.0.0.1:1/none"):
+        dialect = create_engine(url).dialect
+        sql, _positional, binds, _results = _REDEEM._for(dialect)
+        assert set(binds) == {"token_id", "digest", "now", "used_at"}
+        assert "uses_left - 1" in sql and "uses_left > 0" in sql
+        assert _SELECT_ENROLLMENT._for(dialect)[0].count("enrollment_tokens.") >= 12
+
+
+def test_database_errors_surface_as_sqlalchemy_errors(ca: CertificateAuthority) -> None:
+    """A failing look-up or redemption raises SQLAlchemy's OperationalError (the API answers 503 for
+    it), not the driver's own exception, and never with the token hash in the message."""
+    from sqlalchemy.exc import OperationalError
+
+    store = TokenStore(ca)
+    token = store.create("web", cn="web-1").token
+    with ca.db.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE enrollment_tokens RENAME TO enrollment_tokens_gone")
+    with pytest.raises(OperationalError) as look_up:
+        store.authenticate(token)
+    with pytest.raises(OperationalError) as redemption:
+        ca.issue("web", cn="web-1", within=store.redeemer(token))
+    for failure in (look_up, redemption):
+        assert hash_token(token) not in str(failure.value) and token not in str(failure.value)
