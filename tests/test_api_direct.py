@@ -157,3 +157,18 @@ def test_rate_limits_count_both_paths(ca: CertificateAuthority, monkeypatch: pyt
     assert status == 429 and answer["error"] == "rate_limited" and int(response_headers["Retry-After"]) >= 1
     assert call(direct, body, headers)[0] == 429
     assert TokenStore(ca).authenticate(token).uses_left == 7
+
+
+def test_requests_without_a_token_count_against_the_address(ca: CertificateAuthority,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAPKI_API_RATE_LIMIT_PER_ADDRESS", "3/1h")
+    direct = create_app(ca=ca).wsgi_app
+    token = TokenStore(ca).create("web", cn="web-1", uses=5).token
+    good = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    body = b'{"key_type": "ec-p256"}'
+    assert call(direct, body, {})[0] == 401
+    assert call(direct, body, {"Authorization": "Bearer not-a-token"})[0] == 401
+    assert call(direct, body, good)[0] == 201
+    assert call(direct, body, {})[2]["error"] == "rate_limited"
+    assert call(direct, body, good)[2]["error"] == "rate_limited"
+    assert TokenStore(ca).authenticate(token).uses_left == 4

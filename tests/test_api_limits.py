@@ -81,6 +81,21 @@ def test_limit_parsing_and_counter(tmp_path: Path) -> None:
     assert state.first_use("sig", 600) and not other.first_use("sig", 600)
 
 
+def test_counters_in_one_write_stop_at_the_first_refusal(tmp_path: Path) -> None:
+    state = SharedState(tmp_path / "state.db")
+    other = SharedState(tmp_path / "state.db")  # another worker
+    per_address, per_token = Limit(2, 3600), Limit(10, 3600)
+    state.hit_all([("addr", per_address, "from here"), ("token", per_token, "with it")])
+    other.hit_all([("addr", per_address, "from here"), ("token", per_token, "with it")])
+    with pytest.raises(RateLimited, match="from here"):  # the address is over: the token is not counted
+        state.hit_all([("addr", per_address, "from here"), ("token", per_token, "with it")])
+    for _ in range(8):
+        other.hit("token", per_token, "with it")
+    with pytest.raises(RateLimited, match="with it"):
+        state.hit("token", per_token, "with it")
+    state.hit_all([("addr", None, "off"), ("fresh", per_token, "x")])  # a limit switched off counts nothing
+
+
 def test_database_down_is_a_json_503(ca: CertificateAuthority) -> None:
     from service.api import create_app
 

@@ -88,9 +88,15 @@ def serve_enroll(c: ApiContext, address: str, authorization: str,
                  body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``POST /v1/enroll``: rate limits, token (401/409), then ``body()`` (400/413), binding (403),
     policy (422), issuance; the JSON answer. Refusals raise before anything is written."""
-    c.state.hit(f"addr:{address}", c.settings.per_address, f"from {address}")
-    token = require_bearer(authorization)
-    c.state.hit(f"enrollment-token:{parse_token(token, 'e')}", c.settings.per_identity, "with these credentials")
+    hits = [(f"addr:{address}", c.settings.per_address, f"from {address}")]
+    try:  # a request without a well-formed token still counts against its address (then 401)
+        token = require_bearer(authorization)
+        hits.append((f"enrollment-token:{parse_token(token, 'e')}", c.settings.per_identity,
+                     "with these credentials"))
+    except Unauthenticated:
+        c.state.hit_all(hits)
+        raise
+    c.state.hit_all(hits)  # both counters in one write
     record = c.tokens.authenticate(token)
     issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, body(), address, c.wrap)
     metrics.ISSUED.labels(issued.profile).inc()

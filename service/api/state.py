@@ -82,23 +82,42 @@ class SharedState:
 
     def hit(self, key: str, limit: Limit | None, what: str) -> None:
         """Count one request for ``key``; RateLimited when over ``limit`` in this window."""
-        if limit is None:
+        self.hit_all([(key, limit, what)])
+
+    def hit_all(self, hits: list[tuple[str, Limit | None, str]]) -> None:
+        """Count one request for each ``(key, limit, what)`` in order, in one write transaction
+        (one commit for an enrollment's address and token counters, not one each): RateLimited at
+        the first key over its limit, the keys after it not counted, as separate ``hit`` calls."""
+        hits = [h for h in hits if h[1] is not None]
+        if not hits:
             return
         now = int(time.time())
-        window = now // limit.period
         conn = self._conn()
-        count = conn.execute(
-            "INSERT INTO rate_counters (key, window, count, expires) VALUES (?, ?, 1, ?) "
-            "ON CONFLICT (key, window) DO UPDATE SET count = count + 1 RETURNING count",
-            (key, window, (window + 1) * limit.period),
-        ).fetchone()[0]
-        if random.random() < 0.01:  # housekeeping, amortised over requests: drop finished windows
-            conn.execute("DELETE FROM rate_counters WHERE expires < ?", (now,))
-            conn.execute("DELETE FROM seen_signatures WHERE expires < ?", (now,))
-        if count > limit.count:
-            retry = (window + 1) * limit.period - now
-            raise RateLimited(f"too many requests {what} (limit {limit.count} per {limit.period}s): "
-                              f"retry in {retry}s", retry_after=max(1, retry))
+        refused: RateLimited | None = None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for key, limit, what in hits:
+                assert limit is not None
+                window = now // limit.period
+                count = conn.execute(
+                    "INSERT INTO rate_counters (key, window, count, expires) VALUES (?, ?, 1, ?) "
+                    "ON CONFLICT (key, window) DO UPDATE SET count = count + 1 RETURNING count",
+                    (key, window, (window + 1) * limit.period),
+                ).fetchone()[0]
+                if count > limit.count:
+                    retry = (window + 1) * limit.period - now
+                    refused = RateLimited(f"too many requests {what} (limit {limit.count} per {limit.period}s): "
+                                          f"retry in {retry}s", retry_after=max(1, retry))
+                    break
+            if random.random() < 0.01:  # housekeeping, amortised over requests: drop finished windows
+                conn.execute("DELETE FROM rate_counters WHERE expires < ?", (now,))
+                conn.execute("DELETE FROM seen_signatures WHERE expires < ?", (now,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if refused is not None:
+            raise refused
 
     def first_use(self, digest: str, ttl: int) -> bool:
         """Record ``digest`` (a signature) as seen; False when it was seen before (a replay)."""
