@@ -79,8 +79,12 @@ class Server:
         return requests.get(self.url + path, verify=str(self.root), timeout=30, **kw)
 
     def count(self, table: Any = certificates) -> int:
+        """Rows of ``table``; for certificates, workload ones (not the server's own TLS certificate)."""
+        query = select(func.count()).select_from(table)
+        if table is certificates:
+            query = query.where(certificates.c.profile != "_server")
         with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
+            return int(conn.execute(query).scalar() or 0)
 
     def uses_left(self, token: str) -> int:
         token_id = token.split("_")[2].split(".")[0]

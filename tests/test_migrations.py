@@ -40,3 +40,21 @@ def test_head_revision_constant_is_the_real_head() -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD_REVISION
+
+
+def test_prepared_insert_raises_sqlalchemy_errors(tmp_path: Path) -> None:
+    """Callers catch sqlalchemy.exc.IntegrityError (serial collisions) and OperationalError (503)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy.exc import IntegrityError
+
+    from pki.store.schema import profiles
+
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    db.migrate()
+    row = {"name": "p", "spec": {}, "created_at": datetime.now(UTC), "updated_at": datetime.now(UTC)}
+    insert = db.prepared_insert(profiles)
+    with db.engine.begin() as conn:
+        insert.execute(conn, row)
+    with pytest.raises(IntegrityError), db.engine.begin() as conn:
+        insert.execute(conn, row)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Integer, Table, create_engine, event, insert, inspect, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from pki.errors import InvalidInput, Unavailable
 
@@ -103,13 +103,18 @@ class PreparedInsert:
         self.positional = list(compiled.positiontup) if compiled.positiontup else None
         self.processors = {c.key: c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns}
         self.keys = frozenset(self.processors)
+        self.dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
 
     def execute(self, conn: Connection, values: dict[str, Any]) -> None:
+        """Insert one row. Driver errors come out as SQLAlchemy's (``IntegrityError``,
+        ``OperationalError``...), exactly as from ``Connection.execute``, parameters hidden."""
         if values.keys() != self.keys:
             raise ValueError(f"columns differ: {sorted(self.keys ^ values.keys())}")
         params = {k: (p(v) if (p := self.processors[k]) is not None else v) for k, v in values.items()}
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, tuple(params[n] for n in self.positional) if self.positional else params)
+        except self.dbapi_error as exc:
+            raise DBAPIError.instance(self.sql, None, exc, self.dbapi_error, hide_parameters=True) from exc
         finally:
             cursor.close()

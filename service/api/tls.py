@@ -1,11 +1,11 @@
 """TLS material for ``rapki serve``: the server certificate and the client-certificate trust store.
 
-Workload certificates are clientAuth-only with a CN and DNS/URI SANs, which a TLS server cannot
-use (clients check serverAuth and match IP addresses against IP SANs). So the API's own
-certificate is made here, by the active issuing CA, with serverAuth, and DNS and IP SANs for the
-names the server answers on. It lives in ``HOME/tls/`` and is made again when missing, when a
-third of its 90 days is left, when the issuing CA changed, or when a name is missing.
-It is recorded in the audit log (it is not a workload certificate, so not in the inventory).
+The server certificate comes from the CA core (``CertificateAuthority.issue_server_certificate``:
+serverAuth, DNS and IP SANs, recorded in the inventory). It lives in ``HOME/tls/`` and is made again
+when missing, when a third of its 90 days is left, when the issuing CA changed, or when a name is
+missing. Names are IP addresses and fully qualified host names only: single-label names such as
+``localhost`` are not valid in a certificate rapki makes (linters refuse them), so local clients use
+``https://127.0.0.1:PORT``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki.authority import CertificateAuthority
-from pki.hierarchy import BACKDATE
-from pki.keys import KeyType, private_key_pem
+from pki.issuance import dns_name_problem
 from pki.pem import Pem, load_certificates
-from pki.serials import random_serial
 
 SERVER_LIFETIME = timedelta(days=90)
 RENEW_WHEN_LEFT = SERVER_LIFETIME / 3
@@ -36,20 +33,30 @@ class TlsFiles:
     client_ca: Path  # root + issuing CAs: what a client certificate must chain to
 
 
+def _usable(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return dns_name_problem(name) is None
+    return True
+
+
 def default_names(host: str) -> list[str]:
-    names = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
-    if host not in ("0.0.0.0", "::", "") and host not in names:  # noqa: S104 - comparing, not binding
+    """127.0.0.1, ::1, this machine's fully qualified name, and ``host`` when it is an address or a
+    fully qualified name (not a wildcard bind address)."""
+    names = ["127.0.0.1", "::1", socket.getfqdn()]
+    if host not in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
         names.append(host)
-    return names
+    return [n for n in dict.fromkeys(names) if _usable(n)]
 
 
-def _general_names(names: list[str]) -> list[x509.GeneralName]:
-    out: list[x509.GeneralName] = []
-    for name in dict.fromkeys(names):
+def _general_names(names: list[str]) -> set[x509.GeneralName]:
+    out: set[x509.GeneralName] = set()
+    for name in names:
         try:
-            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+            out.add(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:
-            out.append(x509.DNSName(name))
+            out.add(x509.DNSName(name))
     return out
 
 
@@ -66,7 +73,7 @@ def _current_ok(path: Path, issuer_cert: x509.Certificate, names: list[str]) -> 
         have = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
         return False
-    return set(_general_names(names)) <= have
+    return _general_names(names) <= have
 
 
 def server_material(ca: CertificateAuthority, names: list[str]) -> TlsFiles:
@@ -75,31 +82,10 @@ def server_material(ca: CertificateAuthority, names: list[str]) -> TlsFiles:
     certfile, keyfile, client_ca = tls_dir / "server.pem", tls_dir / "server.key.pem", tls_dir / "client-ca.pem"
     issuer = ca.issuer()
     if not (_current_ok(certfile, issuer.certificate, names) and keyfile.is_file()):
-        key = KeyType.EC_P256.generate()
-        now = datetime.now(UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(issuer.certificate.subject)
-            .public_key(key.public_key())
-            .serial_number(random_serial(ca.config.serial_bytes))
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(min(now + SERVER_LIFETIME, issuer.not_after))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
-            ), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(_general_names(names)), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(issuer.aki, critical=False)
-            .sign(ca.issuer_key(issuer), issuer.key_type.signature_hash())
-        )
-        Pem(private_key_pem(key)).write_to_path(keyfile, secret=True)
-        Pem.of_certificates([cert, issuer.certificate]).write_to_path(certfile)
-        ca.audit("serve", "tls.server_certificate", format(cert.serial_number, "x"),
-                 {"names": names, "not_after": cert.not_valid_after_utc.isoformat(), "issuer": issuer.name})
+        issued = ca.issue_server_certificate(names, lifetime=SERVER_LIFETIME, actor="serve")
+        assert issued.key_pem is not None
+        issued.key_pem.write_to_path(keyfile, secret=True)
+        Pem.of_certificates([issued.certificate, *issued.chain]).write_to_path(certfile)
     bundle = [ca.root_certificate] + [i.certificate for i in ca.issuers()]
     Pem.of_certificates(bundle).write_to_path(client_ca)
     return TlsFiles(certfile, keyfile, client_ca)

@@ -25,7 +25,8 @@ from service.cli.ca_commands import KEY_TYPES, open_ca, progress
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Server certificate (PEM, with intermediates); default: one issued by the CA into HOME/tls.")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
-@click.option("--tls-name", multiple=True, help="Extra DNS name or IP for the CA-issued server certificate.")
+@click.option("--tls-name", multiple=True,
+              help="Extra fully qualified DNS name or IP address for the CA-issued server certificate.")
 @click.option("--no-client-certs", is_flag=True,
               help="Do not request client certificates (renewal then needs RAPKI-SIG-V1 signatures).")
 @click.option("--pidfile", type=click.Path(dir_okay=False, path_type=Path), default=None)
