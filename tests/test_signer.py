@@ -509,6 +509,16 @@ def _faketime_arg(amz_date: str) -> str:
     return datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _vector_command(v: dict, folder: Path) -> list[str]:  # type: ignore[type-arg]
+    """``credential-process`` for a shared vector under faketime at its ``amz_date``."""
+    return [
+        "faketime", "-f", _faketime_arg(v["amz_date"]), *signer_cmd(), "credential-process",
+        "--certificate", str(folder / "leaf.pem"), "--private-key", str(folder / "key.pem"),
+        "--trust-anchor-arn", v["trust_anchor_arn"], "--profile-arn", v["profile_arn"],
+        "--role-arn", v["role_arn"], "--session-duration", str(v["duration_seconds"]),
+    ]
+
+
 @pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime is not installed")
 @pytest.mark.parametrize("name", VECTOR_NAMES)
 def test_vector_from_the_command(name: str, tmp_path: Path) -> None:
@@ -534,23 +544,7 @@ def test_vector_from_the_command(name: str, tmp_path: Path) -> None:
         extra = ["--with-proxy"]
     try:
         args = [
-            "faketime",
-            "-f",
-            _faketime_arg(v["amz_date"]),
-            *signer_cmd(),
-            "credential-process",
-            "--certificate",
-            str(folder / "leaf.pem"),
-            "--private-key",
-            str(folder / "key.pem"),
-            "--trust-anchor-arn",
-            v["trust_anchor_arn"],
-            "--profile-arn",
-            v["profile_arn"],
-            "--role-arn",
-            v["role_arn"],
-            "--session-duration",
-            str(v["duration_seconds"]),
+            *_vector_command(v, folder),
             "--endpoint",
             endpoint,
             *extra,
@@ -1030,23 +1024,7 @@ def test_vector_default_endpoint_over_https(name: str, tmp_path: Path) -> None:
     proxy = MitmProxy(tmp_path / "tls.pem", tmp_path / "tls.key")
     try:
         args = [
-            "faketime",
-            "-f",
-            _faketime_arg(v["amz_date"]),
-            *signer_cmd(),
-            "credential-process",
-            "--certificate",
-            str(folder / "leaf.pem"),
-            "--private-key",
-            str(folder / "key.pem"),
-            "--trust-anchor-arn",
-            v["trust_anchor_arn"],
-            "--profile-arn",
-            v["profile_arn"],
-            "--role-arn",
-            v["role_arn"],
-            "--session-duration",
-            str(v["duration_seconds"]),
+            *_vector_command(v, folder),
             "--ca-bundle",
             str(tmp_path / "ca.pem"),
             "--with-proxy",
