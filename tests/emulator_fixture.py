@@ -22,11 +22,9 @@ import base64
 import http.client
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki import sigv4x509
+from tests.commands import rapki_cmd
 
 DEFAULT_ACCOUNT = "123456789012"
 DEFAULT_REGION = "us-east-1"
@@ -318,10 +317,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rapki_command() -> list[str]:
-    exe = shutil.which("rapki")
-    return [exe] if exe else [sys.executable, "-c", "from service.cli import main; main()"]
-
 
 @dataclass
 class RunningEmulator:
@@ -400,7 +395,7 @@ def start_emulator(state_dir: Path, *, extra_args: Sequence[str] = (), threads: 
     port = _free_port()
     state_path = state_dir / "state.json"
     log_path = state_dir / "emulator.log"
-    cmd = [*_rapki_command(), "emulator", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [*rapki_cmd(), "emulator", "--host", "127.0.0.1", "--port", str(port),
            "--state", str(state_path), "--threads", str(threads), *extra_args]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     with log_path.open("wb") as log:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +21,8 @@ from pki.aws.register import register
 from pki.aws.trust_policy import regex_to_wildcards, trust_policy
 from pki.errors import InvalidInput
 from pki.profiles import Profile
+from tests.commands import signer_cmd
 from tests.test_publish import Aws, aws  # noqa: F401 (fixture)
-
-
-def signer_cmd() -> list[str]:
-    exe = shutil.which("rapki-signer")
-    return [exe] if exe else [sys.executable, "-m", "pki.signer.cli"]
 
 
 def role(account: Aws, name: str = "app", partition: str = "aws") -> str:

@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,14 +28,11 @@ from pki.crl import build_crl
 from pki.errors import CrlTooLarge
 from pki.publish import CrlPublisher, PublishError, crl_status, publish
 from pki.store.schema import audit_log, certificates, crl_publications
+from tests.commands import rapki_cmd
 from tests.emulator_fixture import RunningEmulator, pem_of
 
 PASSPHRASE = "test-passphrase-not-secret"
 
-
-def rapki_cmd() -> list[str]:
-    exe = shutil.which("rapki")
-    return [exe] if exe else [sys.executable, "-c", "from service.cli import main; main()"]
 
 
 @dataclass

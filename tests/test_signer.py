@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -31,16 +30,13 @@ from cryptography.x509.oid import NameOID
 
 from pki.signer import endpoints, material, session, update
 from pki.signer.serve import CredentialCache, make_server
+from tests.commands import signer_cmd
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHOR = "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/11111111-2222-3333-4444-555555555555"
 PROFILE = "arn:aws:rolesanywhere:us-east-1:123456789012:profile/66666666-7777-8888-9999-000000000000"
 ROLE = "arn:aws:iam::123456789012:role/path/app-role"
 
-
-def signer_cmd() -> list[str]:
-    exe = shutil.which("rapki-signer")
-    return [exe] if exe else [sys.executable, "-m", "pki.signer.cli"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -26,20 +26,13 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pki.signer import serve as serve_module
 from pki.signer.serve import CredentialCache, make_server
 from pki.signer.session import SessionOptions
+from tests.commands import rapki_cmd, signer_cmd
 from tests.emulator_fixture import RunningEmulator, make_ca, make_leaf, pem_of
 
 ROLE = "arn:aws:iam::123456789012:role/signer-e2e"
 PASSPHRASE = "signer-e2e-not-secret"
 
 
-def signer_cmd() -> list[str]:
-    exe = shutil.which("rapki-signer")
-    return [exe] if exe else [sys.executable, "-m", "pki.signer.cli"]
-
-
-def rapki_cmd() -> list[str]:
-    exe = shutil.which("rapki")
-    return [exe] if exe else [sys.executable, "-c", "from service.cli import main; main()"]
 
 
 @dataclass
