@@ -16,7 +16,7 @@ from pki.home import Home
 from pki.tokens import TokenStore
 from service.api.state import Limit, RateLimited, SharedState
 from tests.conftest import PASSPHRASE, make_ca
-from tests.test_api import RAPKI, free_port
+from tests.test_api import RAPKI, free_port, stop
 
 
 def test_rate_limit_is_shared_by_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,11 +57,7 @@ def test_rate_limit_is_shared_by_workers(tmp_path: Path, monkeypatch: pytest.Mon
         assert statuses == Counter({201: 12, 429: 8})
         assert TokenStore(CertificateAuthority.open(home)).authenticate(token).uses_left == 88
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
 
 
