@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
@@ -38,6 +39,7 @@ from pki.issuance import (
     LeafSpec,
     SubjectAltNames,
     build_leaf,
+    leaf_subject,
     load_csr,
     read_csr,
 )
@@ -55,6 +57,7 @@ from pki.profiles import Profile
 from pki.serials import parse_serial, random_serial, serial_hex
 from pki.store import Database
 from pki.store.schema import audit_log, certificates, crl_state, issuers, profiles
+from pki.store.statements import PreparedStatement, Transaction
 
 DEFAULT_ACTOR = "cli"
 
@@ -62,8 +65,10 @@ DEFAULT_ACTOR = "cli"
 # the compiled form instead of coercing literals and computing a cache key on every call.
 _INSERT_AUDIT = insert(audit_log)
 _SELECT_PROFILE = select(profiles.c.spec).where(profiles.c.name == bindparam("name"))
-_MARK_SUPERSEDED = (update(certificates).where(certificates.c.serial == bindparam("old_serial"))
-                    .values(superseded_by=bindparam("new_serial")))
+_MARK_SUPERSEDED = PreparedStatement(
+    update(certificates).where(certificates.c.serial == bindparam("old_serial"))
+    .values(superseded_by=bindparam("new_serial")),
+    {"old_serial": certificates.c.serial, "new_serial": certificates.c.superseded_by})
 
 
 def _server_san(name: str) -> str:
@@ -464,12 +469,12 @@ class CertificateAuthority:
     def issue(self, profile: str | Profile, *, cn: str | None = None, sans: Sequence[str] = (),
               csr: bytes | x509.CertificateSigningRequest | None = None, key_type: KeyType | str | None = None,
               ttl: timedelta | None = None, actor: str | None = None, supersedes: str | None = None,
-              within: Callable[[Connection], None] | None = None) -> IssuedCertificate:
+              within: Callable[[Transaction], None] | None = None) -> IssuedCertificate:
         """Issue a workload certificate under ``profile``.
 
         With ``csr`` the CSR's key and names are used (and must fit the profile); otherwise a key
         of ``key_type`` (default: the profile's first) is made here and returned with the result.
-        ``within(conn)`` runs inside the transaction that records the certificate (e.g. redeeming
+        ``within(tx)`` runs inside the transaction that records the certificate (e.g. redeeming
         an enrollment token): if it raises, nothing is recorded and the error propagates.
         """
         prof = profile if isinstance(profile, Profile) else self.profile(profile)
@@ -505,7 +510,7 @@ class CertificateAuthority:
             public_key = private_key.public_key()
         issuer = self.issuer()
         issuer_key = self.issuer_key(issuer)
-        now = datetime.now(UTC)
+        now = datetime.now(UTC).replace(microsecond=0)  # what the certificate holds (whole seconds)
         not_after = min(now + lifetime, issuer.not_after)
         if not_after <= now + timedelta(minutes=5):
             raise PolicyViolation(f"{issuer.name} expires at {issuer.not_after:%Y-%m-%d %H:%M}Z: rotate it "
@@ -519,7 +524,7 @@ class CertificateAuthority:
             if problems:  # a bug or a profile that lets through what Roles Anywhere refuses
                 raise PolicyViolation("the certificate would be refused by Roles Anywhere: " + "; ".join(problems))
             try:
-                self._record(cert, issuer, prof.name, kt, requested_sans, actor, supersedes, within)
+                self._record(cert, spec, issuer, prof.name, kt, actor, supersedes, within)
             except IntegrityError:
                 continue  # serial collision: draw again
             return IssuedCertificate(cert, (issuer.certificate,), prof.name, private_key)
@@ -538,41 +543,42 @@ class CertificateAuthority:
         sans = SubjectAltNames.parse([_server_san(name) for name in dict.fromkeys(names)])
         issuer = self.issuer()
         key = KeyType.EC_P256.generate()
-        now = datetime.now(UTC)
+        now = datetime.now(UTC).replace(microsecond=0)
         for _attempt in range(5):
             spec = LeafSpec(names[0], sans, key.public_key(), random_serial(self.config.serial_bytes),
                             now - BACKDATE, min(now + lifetime, issuer.not_after), ExtendedKeyUsageOID.SERVER_AUTH)
             cert = build_leaf(spec, issuer_cert=issuer.certificate, issuer_aki=issuer.aki,
                               issuer_key=self.issuer_key(issuer), issuer_key_type=issuer.key_type)
             try:
-                self._record(cert, issuer, self.SERVER_PROFILE, KeyType.EC_P256, sans, actor, None)
+                self._record(cert, spec, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)
             except IntegrityError:
                 continue
             return IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, key)
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
-    def _record(self, cert: x509.Certificate, issuer: Issuer, profile: str, key_type: KeyType,
-                sans: SubjectAltNames, actor: str | None, supersedes: str | None,
-                within: Callable[[Connection], None] | None = None) -> None:
-        from cryptography.hazmat.primitives import serialization
-
-        der = cert.public_bytes(serialization.Encoding.DER)
-        serial = serial_hex(cert.serial_number)
-        cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    def _record(self, cert: x509.Certificate, spec: LeafSpec, issuer: Issuer, profile: str, key_type: KeyType,
+                actor: str | None, supersedes: str | None,
+                within: Callable[[Transaction], None] | None = None) -> None:
+        """The certificate row and its audit row, committed together (with ``within``'s writes).
+        Column values come from ``spec``, which the certificate was built from (times in whole
+        seconds, as X.509 holds them), rather than from parsing the new certificate back."""
+        der = cert.public_bytes(Encoding.DER)
+        serial = serial_hex(spec.serial)
+        cn = spec.common_name
         now = datetime.now(UTC)
-        with self.db.engine.begin() as conn:
+        with self.db.write() as tx:
             if within is not None:
-                within(conn)
-            self.db.prepared_insert(certificates).execute(conn, {
-                "issuer_id": issuer.id, "serial": serial, "subject": cert.subject.rfc4514_string(),
-                "common_name": cn, "sans": sans.as_list(), "profile": profile, "key_type": key_type.value,
-                "not_before": cert.not_valid_before_utc, "not_after": cert.not_valid_after_utc,
+                within(tx)
+            tx.insert(self.db.prepared_insert(certificates), {
+                "issuer_id": issuer.id, "serial": serial, "subject": leaf_subject(cn).rfc4514_string(),
+                "common_name": cn, "sans": spec.sans.as_list(), "profile": profile, "key_type": key_type.value,
+                "not_before": spec.not_before, "not_after": spec.not_after,
                 "fingerprint": hashlib.sha256(der).hexdigest(), "der": der, "created_at": now,
                 "revoked_at": None, "revocation_reason": None, "superseded_by": None,
             })
             if supersedes:
-                conn.execute(_MARK_SUPERSEDED, {"old_serial": supersedes, "new_serial": serial})
-            self.db.prepared_insert(audit_log).execute(conn, {
+                tx.run(_MARK_SUPERSEDED, {"old_serial": supersedes, "new_serial": serial})
+            tx.insert(self.db.prepared_insert(audit_log), {
                 "at": now, "actor": actor or local_actor(),
                 "action": "certificate.renew" if supersedes else "certificate.issue", "target": serial,
                 "details": {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},

@@ -7,6 +7,7 @@ for that a workload certificate must not have. ``build_leaf`` makes the certific
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -192,21 +193,36 @@ _EKU = {oid: x509.ExtendedKeyUsage([oid]) for oid in (ExtendedKeyUsageOID.CLIENT
 _BASIC = x509.BasicConstraints(ca=False, path_length=None)
 
 
+def leaf_subject(common_name: str) -> x509.Name:
+    """The subject of every workload certificate: the CN alone."""
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+@functools.lru_cache(maxsize=32)
+def _template(issuer_name: x509.Name, issuer_aki: x509.AuthorityKeyIdentifier,
+              usage: x509.ObjectIdentifier) -> x509.CertificateBuilder:
+    """What every leaf of one issuer shares, built once: the builder is immutable, so each leaf
+    continues from it instead of re-adding the same five fields."""
+    return (
+        x509.CertificateBuilder()
+        .issuer_name(issuer_name)
+        .add_extension(_BASIC, critical=True)
+        .add_extension(_KEY_USAGE, critical=True)
+        .add_extension(_EKU[usage], critical=False)
+        .add_extension(issuer_aki, critical=False)
+    )
+
+
 def build_leaf(spec: LeafSpec, *, issuer_cert: x509.Certificate, issuer_aki: x509.AuthorityKeyIdentifier,
                issuer_key: PrivateKey, issuer_key_type: KeyType) -> x509.Certificate:
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, spec.common_name)]))
-        .issuer_name(issuer_cert.subject)
+        _template(issuer_cert.subject, issuer_aki, spec.usage)
+        .subject_name(leaf_subject(spec.common_name))
         .public_key(spec.public_key)
         .serial_number(spec.serial)
         .not_valid_before(spec.not_before)
         .not_valid_after(spec.not_after)
-        .add_extension(_BASIC, critical=True)
-        .add_extension(_KEY_USAGE, critical=True)
-        .add_extension(_EKU[spec.usage], critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(spec.public_key), critical=False)
-        .add_extension(issuer_aki, critical=False)
     )
     names = spec.sans.general_names()
     if names:

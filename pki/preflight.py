@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 # STS SourceIdentity: [\p{L}\p{Z}\p{N}_.:/=+\-@]+ . Python's \w covers letters, digits and "_";
 # str.isalnum/isspace checks below handle the Unicode classes precisely.
 _SOURCE_IDENTITY_PUNCT = set("_.:/=+-@")
+_ASCII_SOURCE_IDENTITY = re.compile(r"[A-Za-z0-9 _.:/=+\-@]+")  # the common case, without per-character look-ups
 MAX_CN_LENGTH = 64
 STRONG_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
@@ -28,6 +29,8 @@ def source_identity_problem(cn: str) -> str | None:
         return "the subject CN is empty"
     if len(cn) > MAX_CN_LENGTH:
         return f"the subject CN is {len(cn)} characters: at most {MAX_CN_LENGTH} are allowed"
+    if _ASCII_SOURCE_IDENTITY.fullmatch(cn):
+        return None
     bad = sorted({ch for ch in cn if not _source_identity_char(ch)})
     if bad:
         shown = "".join(bad)
@@ -97,24 +100,19 @@ def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> lis
 def extension_problems(cert: x509.Certificate) -> list[str]:
     """The end-entity extension rules: CA:FALSE, digitalSignature, clientAuth when EKU is present."""
     problems: list[str] = []
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
-        if bc.value.ca:
-            problems.append("basicConstraints says CA:TRUE: a workload certificate must be CA:FALSE")
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not ku.digital_signature:
-            problems.append("keyUsage lacks digitalSignature")
-    except x509.ExtensionNotFound:
+    found = {type(ext.value): ext.value for ext in cert.extensions}  # one pass over the extensions
+    bc = found.get(x509.BasicConstraints)
+    if isinstance(bc, x509.BasicConstraints) and bc.ca:
+        problems.append("basicConstraints says CA:TRUE: a workload certificate must be CA:FALSE")
+    ku = found.get(x509.KeyUsage)
+    if not isinstance(ku, x509.KeyUsage):
         problems.append("keyUsage is missing: digitalSignature is required")
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
-            problems.append("extendedKeyUsage is present without clientAuth")
-    except x509.ExtensionNotFound:
-        pass
+    elif not ku.digital_signature:
+        problems.append("keyUsage lacks digitalSignature")
+    eku = found.get(x509.ExtendedKeyUsage)
+    if isinstance(eku, x509.ExtendedKeyUsage) and ExtendedKeyUsageOID.CLIENT_AUTH not in eku \
+            and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+        problems.append("extendedKeyUsage is present without clientAuth")
     return problems
 
 

@@ -26,12 +26,12 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import and_, bindparam, insert, literal_column, select, update
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import Engine
 
 from pki.authority import CertificateAuthority, local_actor
 from pki.errors import Conflict, Forbidden, InvalidInput, NotFound, RapkiError, Unauthenticated
 from pki.store.schema import enrollment_tokens, operator_tokens
+from pki.store.statements import PreparedStatement, Transaction, wrap_dbapi_error
 
 ENROLL_PREFIX = "rpk_e_"
 OPERATOR_PREFIX = "rpk_o_"
@@ -170,71 +170,13 @@ def _operator(row: Any) -> OperatorToken:
     )
 
 
-class _Statement:
-    """A Core statement compiled once per dialect and run on the DBAPI cursor.
-
-    The enrollment hot path runs two token statements per request; SQLAlchemy's per-execution
-    machinery (execution context, compiled-cache look-up, result wrapping) cost several times
-    what SQLite spends running them. Parameters still go through each column type's
-    ``bind_processor`` and rows through its ``result_processor``, so values read and written here
-    are exactly what SQLAlchemy itself would read and write. DBAPI errors are re-raised as
-    SQLAlchemy's (``OperationalError`` and so on, parameters hidden), so callers and the API's
-    error handlers see the same exceptions as on the ORM-less Core path.
-    """
-
-    def __init__(self, statement: Any, params: dict[str, Any], columns: tuple[Any, ...] = ()) -> None:
-        self.statement = statement
-        self.param_types = params  # bind name -> column whose type converts the value
-        self.columns = columns  # result columns, in the statement's order
-        self._compiled: dict[str, tuple[str, list[str] | None, dict[str, Any], list[Any]]] = {}
-
-    def _for(self, dialect: Any) -> tuple[str, list[str] | None, dict[str, Any], list[Any]]:
-        compiled = self._compiled.get(dialect.name)
-        if compiled is None:
-            done = self.statement.compile(dialect=dialect)
-            if set(done.binds) != set(self.param_types):  # only the named parameters, no literals
-                raise RuntimeError(f"unexpected parameters {sorted(done.binds)}")
-            binds = {name: col.type.dialect_impl(dialect).bind_processor(dialect)
-                     for name, col in self.param_types.items()}
-            results = [col.type.dialect_impl(dialect).result_processor(dialect, None) for col in self.columns]
-            positional = list(done.positiontup) if done.positiontup else None
-            compiled = self._compiled[dialect.name] = (done.string, positional, binds, results)
-        return compiled
-
-    def execute(self, dbapi_connection: Any, dialect: Any, values: dict[str, Any]) -> Any:
-        """Run on ``dbapi_connection``; a closed cursor's ``rowcount`` for statements without
-        result columns, else the first row (processed) or None."""
-        sql, positional, binds, results = self._for(dialect)
-        params = {k: (p(v) if (p := binds[k]) is not None else v) for k, v in values.items()}
-        args: Any = tuple(params[n] for n in positional) if positional else params
-        try:
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute(sql, args)
-                if not self.columns:
-                    return cursor.rowcount
-                row = cursor.fetchone()
-            finally:
-                cursor.close()
-        except dialect.loaded_dbapi.Error as exc:
-            raise _wrapped(exc, dialect, sql) from exc
-        if row is None:
-            return None
-        return tuple(p(v) if p is not None else v for p, v in zip(results, row, strict=True))
-
-
-def _wrapped(exc: BaseException, dialect: Any, sql: str | None) -> BaseException:
-    return DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True,
-                              connection_invalidated=dialect.is_disconnect(exc, None, None), dialect=dialect)
-
-
 _T = enrollment_tokens.c
 # The columns of an EnrollmentToken, in order; literals are inlined so that only these binds exist.
 _TOKEN_COLUMNS = (_T.id, _T.token_hash, _T.profile, _T.cn, _T.cn_is_pattern, _T.uses_left, _T.max_uses,
                   _T.expires_at, _T.created_at, _T.created_by, _T.revoked_at, _T.last_used_at)
-_SELECT_ENROLLMENT = _Statement(select(*_TOKEN_COLUMNS).where(_T.id == bindparam("token_id")),
+_SELECT_ENROLLMENT = PreparedStatement(select(*_TOKEN_COLUMNS).where(_T.id == bindparam("token_id")),
                                 {"token_id": _T.id}, _TOKEN_COLUMNS)
-_REDEEM = _Statement(
+_REDEEM = PreparedStatement(
     update(enrollment_tokens)
     .where(and_(_T.id == bindparam("token_id"), _T.token_hash == bindparam("digest"),
                 _T.uses_left > literal_column("0"), _T.expires_at > bindparam("now"), _T.revoked_at.is_(None)))
@@ -345,7 +287,7 @@ class TokenStore:
         try:
             connection = engine.raw_connection()  # a pooled DBAPI connection; close() gives it back
         except dialect.loaded_dbapi.Error as exc:
-            raise _wrapped(exc, dialect, None) from exc
+            raise wrap_dbapi_error(exc, dialect, None) from exc
         try:
             return _SELECT_ENROLLMENT.execute(connection, dialect, {"token_id": token_id})  # type: ignore[no-any-return]
         finally:
@@ -360,16 +302,15 @@ class TokenStore:
             bound = f"CNs matching {record.cn!r}" if record.cn_is_pattern else f"CN {record.cn!r}"
             raise Forbidden(f"this token is for {bound}, not {cn!r}")
 
-    def redeemer(self, token: str) -> Callable[[Connection], None]:
+    def redeemer(self, token: str) -> Callable[[Transaction], None]:
         """A callback for ``CertificateAuthority.issue(within=...)``: consumes one use of the token
         in the certificate's transaction, or raises (and so rolls the certificate back)."""
         token_id = parse_token(token, "e")
         digest = hash_token(token.strip())
 
-        def redeem(conn: Connection) -> None:
+        def redeem(tx: Transaction) -> None:
             now = datetime.now(UTC)
-            changed = _REDEEM.execute(conn.connection.driver_connection, conn.dialect,
-                                      {"token_id": token_id, "digest": digest, "now": now, "used_at": now})
+            changed = tx.run(_REDEEM, {"token_id": token_id, "digest": digest, "now": now, "used_at": now})
             if changed != 1:  # lost a race with another request (or it expired meanwhile)
                 raise TokenUsed("this enrollment token was already used: ask an operator for a fresh one")
 

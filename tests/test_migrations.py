@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
 from pki.store import Database, metadata
 from pki.store.db import HEAD_REVISION
@@ -54,7 +55,9 @@ def test_prepared_insert_raises_sqlalchemy_errors(tmp_path: Path) -> None:
     db.migrate()
     row = {"name": "p", "spec": {}, "created_at": datetime.now(UTC), "updated_at": datetime.now(UTC)}
     insert = db.prepared_insert(profiles)
-    with db.engine.begin() as conn:
-        insert.execute(conn, row)
-    with pytest.raises(IntegrityError), db.engine.begin() as conn:
-        insert.execute(conn, row)
+    with db.write() as tx:
+        tx.insert(insert, row)
+    with pytest.raises(IntegrityError), db.write() as tx:
+        tx.insert(insert, row)
+    with db.engine.connect() as conn:  # the failed transaction was rolled back, the first one kept
+        assert conn.execute(text("SELECT count(*) FROM profiles")).scalar() == 1

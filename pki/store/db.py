@@ -1,15 +1,23 @@
-"""Engine creation, migrations on start, and the pragmas that make SQLite a fit default."""
+"""Engine creation, migrations on start, the pragmas that make SQLite a fit default, and the
+write transactions of the issuance path (``Database.write``)."""
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Integer, Table, create_engine, event, insert, inspect, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import Table, create_engine, event, inspect, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from pki.errors import InvalidInput, Unavailable
+from pki.store.statements import PreparedInsert, Transaction, wrap_dbapi_error
+from pki.store.writelock import WriterLock
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 HEAD_REVISION = "0002"  # bump with every new revision in migrations/versions
@@ -26,11 +34,85 @@ class Database:
         except Exception as exc:  # bad URL, missing driver
             raise InvalidInput(f"cannot use the database URL: {exc}") from exc
         self._prepared: dict[str, PreparedInsert] = {}
+        self._held: dict[int, tuple[int, PoolProxiedConnection]] = {}  # thread id -> (pid, connection)
+        self._writer_lock: WriterLock | None = None
 
     def prepared_insert(self, table: Table) -> PreparedInsert:
         if table.name not in self._prepared:
-            self._prepared[table.name] = PreparedInsert(self.engine, table)
+            self._prepared[table.name] = PreparedInsert(table)
         return self._prepared[table.name]
+
+    def serialize_writers(self, lock_file: Path) -> None:
+        """SQLite: ``write`` transactions of every process using ``lock_file`` take turns in the
+        kernel instead of polling SQLite's lock (see ``pki.store.writelock``)."""
+        if self.is_sqlite and self._writer_lock is None:
+            self._writer_lock = WriterLock(lock_file)
+
+    @contextmanager
+    def write(self) -> Iterator[Transaction]:
+        """One write transaction on a DBAPI connection: committed when the block ends, rolled back
+        when it raises. Driver errors come out as SQLAlchemy's (``IntegrityError``...).
+
+        SQLite: each thread keeps its own connection across transactions (no pool checkout and
+        reset per certificate; SQLite connections cannot go stale). Other databases: a pooled
+        connection per transaction, so the pool's pre-ping still replaces dead ones.
+        """
+        lock = self._writer_lock
+        connection = self._connection()
+        dialect = self.engine.dialect
+        if lock is not None:
+            lock.acquire()
+        try:
+            driver = connection.driver_connection
+            try:
+                yield Transaction(driver, dialect)
+                driver.commit()  # type: ignore[union-attr]
+            except BaseException as exc:
+                self._rollback(connection, exc)
+                if isinstance(exc, dialect.loaded_dbapi.Error):
+                    raise wrap_dbapi_error(exc, dialect, None) from exc
+                raise
+        finally:
+            if lock is not None:
+                lock.release()
+            if not self.is_sqlite:
+                connection.close()  # back to the pool
+
+    def _connection(self) -> PoolProxiedConnection:
+        if not self.is_sqlite:
+            return self.engine.raw_connection()
+        me, pid = threading.get_ident(), os.getpid()
+        held = self._held.get(me)
+        if held is not None and held[0] == pid:
+            return held[1]
+        connection = self.engine.raw_connection()
+        self._forget_dead_threads(pid)
+        self._held[me] = (pid, connection)
+        return connection
+
+    def _forget_dead_threads(self, pid: int) -> None:
+        """Give back the connections of threads that ended (and drop, without closing, any
+        inherited from a parent process: the parent still uses them)."""
+        alive = {t.ident for t in threading.enumerate()}
+        for ident, (owner, connection) in list(self._held.items()):
+            if owner != pid:
+                del self._held[ident]
+            elif ident not in alive:
+                del self._held[ident]
+                connection.close()
+
+    def _rollback(self, connection: PoolProxiedConnection, exc: BaseException) -> None:
+        dialect = self.engine.dialect
+        try:
+            connection.driver_connection.rollback()  # type: ignore[union-attr]
+        except dialect.loaded_dbapi.Error:
+            connection.invalidate()
+            self._held.pop(threading.get_ident(), None)
+            return
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        if isinstance(orig, dialect.loaded_dbapi.Error) and dialect.is_disconnect(orig, None, None):
+            connection.invalidate()
+            self._held.pop(threading.get_ident(), None)
 
     @staticmethod
     def _create_engine(url: str, synchronous: str) -> Engine:
@@ -82,39 +164,10 @@ class Database:
             raise Unavailable(f"the database is unreachable: {exc.orig}") from exc
 
     def dispose(self) -> None:
+        pid = os.getpid()
+        for owner, connection in self._held.values():
+            if owner == pid:
+                connection.close()
+        self._held.clear()
         self.engine.dispose()
 
-
-class PreparedInsert:
-    """An INSERT compiled once for an engine's dialect and run on the DBAPI cursor of a SQLAlchemy
-    connection, inside that connection's transaction.
-
-    The issuance path writes two rows per certificate; SQLAlchemy's per-statement execution context
-    costs more than SQLite's own insert there. Values still go through each column type's public
-    ``bind_processor``, so rows read back through SQLAlchemy exactly as if it had written them.
-    """
-
-    def __init__(self, engine: Engine, table: Table) -> None:
-        dialect = engine.dialect
-        columns = [c for c in table.columns if not (c.primary_key and c.autoincrement in (True, "auto")
-                                                    and isinstance(c.type, Integer))]
-        compiled = insert(table).compile(dialect=dialect, column_keys=[c.key for c in columns])
-        self.sql = compiled.string
-        self.positional = list(compiled.positiontup) if compiled.positiontup else None
-        self.processors = {c.key: c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns}
-        self.keys = frozenset(self.processors)
-        self.dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
-
-    def execute(self, conn: Connection, values: dict[str, Any]) -> None:
-        """Insert one row. Driver errors come out as SQLAlchemy's (``IntegrityError``,
-        ``OperationalError``...), exactly as from ``Connection.execute``, parameters hidden."""
-        if values.keys() != self.keys:
-            raise ValueError(f"columns differ: {sorted(self.keys ^ values.keys())}")
-        params = {k: (p(v) if (p := self.processors[k]) is not None else v) for k, v in values.items()}
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute(self.sql, tuple(params[n] for n in self.positional) if self.positional else params)
-        except self.dbapi_error as exc:
-            raise DBAPIError.instance(self.sql, None, exc, self.dbapi_error, hide_parameters=True) from exc
-        finally:
-            cursor.close()

@@ -17,7 +17,6 @@ from pki.tokens import TokenStore
 from service.api import errors, metrics
 from service.api.context import ApiContext, Settings
 from service.api.state import SharedState
-from service.api.writelock import WriterLock
 
 STATE_FILE = "api-state.db"
 
@@ -32,9 +31,8 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
     app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY
     app.json.sort_keys = False  # type: ignore[attr-defined]
     settings = Settings.from_config(ca.config.extra.get("api", {}))
-    writer = WriterLock(ca.db.engine, ca.home.path / "run" / "sqlite-writer.lock") if ca.db.is_sqlite else None
-    app.extensions["rapki"] = ApiContext(ca, TokenStore(ca), SharedState(ca.home.path / STATE_FILE), settings,
-                                         writer)
+    ca.db.serialize_writers(ca.home.path / "run" / "sqlite-writer.lock")  # workers take turns in the kernel
+    app.extensions["rapki"] = ApiContext(ca, TokenStore(ca), SharedState(ca.home.path / STATE_FILE), settings)
     logging.getLogger("rapki.api").setLevel(logging.INFO)
 
     from service.api.routes import ops, v1

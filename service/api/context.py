@@ -14,16 +14,12 @@ then default)::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy.engine import Connection
 
 from pki.authority import CertificateAuthority
 from pki.tokens import TokenStore
 from service.api.state import Limit, SharedState
-from service.api.writelock import WriterLock
 
 
 def _setting(section: dict[str, Any], name: str, default: Any) -> Any:
@@ -61,7 +57,3 @@ class ApiContext:
     tokens: TokenStore
     state: SharedState
     settings: Settings
-    writer: WriterLock | None = None  # SQLite only
-
-    def wrap(self, within: Callable[[Connection], None] | None) -> Callable[[Connection], None] | None:
-        return self.writer.wrap(within) if self.writer is not None else within

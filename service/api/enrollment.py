@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import shlex
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +21,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
-from sqlalchemy.engine import Connection
 
 from pki.authority import CertificateAuthority, IssuedCertificate
 from pki.crl import parse_reason
@@ -97,18 +95,10 @@ class Request:
         return str(names[0].value) if names else None
 
 
-Within = Callable[[Connection], None]
-
-
-def _plain(within: Within | None) -> Within | None:
-    return within
-
-
 def enroll(ca: CertificateAuthority, tokens: TokenStore, token: str, record: EnrollmentToken,
-           body: dict[str, Any], caller_address: str,
-           wrap: Callable[[Within | None], Within | None] = _plain) -> tuple[IssuedCertificate, Request, Profile]:
-    """``record`` is the token already authenticated (``TokenStore.authenticate``); ``wrap`` adds
-    to the recording transaction (the API's SQLite writer lock)."""
+           body: dict[str, Any], caller_address: str) -> tuple[IssuedCertificate, Request, Profile]:
+    """``record`` is the token already authenticated (``TokenStore.authenticate``); one use of it
+    is redeemed in the transaction that records the certificate."""
     req = Request(body, allowed={"csr", "key_type", "ttl", "format", "password", "sans", "cn", "profile"})
     if req.csr is None and req.key_type is None:
         raise InvalidInput('give "csr" (a PEM CSR, your own key) or "key_type" (e.g. "ec-p256", key made here)')
@@ -122,12 +112,11 @@ def enroll(ca: CertificateAuthority, tokens: TokenStore, token: str, record: Enr
     profile = ca.profile(record.profile)
     issued = ca.issue(profile, cn=cn, sans=req.sans.as_list(), csr=req.csr, key_type=req.key_type, ttl=req.ttl,
                       actor=f"api:enrollment-token:{record.id}@{caller_address}",
-                      within=wrap(tokens.redeemer(token)))
+                      within=tokens.redeemer(token))
     return issued, req, profile
 
 
-def renew(ca: CertificateAuthority, caller: Caller, body: dict[str, Any],
-          wrap: Callable[[Within | None], Within | None] = _plain) -> tuple[IssuedCertificate, Request, Profile]:
+def renew(ca: CertificateAuthority, caller: Caller, body: dict[str, Any]) -> tuple[IssuedCertificate, Request, Profile]:
     """A new certificate for the same subject and profile; the current one is marked superseded."""
     assert caller.certificate is not None
     current = caller.certificate
@@ -146,7 +135,7 @@ def renew(ca: CertificateAuthority, caller: Caller, body: dict[str, Any],
         key_type = KeyType.parse(current.key_type)
     profile = ca.profile(current.profile)
     issued = ca.issue(profile, cn=current.common_name, sans=old_sans.as_list(), csr=req.csr, key_type=key_type,
-                      ttl=req.ttl, actor=caller.actor, supersedes=current.serial, within=wrap(None))
+                      ttl=req.ttl, actor=caller.actor, supersedes=current.serial)
     return issued, req, profile
 
 

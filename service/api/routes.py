@@ -98,7 +98,7 @@ def serve_enroll(c: ApiContext, address: str, authorization: str,
         raise
     c.state.hit_all(hits)  # both counters in one write
     record = c.tokens.authenticate(token)
-    issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, body(), address, c.wrap)
+    issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, body(), address)
     metrics.ISSUED.labels(issued.profile).inc()
     return enrollment.answer(issued, req, profile)
 
@@ -111,7 +111,7 @@ def renew() -> tuple[Response, int]:
         raise Unauthenticated("renewal needs the current certificate: connect with it (mutual TLS) or sign the "
                               "request with its key (RAPKI-SIG-V1)")
     _limit_identity(f"certificate:{caller.id}")
-    issued, req, profile = enrollment.renew(ctx().ca, caller, json_body(optional=True), ctx().wrap)
+    issued, req, profile = enrollment.renew(ctx().ca, caller, json_body(optional=True))
     metrics.RENEWED.labels(issued.profile).inc()
     return jsonify(enrollment.answer(issued, req, profile)), 201
 

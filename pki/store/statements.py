@@ -1,0 +1,127 @@
+"""Statements of the hot paths, compiled once and run on the DBAPI connection.
+
+Issuing a certificate runs four statements (token redemption, certificate row, audit row, and
+the token look-up before it). SQLAlchemy's per-execution machinery (execution context, compiled
+cache look-up, result wrapping, transaction objects) cost more than SQLite spends running them,
+so these paths compile their Core statements once per dialect and hand the SQL to the driver.
+
+What stays SQLAlchemy's: every value goes through its column type's ``bind_processor`` and every
+result through its ``result_processor``, so rows written here read back through SQLAlchemy
+exactly as if it had written them; driver errors are re-raised as SQLAlchemy's
+(``IntegrityError``, ``OperationalError``..., parameters hidden), so callers catch the same
+exceptions as on the Core path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Integer, Table, insert
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+
+
+def wrap_dbapi_error(exc: BaseException, dialect: Dialect, sql: str | None) -> DBAPIError:
+    """``exc`` from the driver as SQLAlchemy's exception class for it, parameters hidden."""
+    return DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True,  # type: ignore[arg-type]
+                               connection_invalidated=dialect.is_disconnect(exc, None, None), dialect=dialect)
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """A write transaction on one DBAPI connection (``Database.write``), for callers that add
+    their statements to it (a token redemption in the certificate's transaction)."""
+
+    dbapi: Any
+    dialect: Dialect
+
+    def run(self, statement: PreparedStatement, values: dict[str, Any]) -> Any:
+        return statement.execute(self.dbapi, self.dialect, values)
+
+    def insert(self, statement: PreparedInsert, values: dict[str, Any]) -> None:
+        statement.execute(self.dbapi, self.dialect, values)
+
+
+class PreparedStatement:
+    """A Core statement with named bind parameters only (``bindparam``), compiled per dialect."""
+
+    def __init__(self, statement: Any, params: dict[str, Any], columns: tuple[Any, ...] = ()) -> None:
+        self.statement = statement
+        self.param_types = params  # bind name -> column whose type converts the value
+        self.columns = columns  # result columns, in the statement's order
+        self._compiled: dict[str, tuple[str, list[str] | None, dict[str, Any], list[Any]]] = {}
+
+    def _for(self, dialect: Dialect) -> tuple[str, list[str] | None, dict[str, Any], list[Any]]:
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            done = self.statement.compile(dialect=dialect)
+            if set(done.binds) != set(self.param_types):  # only the named parameters, no literals
+                raise RuntimeError(f"unexpected parameters {sorted(done.binds)}")
+            binds = {name: col.type.dialect_impl(dialect).bind_processor(dialect)
+                     for name, col in self.param_types.items()}
+            results = [col.type.dialect_impl(dialect).result_processor(dialect, None) for col in self.columns]
+            positional = list(done.positiontup) if done.positiontup else None
+            compiled = self._compiled[dialect.name] = (done.string, positional, binds, results)
+        return compiled
+
+    def execute(self, dbapi_connection: Any, dialect: Dialect, values: dict[str, Any]) -> Any:
+        """Run on ``dbapi_connection``: the row count for statements without result columns, else
+        the first row (processed) or None."""
+        sql, positional, binds, results = self._for(dialect)
+        params = {k: (p(v) if (p := binds[k]) is not None else v) for k, v in values.items()}
+        args: Any = tuple(params[n] for n in positional) if positional else params
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(sql, args)
+                if not self.columns:
+                    return cursor.rowcount
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        except dialect.loaded_dbapi.Error as exc:
+            raise wrap_dbapi_error(exc, dialect, sql) from exc
+        if row is None:
+            return None
+        return tuple(p(v) if p is not None else v for p, v in zip(results, row, strict=True))
+
+
+class PreparedInsert:
+    """``INSERT`` of one row into ``table`` (every column but an autoincrement key), compiled per
+    dialect; values are given for every column, by name."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.columns = [c for c in table.columns if not (c.primary_key and c.autoincrement in (True, "auto")
+                                                         and isinstance(c.type, Integer))]
+        self.keys = frozenset(c.key for c in self.columns)
+        self._compiled: dict[str, tuple[str, bool, list[tuple[str, Any]]]] = {}
+
+    def _for(self, dialect: Dialect) -> tuple[str, bool, list[tuple[str, Any]]]:
+        compiled = self._compiled.get(dialect.name)
+        if compiled is None:
+            done = insert(self.table).compile(dialect=dialect, column_keys=[c.key for c in self.columns])
+            processors = {c.key: c.type.dialect_impl(dialect).bind_processor(dialect) for c in self.columns}
+            # Parameters in the order the driver takes them (positional) or by name: one pass per row.
+            names = list(done.positiontup) if done.positiontup else list(processors)
+            compiled = (done.string, bool(done.positiontup), [(n, processors[n]) for n in names])
+            self._compiled[dialect.name] = compiled
+        return compiled
+
+    def execute(self, dbapi_connection: Any, dialect: Dialect, values: dict[str, Any]) -> None:
+        if values.keys() != self.keys:
+            raise ValueError(f"columns differ: {sorted(self.keys ^ values.keys())}")
+        sql, positional, order = self._for(dialect)
+        args: Any
+        if positional:
+            args = tuple([values[n] if p is None else p(values[n]) for n, p in order])
+        else:
+            args = {n: values[n] if p is None else p(values[n]) for n, p in order}
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(sql, args)
+        except dialect.loaded_dbapi.Error as exc:
+            raise wrap_dbapi_error(exc, dialect, sql) from exc
+        finally:
+            cursor.close()
