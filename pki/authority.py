@@ -39,7 +39,7 @@ from pki.issuance import (
     LeafSpec,
     SubjectAltNames,
     build_leaf,
-    leaf_subject,
+    leaf_subject_text,
     load_csr,
     read_csr,
 )
@@ -520,7 +520,7 @@ class CertificateAuthority:
                             now - BACKDATE, not_after)
             cert = build_leaf(spec, issuer_cert=issuer.certificate, issuer_aki=issuer.aki,
                               issuer_key=issuer_key, issuer_key_type=issuer.key_type)
-            problems = leaf_problems(cert)
+            problems = leaf_problems(cert, public_key=public_key)
             if problems:  # a bug or a profile that lets through what Roles Anywhere refuses
                 raise PolicyViolation("the certificate would be refused by Roles Anywhere: " + "; ".join(problems))
             try:
@@ -570,7 +570,7 @@ class CertificateAuthority:
             if within is not None:
                 within(tx)
             tx.insert(self.db.prepared_insert(certificates), {
-                "issuer_id": issuer.id, "serial": serial, "subject": leaf_subject(cn).rfc4514_string(),
+                "issuer_id": issuer.id, "serial": serial, "subject": leaf_subject_text(cn),
                 "common_name": cn, "sans": spec.sans.as_list(), "profile": profile, "key_type": key_type.value,
                 "not_before": spec.not_before, "not_after": spec.not_after,
                 "fingerprint": hashlib.sha256(der).hexdigest(), "der": der, "created_at": now,

@@ -198,6 +198,12 @@ def leaf_subject(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+@functools.lru_cache(maxsize=4096)
+def leaf_subject_text(common_name: str) -> str:
+    """``leaf_subject(cn)`` as RFC 4514 text (as stored); workloads renew under the same CNs."""
+    return leaf_subject(common_name).rfc4514_string()
+
+
 @functools.lru_cache(maxsize=32)
 def _template(issuer_name: x509.Name, issuer_aki: x509.AuthorityKeyIdentifier,
               usage: x509.ObjectIdentifier) -> x509.CertificateBuilder:

@@ -65,8 +65,12 @@ def public_key_problem(key: object) -> str | None:
     return f"{type(key).__name__.lstrip('_')}: only RSA and EC P-256/P-384 keys are accepted"
 
 
-def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> list[str]:
-    """Every reason Roles Anywhere would refuse ``cert`` as an end-entity certificate."""
+def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None, public_key: object = None) -> list[str]:
+    """Every reason Roles Anywhere would refuse ``cert`` as an end-entity certificate.
+
+    ``public_key``: the key object ``cert`` was just built with, when the caller has it (the CA),
+    which spares parsing it back out of the certificate; everything else is read from ``cert``.
+    """
     problems: list[str] = []
     if cert.version is not x509.Version.v3:
         problems.append("not an X.509 v3 certificate")
@@ -79,7 +83,7 @@ def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> lis
     if not isinstance(hash_alg, STRONG_HASHES):
         name = hash_alg.name if hash_alg else "none"
         problems.append(f"signature hash {name}: SHA-256 or stronger is required")
-    if (problem := public_key_problem(cert.public_key())) is not None:
+    if (problem := public_key_problem(public_key if public_key is not None else cert.public_key())) is not None:
         problems.append(problem)
     if len(cert.subject) == 0:
         problems.append("the subject is empty")

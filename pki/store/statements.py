@@ -118,10 +118,11 @@ class PreparedInsert:
             args = tuple([values[n] if p is None else p(values[n]) for n, p in order])
         else:
             args = {n: values[n] if p is None else p(values[n]) for n, p in order}
-        cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(sql, args)
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(sql, args)
+            finally:
+                cursor.close()
         except dialect.loaded_dbapi.Error as exc:
             raise wrap_dbapi_error(exc, dialect, sql) from exc
-        finally:
-            cursor.close()
