@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from pki.authority import CertificateAuthority, local_actor
 from pki.errors import Conflict, Forbidden, InvalidInput, NotFound, RapkiError, Unauthenticated
 from pki.store.schema import enrollment_tokens, operator_tokens
-from pki.store.statements import PreparedStatement, Transaction, wrap_dbapi_error
+from pki.store.statements import PreparedStatement, Transaction
 
 ENROLL_PREFIX = "rpk_e_"
 OPERATOR_PREFIX = "rpk_o_"
@@ -282,16 +282,7 @@ class TokenStore:
         return record
 
     def _select_enrollment(self, token_id: str) -> tuple[Any, ...] | None:
-        engine = self.engine
-        dialect = engine.dialect
-        try:
-            connection = engine.raw_connection()  # a pooled DBAPI connection; close() gives it back
-        except dialect.loaded_dbapi.Error as exc:
-            raise wrap_dbapi_error(exc, dialect, None) from exc
-        try:
-            return _SELECT_ENROLLMENT.execute(connection, dialect, {"token_id": token_id})  # type: ignore[no-any-return]
-        finally:
-            connection.close()
+        return self.ca.db.query(_SELECT_ENROLLMENT, {"token_id": token_id})  # type: ignore[no-any-return]
 
     @staticmethod
     def check_binding(record: EnrollmentToken, profile: str | None, cn: str) -> None:

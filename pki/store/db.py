@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from pki.errors import InvalidInput, Unavailable
-from pki.store.statements import PreparedInsert, Transaction, wrap_dbapi_error
+from pki.store.statements import PreparedInsert, PreparedStatement, Transaction, wrap_dbapi_error
 from pki.store.writelock import WriterLock
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -77,6 +77,19 @@ class Database:
                 lock.release()
             if not self.is_sqlite:
                 connection.close()  # back to the pool
+
+    def query(self, statement: PreparedStatement, values: dict[str, Any]) -> Any:
+        """Run one read ``statement`` outside any write transaction, on the same connections as
+        ``write`` (SQLite: this thread's own; others: a pooled one, handed back at once)."""
+        connection = self._connection()
+        try:
+            return statement.execute(connection.driver_connection, self.engine.dialect, values)
+        except DBAPIError as exc:
+            self._rollback(connection, exc)
+            raise
+        finally:
+            if not self.is_sqlite:
+                connection.close()
 
     def _connection(self) -> PoolProxiedConnection:
         if not self.is_sqlite:
