@@ -85,9 +85,10 @@ def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None, public
         problems.append(f"signature hash {name}: SHA-256 or stronger is required")
     if (problem := public_key_problem(public_key if public_key is not None else cert.public_key())) is not None:
         problems.append(problem)
-    if len(cert.subject) == 0:
+    subject = cert.subject
+    if len(subject) == 0:
         problems.append("the subject is empty")
-    cn = common_name(cert.subject)
+    cn = common_name(subject)
     if cn is None:
         problems.append("the subject has no CN (it becomes the STS source identity)")
     elif (problem := source_identity_problem(cn)) is not None:
