@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import create_engine
 
 from pki.authority import CertificateAuthority
 from pki.home import Home
+from pki.store import Database
 from pki.tokens import TokenStore
 from service.api.state import Limit, RateLimited, SharedState
 from tests.conftest import PASSPHRASE, make_ca
@@ -99,8 +99,7 @@ def test_database_down_is_a_json_503(ca: CertificateAuthority) -> None:
     token = TokenStore(ca).create("web", cn="web-1").token
     client = app.test_client()
     assert client.get("/healthz").status_code == 200
-    ca.db.engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none", pool_pre_ping=False,
-                                 connect_args={"connect_timeout": 2})
+    ca.db = Database("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")  # nothing listens there
     ca._profile_cache = {}  # type: ignore[attr-defined]  # whatever the core caches, the database is gone
     health = client.get("/healthz")
     assert health.status_code == 503 and health.json["status"] == "unavailable"

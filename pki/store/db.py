@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Table, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
 from pki.errors import InvalidInput, Unavailable
 from pki.store.statements import PreparedInsert, PreparedStatement, Transaction, wrap_dbapi_error
@@ -31,6 +31,9 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         try:
             self.engine: Engine = self._create_engine(url, sqlite_synchronous)
+            # SQLite connections held by threads (``write``/``query``) come from an engine of their
+            # own, outside the pool: however many threads hold one, the pool stays free for the rest.
+            self._held_engine = self._create_engine(url, sqlite_synchronous, pooled=False) if self.is_sqlite else None
         except Exception as exc:  # bad URL, missing driver
             raise InvalidInput(f"cannot use the database URL: {exc}") from exc
         self._prepared: dict[str, PreparedInsert] = {}
@@ -93,26 +96,34 @@ class Database:
 
     def _connection(self) -> PoolProxiedConnection:
         if not self.is_sqlite:
-            return self.engine.raw_connection()
+            return self._connect(self.engine)
         me, pid = threading.get_ident(), os.getpid()
         held = self._held.get(me)
         if held is not None and held[0] == pid:
             return held[1]
-        connection = self.engine.raw_connection()
+        assert self._held_engine is not None
+        connection = self._connect(self._held_engine)
         self._forget_dead_threads(pid)
         self._held[me] = (pid, connection)
         return connection
+
+    @staticmethod
+    def _connect(engine: Engine) -> PoolProxiedConnection:
+        """A DBAPI connection; a driver error (server down) comes out as SQLAlchemy's."""
+        try:
+            return engine.raw_connection()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise wrap_dbapi_error(exc, engine.dialect, None) from exc
 
     def _forget_dead_threads(self, pid: int) -> None:
         """Give back the connections of threads that ended (and drop, without closing, any
         inherited from a parent process: the parent still uses them)."""
         alive = {t.ident for t in threading.enumerate()}
-        for ident, (owner, connection) in list(self._held.items()):
-            if owner != pid:
-                del self._held[ident]
-            elif ident not in alive:
-                del self._held[ident]
-                connection.close()
+        for ident, (owner, _connection) in list(self._held.items()):
+            if owner != pid or ident not in alive:
+                gone = self._held.pop(ident, None)  # another thread may be sweeping too
+                if gone is not None and owner == pid:
+                    gone[1].close()
 
     def _rollback(self, connection: PoolProxiedConnection, exc: BaseException) -> None:
         dialect = self.engine.dialect
@@ -128,10 +139,11 @@ class Database:
             self._held.pop(threading.get_ident(), None)
 
     @staticmethod
-    def _create_engine(url: str, synchronous: str) -> Engine:
+    def _create_engine(url: str, synchronous: str, *, pooled: bool = True) -> Engine:
         if not url.startswith("sqlite"):
             return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        extra: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
+        engine = create_engine(url, connect_args={"timeout": 30}, **extra)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -183,4 +195,6 @@ class Database:
                 connection.close()
         self._held.clear()
         self.engine.dispose()
+        if self._held_engine is not None:
+            self._held_engine.dispose()
 

@@ -1,0 +1,94 @@
+"""``Database.write`` / ``Database.query``: the issuance path's transactions, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from pki.authority import CertificateAuthority
+from pki.store import Database
+from pki.store.schema import audit_log, profiles
+from tests.conftest import make_ca
+
+
+def _row(name: str) -> dict[str, object]:
+    now = datetime.now(UTC)
+    return {"name": name, "spec": {"k": name}, "created_at": now, "updated_at": now}
+
+
+def _count(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(profiles)).scalar_one())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    url = f"sqlite:///{tmp_path / 'x.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_database_url")
+    database = Database(url)
+    database.migrate()
+    yield database  # type: ignore[misc]
+    database.dispose()
+
+
+def test_write_commits_at_the_end_and_rolls_back_on_error(db: Database) -> None:
+    insert = db.prepared_insert(profiles)
+    with db.write() as tx:
+        tx.insert(insert, _row("a"))
+    with pytest.raises(RuntimeError, match="boom"), db.write() as tx:
+        tx.insert(insert, _row("b"))
+        raise RuntimeError("boom")
+    with pytest.raises(IntegrityError), db.write() as tx:  # the driver's error, as SQLAlchemy's
+        tx.insert(insert, _row("c"))
+        tx.insert(insert, _row("a"))
+    assert _count(db) == 1  # only "a": "b" and "c" were rolled back with their transactions
+    with db.write() as tx:  # the connection is usable after both failures
+        tx.insert(insert, _row("d"))
+    assert _count(db) == 2
+
+
+def test_insert_refuses_missing_or_extra_columns(db: Database) -> None:
+    with pytest.raises(ValueError, match="columns differ"), db.write() as tx:
+        tx.insert(db.prepared_insert(profiles), {"name": "x"})
+    assert _count(db) == 0
+
+
+def test_more_issuing_threads_than_the_pool_holds(tmp_path: Path, passphrase_env: str) -> None:
+    """SQLite threads keep their own connections outside the pool (15 at most): 40 threads issuing
+    and listing at once must neither wait for the pool nor lose a certificate."""
+    ca = make_ca(tmp_path / "home")
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(3):
+                ca.issue("web", cn=f"web-{i}", key_type="ec-p256")
+                ca.list(limit=2)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    assert len(ca.list()) == 120
+    with ca.db.engine.connect() as conn:
+        issued = conn.execute(select(func.count()).select_from(audit_log)
+                              .where(audit_log.c.action == "certificate.issue")).scalar_one()
+    assert issued == 120
+
+
+def test_connections_of_ended_threads_are_given_back(tmp_path: Path, passphrase_env: str) -> None:
+    ca: CertificateAuthority = make_ca(tmp_path / "home")
+    threads = [threading.Thread(target=ca.issue, args=("web",), kwargs={"cn": "web-1"}) for _ in range(5)]
+    for t in threads:
+        t.start()
+        t.join()
+    ca.issue("web", cn="web-2")  # this thread takes its connection and sweeps the ended ones
+    assert list(ca.db._held) == [threading.get_ident()]
