@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -120,3 +122,70 @@ def test_unknown_route_and_method_are_json(ca: CertificateAuthority) -> None:
     assert wrong.status_code == 405 and wrong.json["error"] == "method_not_allowed"
     no_cert = client.post("/v1/renew", json={})
     assert no_cert.status_code == 401 and no_cert.json["error"] == "unauthenticated"
+
+
+def _cpus_allowed(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no Cpus_allowed_list for {pid}")
+
+
+def _workers(master: int, count: int, deadline: float) -> list[int]:
+    while True:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
+        pids = [int(p) for p in out.split()]
+        if len(pids) == count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and at least 2 CPUs")
+def test_serve_pins_each_worker_to_a_cpu_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--cpu-affinity on: two workers on two different single CPUs; a worker killed and replaced
+    gets the CPU its predecessor had, not one already taken."""
+
+    monkeypatch.setenv("RAPKI_PASSPHRASE", PASSPHRASE)
+    monkeypatch.delenv("RAPKI_DATABASE_URL", raising=False)
+    home = tmp_path / "home"
+    make_ca(home)
+    port, pidfile = free_port(), tmp_path / "serve.pid"
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([*RAPKI, "serve", "--home", str(home), "--port", str(port), "--workers", "2",
+                             "--cpu-affinity", "on", "--pidfile", str(pidfile), "--quiet"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        master = int(pidfile.read_text().strip())
+        workers = _workers(master, 2, deadline)
+        pinned = {pid: _cpus_allowed(pid) for pid in workers}
+        assert len(pinned) == 2 and len(set(pinned.values())) == 2, pinned
+        assert all(cpu.isdigit() for cpu in pinned.values()), pinned  # one CPU each, not a range
+        victim = workers[0]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            now = _workers(master, 2, deadline)
+            if (victim not in now and len(now) == 2) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        replacement = next(pid for pid in now if pid != workers[1])
+        assert _cpus_allowed(replacement) == pinned[victim]
+        assert _cpus_allowed(workers[1]) == pinned[workers[1]]
+    finally:
+        stop(proc)
+        log.close()
+
+
+def test_cpu_affinity_plan() -> None:
+    from service.api.server import cpu_affinity_plan
+
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    assert cpu_affinity_plan("off", 1) is None
+    if len(allowed) >= 2:
+        assert cpu_affinity_plan("auto", 2) == allowed[:2]
+        assert cpu_affinity_plan("auto", len(allowed) + 1) is None  # more workers than CPUs: leave it to the kernel
+        assert cpu_affinity_plan("on", len(allowed) + 1) == [*allowed, allowed[0]]

@@ -8,10 +8,17 @@
   once (gunicorn otherwise builds one per connection).
 * Metrics: ``PROMETHEUS_MULTIPROC_DIR`` is set by ``rapki serve`` before this package (and so
   ``prometheus_client``) is imported at all (see ``metrics``).
+* CPU affinity (``--cpu-affinity``, on by default when there are no more workers than CPUs): each
+  worker, with all its threads, runs on a CPU of its own. A worker's threads hand the GIL to each
+  other many times per request (around every ECDSA operation, SQLite call and socket read); on one
+  CPU that is a cheap switch in a warm cache, spread over several it is a cross-CPU wake-up and a
+  cold one. Measured on 2 vCPUs: 15-25 % more enrollments per second, half the voluntary context
+  switches. The cost: a pinned worker cannot move off a CPU that something else keeps busy.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -47,8 +54,36 @@ def child_exit(_server: Any, worker: Any) -> None:
     mark_process_dead(worker.pid)
 
 
-def post_fork(_server: Any, _worker: Any) -> None:
+def pre_fork(server: Any, worker: Any) -> None:
+    """In the arbiter: give the new worker the lowest CPU slot no live worker holds (a replaced
+    worker's slot is reused, so workers never double up on one CPU)."""
+    cpus = _CPUS.get("cpus")
+    if not cpus:
+        return
+    taken = {getattr(w, "rapki_cpu_slot", None) for w in server.WORKERS.values()}
+    worker.rapki_cpu_slot = next((slot for slot in range(len(cpus)) if slot not in taken), None)
+
+
+def post_fork(_server: Any, worker: Any) -> None:
     _CONTEXT.clear()  # never share a parent's context (and its session cache) with a worker
+    cpus, slot = _CPUS.get("cpus"), getattr(worker, "rapki_cpu_slot", None)
+    if cpus and slot is not None:
+        os.sched_setaffinity(0, {cpus[slot]})  # before the worker starts its threads: they inherit it
+
+
+_CPUS: dict[str, list[int]] = {}
+
+
+def cpu_affinity_plan(mode: str, workers: int) -> list[int] | None:
+    """The CPUs workers are pinned to (one each), or None. ``mode``: ``auto`` pins when the
+    platform can and there are no more workers than CPUs this process may use; ``on`` pins
+    whenever the platform can (workers beyond the CPUs then share); ``off`` never does."""
+    if mode == "off" or not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if mode == "auto" and (workers > len(allowed) or len(allowed) < 2):
+        return None
+    return [allowed[i % len(allowed)] for i in range(workers)]
 
 
 class TlsThreadWorker(ThreadWorker):  # type: ignore[misc]
@@ -113,7 +148,8 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
 
 
 def run(home: Path, *, host: str, port: int, workers: int, threads: int, certfile: Path, keyfile: Path,
-        client_ca: Path | None, access_log: bool = True, pidfile: Path | None = None) -> None:
+        client_ca: Path | None, access_log: bool = True, pidfile: Path | None = None,
+        cpu_affinity: str = "auto") -> None:
     options: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -126,6 +162,7 @@ def run(home: Path, *, host: str, port: int, workers: int, threads: int, certfil
         "timeout": 60,
         "graceful_timeout": 20,
         "child_exit": child_exit,
+        "pre_fork": pre_fork,
         "post_fork": post_fork,
         "proc_name": "rapki-serve",
         "accesslog": "-" if access_log else None,
@@ -139,4 +176,7 @@ def run(home: Path, *, host: str, port: int, workers: int, threads: int, certfil
         options["cert_reqs"] = ssl.CERT_OPTIONAL
     if pidfile is not None:
         options["pidfile"] = str(pidfile)
+    cpus = cpu_affinity_plan(cpu_affinity, workers)
+    if cpus:
+        _CPUS["cpus"] = cpus
     ApiServer(home, options).run()

@@ -31,9 +31,11 @@ from service.cli.ca_commands import KEY_TYPES, open_ca, progress
               help="Do not request client certificates (renewal then needs RAPKI-SIG-V1 signatures).")
 @click.option("--pidfile", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--quiet", is_flag=True, help="No access log.")
+@click.option("--cpu-affinity", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Pin each worker to a CPU of its own (auto: when there are no more workers than CPUs).")
 def serve(home: Path | None, host: str, port: int, workers: int, threads: int, tls_cert: Path | None,
           tls_key: Path | None, tls_name: tuple[str, ...], no_client_certs: bool, pidfile: Path | None,
-          quiet: bool) -> None:
+          quiet: bool, cpu_affinity: str) -> None:
     """Run the enrollment API over HTTPS under gunicorn (creates the home with defaults on first run)."""
     from pki.authority import CertificateAuthority
     from pki.home import Home
@@ -59,7 +61,7 @@ def serve(home: Path | None, host: str, port: int, workers: int, threads: int, t
     ca.db.dispose()  # workers open their own connections after the fork
     server.run(target.resolve(), host=host, port=port, workers=workers, threads=threads, certfile=certfile,
                keyfile=keyfile, client_ca=None if no_client_certs else material.client_ca,
-               access_log=not quiet, pidfile=pidfile)
+               access_log=not quiet, pidfile=pidfile, cpu_affinity=cpu_affinity)
 
 
 def _prepare_metrics_dir(home: Path) -> Path:
