@@ -193,8 +193,9 @@ _EKU = {oid: x509.ExtendedKeyUsage([oid]) for oid in (ExtendedKeyUsageOID.CLIENT
 _BASIC = x509.BasicConstraints(ca=False, path_length=None)
 
 
+@functools.lru_cache(maxsize=4096)
 def leaf_subject(common_name: str) -> x509.Name:
-    """The subject of every workload certificate: the CN alone."""
+    """The subject of every workload certificate: the CN alone (immutable, so shared per CN)."""
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 

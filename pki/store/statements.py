@@ -15,9 +15,10 @@ exceptions as on the Core path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Integer, Table, insert
+from sqlalchemy import DateTime, Integer, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
@@ -26,6 +27,27 @@ def wrap_dbapi_error(exc: BaseException, dialect: Dialect, sql: str | None) -> D
     """``exc`` from the driver as SQLAlchemy's exception class for it, parameters hidden."""
     return DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True,  # type: ignore[arg-type]
                                connection_invalidated=dialect.is_disconnect(exc, None, None), dialect=dialect)
+
+
+def bind_processor(column: Any, dialect: Dialect) -> Any:
+    """The column type's ``bind_processor`` for ``dialect``, or an equivalent that is cheaper.
+
+    SQLite keeps datetimes as text, which SQLAlchemy formats from a dict of seven fields on every
+    value (a tenth of recording a certificate). ``isoformat`` writes the same text; that it does is
+    checked here, once, against SQLAlchemy's own processor, which stays in use if they ever differ
+    and for anything that is not a ``datetime``.
+    """
+    processor = column.type.dialect_impl(dialect).bind_processor(dialect)
+    if processor is None or dialect.name != "sqlite" or not isinstance(column.type, DateTime):
+        return processor
+
+    def fast(value: Any, _slow: Any = processor) -> Any:
+        if value.__class__ is datetime:
+            return value.isoformat(" ", "microseconds")[:26]  # drops the "+00:00" SQLite never stored
+        return _slow(value)
+
+    samples = (datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), datetime(999, 12, 31, 23, 59, 59), datetime.now(UTC))
+    return fast if all(fast(v) == processor(v) for v in samples) else processor
 
 
 @dataclass(frozen=True)
@@ -58,8 +80,7 @@ class PreparedStatement:
             done = self.statement.compile(dialect=dialect)
             if set(done.binds) != set(self.param_types):  # only the named parameters, no literals
                 raise RuntimeError(f"unexpected parameters {sorted(done.binds)}")
-            binds = {name: col.type.dialect_impl(dialect).bind_processor(dialect)
-                     for name, col in self.param_types.items()}
+            binds = {name: bind_processor(col, dialect) for name, col in self.param_types.items()}
             results = [col.type.dialect_impl(dialect).result_processor(dialect, None) for col in self.columns]
             positional = list(done.positiontup) if done.positiontup else None
             compiled = self._compiled[dialect.name] = (done.string, positional, binds, results)
@@ -102,7 +123,7 @@ class PreparedInsert:
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
             done = insert(self.table).compile(dialect=dialect, column_keys=[c.key for c in self.columns])
-            processors = {c.key: c.type.dialect_impl(dialect).bind_processor(dialect) for c in self.columns}
+            processors = {c.key: bind_processor(c, dialect) for c in self.columns}
             # Parameters in the order the driver takes them (positional) or by name: one pass per row.
             names = list(done.positiontup) if done.positiontup else list(processors)
             compiled = (done.string, bool(done.positiontup), [(n, processors[n]) for n in names])
