@@ -732,8 +732,24 @@ class CertificateAuthority:
         conn.execute(_INSERT_AUDIT, {"at": datetime.now(UTC), "actor": actor or local_actor(),
                                      "action": action, "target": target, "details": details})
 
-    def audit_entries(self, limit: int = 100) -> list[dict[str, Any]]:
+    def audit_entries(self, limit: int = 100, *, action: str | None = None, actor: str | None = None,
+                      target: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+        """The newest audit entries first. ``action``: exact (``certificate.issue``) or a prefix
+        ending in a dot (``certificate.``); ``actor``: a part of it (``enrollment-token:``);
+        ``target``: exact (a serial, token id, issuer or profile name); ``since``: not older."""
+        if not 1 <= limit <= 100_000:
+            raise InvalidInput("the audit limit must be between 1 and 100000")
+        query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        if action:
+            query = query.where(audit_log.c.action.startswith(action, autoescape=True) if action.endswith(".")
+                                else audit_log.c.action == action)
+        if actor:
+            query = query.where(audit_log.c.actor.contains(actor, autoescape=True))
+        if target:
+            query = query.where(audit_log.c.target == target)
+        if since is not None:
+            query = query.where(audit_log.c.at >= since)
         with self.db.engine.connect() as conn:
-            rows = conn.execute(select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)).all()
+            rows = conn.execute(query).all()
         return [{"at": _utc(r.at).isoformat(), "actor": r.actor, "action": r.action, "target": r.target,
                  "details": r.details} for r in rows]

@@ -127,3 +127,47 @@ def test_console_script_prints_no_traceback(home: Path) -> None:
 def test_usage_errors_exit_2(home: Path) -> None:
     result = CliRunner().invoke(main, ["issue", "--cn", "x"])
     assert result.exit_code == 2 and "Missing option" in result.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["issue", "--cn", "x"], "Missing option '--profile'"),
+    (["list", "--status", "bogus"], "Invalid value for '--status'"),
+    (["audit", "--limit", "0"], "Invalid value for '--limit'"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+    (["list", "--no-such-flag"], "No such option '--no-such-flag'"),
+])
+def test_click_usage_errors_are_one_line(home: Path, args: list[str], says: str) -> None:
+    """Click's own usage errors follow the house rule too: exit 2, one stderr line, a pointer to --help."""
+    proc = subprocess.run([sys.executable, "-c", "from service.cli import main; main()", *args],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rapki: error: ") and says in lines[0], proc.stderr
+    assert "--help" in lines[0]
+
+
+def test_help_and_version_exit_0() -> None:
+    for args in (["--help"], ["audit", "--help"], ["--version"]):
+        proc = subprocess.run([sys.executable, "-c", "from service.cli import main; main()", *args],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0 and proc.stdout and not proc.stderr, args
+
+
+def test_audit_log_reads_and_filters(home: Path) -> None:
+    issued = json.loads(run("issue", "--profile", "web", "--cn", "web-1", "--out", str(home.parent / "o"),
+                            "--json").stdout)
+    run("revoke", issued["serial"], "--reason", "keyCompromise")
+    entries = json.loads(run("audit", "--json").stdout)
+    assert [e["action"] for e in entries[:2]] == ["certificate.revoke", "certificate.issue"]  # newest first
+    assert entries[1]["target"] == issued["serial"] and entries[1]["details"]["cn"] == "web-1"
+    assert {e["action"] for e in entries} >= {"ca.init", "profile.add"}
+    only = json.loads(run("audit", "--action", "certificate.", "--json").stdout)
+    assert {e["action"] for e in only} == {"certificate.issue", "certificate.revoke"}
+    assert json.loads(run("audit", "--target", issued["serial"], "--limit", "1", "--json").stdout)[0]["action"] \
+        == "certificate.revoke"
+    assert json.loads(run("audit", "--actor", "nobody-like-this", "--json").stdout) == []
+    assert len(json.loads(run("audit", "--since", "1h", "--json").stdout)) == len(entries)
+    text = run("audit", "--limit", "1").stdout
+    assert "certificate.revoke" in text and issued["serial"] in text and "reason=keyCompromise" in text
+    bad = run("audit", "--since", "soon", code=2)
+    assert "invalid duration" in bad.stderr
