@@ -16,6 +16,8 @@ import click
 
 from pki.errors import RapkiError
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
 
 class RapkiGroup(click.Group):
     """A click group that turns library errors, and click's own usage errors (unknown option, bad
@@ -28,6 +30,9 @@ class RapkiGroup(click.Group):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as exc:
+            if isinstance(exc, _NO_ARGS_IS_HELP):  # a bare group (``rapki``, ``rapki ca``): its help
+                exc.show()
+                sys.exit(exc.exit_code)
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
             click.echo(f"rapki: error: {exc.format_message()}{hint}", err=True)
             sys.exit(exc.exit_code)
