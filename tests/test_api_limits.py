@@ -186,6 +186,8 @@ def test_cpu_affinity_plan() -> None:
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     assert cpu_affinity_plan("off", 1) is None
     if len(allowed) >= 2:
-        assert cpu_affinity_plan("auto", 2) == allowed[:2]
-        assert cpu_affinity_plan("auto", len(allowed) + 1) is None  # more workers than CPUs: leave it to the kernel
+        assert cpu_affinity_plan("auto", len(allowed)) == allowed  # one worker per CPU
+        assert cpu_affinity_plan("auto", len(allowed) + 1) is None  # more workers than CPUs: the kernel places them
+        assert cpu_affinity_plan("auto", 1) is None  # fewer: a shared host, the kernel places them
         assert cpu_affinity_plan("on", len(allowed) + 1) == [*allowed, allowed[0]]
+        assert cpu_affinity_plan("on", 1) == allowed[:1]

@@ -8,7 +8,7 @@
   once (gunicorn otherwise builds one per connection).
 * Metrics: ``PROMETHEUS_MULTIPROC_DIR`` is set by ``rapki serve`` before this package (and so
   ``prometheus_client``) is imported at all (see ``metrics``).
-* CPU affinity (``--cpu-affinity``, on by default when there are no more workers than CPUs): each
+* CPU affinity (``--cpu-affinity``, on by default when there is one worker per CPU): each
   worker, with all its threads, runs on a CPU of its own. A worker's threads hand the GIL to each
   other many times per request (around every ECDSA operation, SQLite call and socket read); on one
   CPU that is a cheap switch in a warm cache, spread over several it is a cross-CPU wake-up and a
@@ -76,12 +76,13 @@ _CPUS: dict[str, list[int]] = {}
 
 def cpu_affinity_plan(mode: str, workers: int) -> list[int] | None:
     """The CPUs workers are pinned to (one each), or None. ``mode``: ``auto`` pins when the
-    platform can and there are no more workers than CPUs this process may use; ``on`` pins
-    whenever the platform can (workers beyond the CPUs then share); ``off`` never does."""
+    platform can and there is exactly one worker per CPU this process may use (a machine, VM or
+    cpuset given to rapki: on a larger shared host the kernel is left to place the workers); ``on``
+    pins whenever the platform can (workers beyond the CPUs then share); ``off`` never does."""
     if mode == "off" or not hasattr(os, "sched_setaffinity"):
         return None
     allowed = sorted(os.sched_getaffinity(0))
-    if mode == "auto" and (workers > len(allowed) or len(allowed) < 2):
+    if mode == "auto" and (workers != len(allowed) or len(allowed) < 2):
         return None
     return [allowed[i % len(allowed)] for i in range(workers)]
 

@@ -32,7 +32,7 @@ from service.cli.ca_commands import KEY_TYPES, open_ca, progress
 @click.option("--pidfile", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--quiet", is_flag=True, help="No access log.")
 @click.option("--cpu-affinity", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Pin each worker to a CPU of its own (auto: when there are no more workers than CPUs).")
+              help="Pin each worker to a CPU of its own (auto: when there is exactly one worker per CPU).")
 def serve(home: Path | None, host: str, port: int, workers: int, threads: int, tls_cert: Path | None,
           tls_key: Path | None, tls_name: tuple[str, ...], no_client_certs: bool, pidfile: Path | None,
           quiet: bool, cpu_affinity: str) -> None:
