@@ -33,7 +33,7 @@ def bind_processor(column: Any, dialect: Dialect) -> Any:
     """The column type's ``bind_processor`` for ``dialect``, or an equivalent that is cheaper.
 
     SQLite keeps datetimes as text, which SQLAlchemy formats from a dict of seven fields on every
-    value (a tenth of recording a certificate). ``isoformat`` writes the same text; that it does is
+    value (several microseconds a certificate). ``isoformat`` writes the same text; that it does is
     checked here, once, against SQLAlchemy's own processor, which stays in use if they ever differ
     and for anything that is not a ``datetime``.
     """
