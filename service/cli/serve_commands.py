@@ -56,7 +56,9 @@ def serve(home: Path | None, host: str, port: int, workers: int, threads: int, t
     certfile, keyfile = (tls_cert, tls_key) if tls_cert and tls_key else (material.certfile, material.keyfile)
     if not ca.profiles():
         progress("note: no profiles yet, so nothing can be enrolled: 'rapki profile add NAME --cn-pattern REGEX'")
-    progress(f"serving https://{host}:{port} ({workers} workers x {threads} threads), "
+    pinned = server.cpu_affinity_plan(cpu_affinity, workers)
+    placement = f", pinned to CPUs {','.join(map(str, pinned))}" if pinned else ""
+    progress(f"serving https://{host}:{port} ({workers} workers x {threads} threads{placement}), "
              f"certificate {tls.describe(certfile)}; CA root: {ca.home.root_cert_path}")
     ca.db.dispose()  # workers open their own connections after the fork
     server.run(target.resolve(), host=host, port=port, workers=workers, threads=threads, certfile=certfile,
