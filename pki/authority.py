@@ -125,10 +125,15 @@ class IssuedCertificate:
     chain: tuple[x509.Certificate, ...]
     profile: str
     private_key: PrivateKey | None = None
+    subject_text: str = ""  # the subject as RFC 4514 text (known from issuance, not parsed back)
 
     @property
     def serial_hex(self) -> str:
         return serial_hex(self.certificate.serial_number)
+
+    @property
+    def subject(self) -> str:
+        return self.subject_text or self.certificate.subject.rfc4514_string()
 
     @property
     def cert_pem(self) -> Pem:
@@ -527,7 +532,7 @@ class CertificateAuthority:
                 self._record(cert, spec, issuer, prof.name, kt, actor, supersedes, within)
             except IntegrityError:
                 continue  # serial collision: draw again
-            return IssuedCertificate(cert, (issuer.certificate,), prof.name, private_key)
+            return IssuedCertificate(cert, (issuer.certificate,), prof.name, private_key, leaf_subject_text(cn))
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
     SERVER_PROFILE = "_server"  # not a valid profile name, so it never collides with one
@@ -553,7 +558,7 @@ class CertificateAuthority:
                 self._record(cert, spec, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)
             except IntegrityError:
                 continue
-            return IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, key)
+            return IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, key, leaf_subject_text(names[0]))
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
     def _record(self, cert: x509.Certificate, spec: LeafSpec, issuer: Issuer, profile: str, key_type: KeyType,

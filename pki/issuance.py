@@ -50,6 +50,8 @@ class SubjectAltNames:
     def parse(cls, values: list[str] | tuple[str, ...]) -> SubjectAltNames:
         """``dns:name``, ``uri:scheme://...``, ``ip:address`` or a bare name (DNS, or URI when it has
         ``://``)."""
+        if not values:
+            return _NO_SANS
         dns: list[str] = []
         uri: list[str] = []
         ip: list[str] = []
@@ -73,6 +75,8 @@ class SubjectAltNames:
         return cls(tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(uri)), tuple(dict.fromkeys(ip)))
 
     def merged(self, other: SubjectAltNames) -> SubjectAltNames:
+        if not (other.dns or other.uri or other.ip):
+            return self
         return SubjectAltNames(
             tuple(dict.fromkeys(self.dns + other.dns)), tuple(dict.fromkeys(self.uri + other.uri)),
             tuple(dict.fromkeys(self.ip + other.ip)),
@@ -93,6 +97,9 @@ class SubjectAltNames:
         names.extend(x509.UniformResourceIdentifier(u) for u in self.uri)
         names.extend(x509.IPAddress(ipaddress.ip_address(a)) for a in self.ip)
         return names
+
+
+_NO_SANS = SubjectAltNames()
 
 
 def _checked_dns(name: str) -> str:

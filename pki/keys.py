@@ -37,13 +37,6 @@ class KeyType(enum.StrEnum):
     @classmethod
     def of(cls, key: PublicKey | PrivateKey) -> KeyType:
         """The KeyType of a key, or PolicyViolation when Roles Anywhere would refuse it."""
-        if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
-            size = key.key_size
-            if size < 2048:
-                raise PolicyViolation(f"RSA-{size} keys are too weak: use at least 2048 bits")
-            if size not in (2048, 3072, 4096):
-                raise PolicyViolation(f"RSA-{size} keys are not supported: use 2048, 3072 or 4096")
-            return cls(f"rsa-{size}")
         if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
             name = key.curve.name
             if name == "secp256r1":
@@ -51,6 +44,13 @@ class KeyType(enum.StrEnum):
             if name == "secp384r1":
                 return cls.EC_P384
             raise PolicyViolation(f"EC curve {name} is not accepted by Roles Anywhere: use P-256 or P-384")
+        if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+            size = key.key_size
+            if size < 2048:
+                raise PolicyViolation(f"RSA-{size} keys are too weak: use at least 2048 bits")
+            if size not in (2048, 3072, 4096):
+                raise PolicyViolation(f"RSA-{size} keys are not supported: use 2048, 3072 or 4096")
+            return cls(f"rsa-{size}")
         kind = type(key).__name__.removeprefix("_").replace("PublicKey", "").replace("PrivateKey", "")
         raise PolicyViolation(
             f"{kind or 'this'} keys are not accepted by Roles Anywhere: use EC P-256/P-384 or RSA >= 2048"

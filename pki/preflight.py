@@ -56,12 +56,12 @@ def common_name(name: x509.Name) -> str | None:
 
 
 def public_key_problem(key: object) -> str | None:
-    if isinstance(key, rsa.RSAPublicKey):
-        return None if key.key_size >= 2048 else f"RSA-{key.key_size} key: at least 2048 bits needed"
     if isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name in ("secp256r1", "secp384r1"):
             return None
         return f"EC curve {key.curve.name}: only P-256 and P-384 are accepted"
+    if isinstance(key, rsa.RSAPublicKey):
+        return None if key.key_size >= 2048 else f"RSA-{key.key_size} key: at least 2048 bits needed"
     return f"{type(key).__name__.lstrip('_')}: only RSA and EC P-256/P-384 keys are accepted"
 
 

@@ -187,7 +187,7 @@ def chain_pem(chain: tuple[x509.Certificate, ...]) -> str:
 def answer(issued: IssuedCertificate, req: Request, profile: Profile) -> dict[str, Any]:
     cert = issued.certificate
     result: dict[str, Any] = {
-        "serial": issued.serial_hex, "profile": issued.profile, "subject": cert.subject.rfc4514_string(),
+        "serial": issued.serial_hex, "profile": issued.profile, "subject": issued.subject,
         "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
         "format": req.format,
     }
@@ -205,7 +205,7 @@ def answer(issued: IssuedCertificate, req: Request, profile: Profile) -> dict[st
             .hmac_hash(hashes.SHA256())
             .build(req.password.encode())
         )
-        cn = issued.certificate.subject.rfc4514_string().encode()
+        cn = issued.subject.encode()
         bundle = pkcs12.serialize_key_and_certificates(cn, issued.private_key, cert, list(issued.chain), encryption)
         result["pkcs12"] = base64.b64encode(bundle).decode()
         # PEM copies of the public parts, so a client can use them without opening the bundle.

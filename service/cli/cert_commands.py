@@ -40,7 +40,7 @@ def issue(home: Path | None, profile_name: str, cn: str | None, san: tuple[str, 
     written = issued.write_to(out)
     info = {
         "serial": issued.serial_hex,
-        "subject": issued.certificate.subject.rfc4514_string(),
+        "subject": issued.subject,
         "not_after": issued.certificate.not_valid_after_utc.isoformat(),
         "files": {k: str(v) for k, v in written.items()},
     }
