@@ -93,26 +93,3 @@ def test_connections_of_ended_threads_are_given_back(tmp_path: Path, passphrase_
     ca.issue("web", cn="web-2")  # this thread takes its connection and sweeps the ended ones
     assert list(ca.db._held) == [threading.get_ident()]
 
-
-def test_sqlite_datetimes_are_written_as_sqlalchemy_writes_them() -> None:
-    """The cheaper datetime conversion is used for SQLite and gives SQLAlchemy's exact text."""
-    import random
-    from datetime import timedelta
-
-    from sqlalchemy.dialects import sqlite
-
-    from pki.store.schema import certificates
-    from pki.store.statements import bind_processor
-
-    dialect = sqlite.dialect()
-    column = certificates.c.not_after
-    ours = bind_processor(column, dialect)
-    theirs = column.type.dialect_impl(dialect).bind_processor(dialect)
-    assert ours is not theirs and ours.__name__ == "fast"
-    rng = random.Random(5280)
-    start = datetime(1, 1, 1, tzinfo=UTC)
-    for _ in range(2000):
-        value = start + timedelta(microseconds=rng.randrange(0, 315_000_000_000_000_000))  # years 1-9982
-        for candidate in (value, value.replace(tzinfo=None), value.replace(microsecond=0)):
-            assert ours(candidate) == theirs(candidate)
-    assert ours(None) is None

@@ -15,10 +15,9 @@ exceptions as on the Core path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, Table, insert
+from sqlalchemy import Integer, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
@@ -30,24 +29,8 @@ def wrap_dbapi_error(exc: BaseException, dialect: Dialect, sql: str | None) -> D
 
 
 def bind_processor(column: Any, dialect: Dialect) -> Any:
-    """The column type's ``bind_processor`` for ``dialect``, or an equivalent that is cheaper.
-
-    SQLite keeps datetimes as text, which SQLAlchemy formats from a dict of seven fields on every
-    value (several microseconds a certificate). ``isoformat`` writes the same text; that it does is
-    checked here, once, against SQLAlchemy's own processor, which stays in use if they ever differ
-    and for anything that is not a ``datetime``.
-    """
-    processor = column.type.dialect_impl(dialect).bind_processor(dialect)
-    if processor is None or dialect.name != "sqlite" or not isinstance(column.type, DateTime):
-        return processor
-
-    def fast(value: Any, _slow: Any = processor) -> Any:
-        if value.__class__ is datetime:
-            return value.isoformat(" ", "microseconds")[:26]  # drops the "+00:00" SQLite never stored
-        return _slow(value)
-
-    samples = (datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), datetime(999, 12, 31, 23, 59, 59), datetime.now(UTC))
-    return fast if all(fast(v) == processor(v) for v in samples) else processor
+    """The column type's ``bind_processor`` for ``dialect`` (None when values go as they are)."""
+    return column.type.dialect_impl(dialect).bind_processor(dialect)
 
 
 @dataclass(frozen=True)
