@@ -93,3 +93,30 @@ def test_connections_of_ended_threads_are_given_back(tmp_path: Path, passphrase_
     ca.issue("web", cn="web-2")  # this thread takes its connection and sweeps the ended ones
     assert list(ca.db._held) == [threading.get_ident()]
 
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    """gunicorn forks workers: a child must never write through its parent's SQLite connection."""
+    import os
+
+    db = Database(f"sqlite:///{tmp_path / 'x.db'}")
+    db.migrate()
+    insert = db.prepared_insert(profiles)
+    with db.write() as tx:
+        tx.insert(insert, _row("parent-1"))
+        parents = tx.dbapi
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit code only
+        code = 1
+        try:
+            with db.write() as tx:
+                tx.insert(insert, _row("child"))
+                code = 0 if tx.dbapi is not parents else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with db.write() as tx:  # the parent's own connection still works
+        tx.insert(insert, _row("parent-2"))
+        assert tx.dbapi is parents
+    assert _count(db) == 3

@@ -20,6 +20,11 @@ from pki.store.statements import PreparedInsert, PreparedStatement, Transaction,
 from pki.store.writelock import WriterLock
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# This process's id, refreshed in a forked child: getpid() is a system call, and the held
+# connections check it on every transaction.
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 HEAD_REVISION = "0002"  # bump with every new revision in migrations/versions
 
 
@@ -97,7 +102,7 @@ class Database:
     def _connection(self) -> PoolProxiedConnection:
         if not self.is_sqlite:
             return self._connect(self.engine)
-        me, pid = threading.get_ident(), os.getpid()
+        me, pid = threading.get_ident(), _PID[0]
         held = self._held.get(me)
         if held is not None and held[0] == pid:
             return held[1]
