@@ -146,6 +146,7 @@ def test_postgres_redemption_is_atomic(pg_database_url: str, tmp_path: Path, mon
     pg_ca = make_ca(tmp_path / "pg-home")
     store = TokenStore(pg_ca)
     token = store.create("web", cn="web-1").token
+    assert store.authenticate(token).uses_left == 1  # the look-up (Database.query) on PostgreSQL
 
     def attempt(_: int) -> str:
         try:
@@ -157,6 +158,8 @@ def test_postgres_redemption_is_atomic(pg_database_url: str, tmp_path: Path, mon
     with ThreadPoolExecutor(max_workers=6) as pool:
         outcomes = sorted(pool.map(attempt, range(6)))
     assert outcomes == ["issued"] + ["refused"] * 5
+    with pytest.raises(Conflict, match="already used"):
+        store.authenticate(token)
 
 
 def test_token_statements_compile_for_sqlite_and_postgresql() -> None:
