@@ -199,6 +199,9 @@ class Database:
             if owner == pid:
                 connection.close()
         self._held.clear()
+        if self._writer_lock is not None:
+            self._writer_lock.close()
+            self._writer_lock = None
         self.engine.dispose()
         if self._held_engine is not None:
             self._held_engine.dispose()
