@@ -26,7 +26,8 @@ import tomli_w
 
 from pki.durations import format_duration, parse_duration
 from pki.errors import InvalidInput, NotARapkiHome
-from pki.keys import KeyType, write_private
+from pki.files import atomic_write
+from pki.keys import KeyType
 
 CONFIG_NAME = "rapki.toml"
 CONFIG_VERSION = 1
@@ -131,10 +132,7 @@ class Home:
         return Config.from_toml(doc)
 
     def save_config(self, config: Config) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_path.with_suffix(".toml.tmp")
-        tmp.write_text(tomli_w.dumps(config.to_toml()))
-        os.replace(tmp, self.config_path)
+        atomic_write(self.config_path, tomli_w.dumps(config.to_toml()).encode())
 
     def update_section(self, section: str, values: dict[str, Any]) -> Config:
         """Merge ``values`` into a component-owned ``[section]`` of the config and save it."""
@@ -166,7 +164,7 @@ class Home:
 
     def create_passphrase_file(self) -> bytes:
         value = secrets.token_urlsafe(32).encode()
-        write_private(self.path / "passphrase", value + b"\n")
+        atomic_write(self.path / "passphrase", value + b"\n", private=True)
         return value
 
 

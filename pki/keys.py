@@ -7,8 +7,6 @@ CA keys are stored as encrypted PKCS#8 (``BestAvailableEncryption``) and never w
 from __future__ import annotations
 
 import enum
-import os
-from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -97,20 +95,6 @@ def load_private_key(data: bytes, passphrase: bytes | None = None, *, what: str 
         raise InvalidInput(f"the {what} could not be read: {exc}") from exc
     KeyType.of(key)
     return key  # type: ignore[return-value]
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file readable by its owner only, created 0600 from the start (no umask race)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def public_key_matches(private_key: PrivateKey, public_key: PublicKey) -> bool:

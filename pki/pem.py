@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki.errors import InvalidInput
-from pki.keys import write_private
+from pki.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -27,15 +26,7 @@ class Pem:
 
     def write_to_path(self, path: Path, *, secret: bool = False) -> Path:
         """Write atomically; secrets are created 0600."""
-        path = Path(path)
-        if secret:
-            write_private(path, self.data)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(self.data)
-            os.replace(tmp, path)
-        return path
+        return atomic_write(path, self.data, private=secret)
 
 
 def load_certificates(data: bytes, *, what: str = "certificate") -> list[x509.Certificate]:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pki.files import atomic_write
 from pki.signer.session import Credentials, SessionOptions, create_session
 
 UPDATE_REFRESH_BEFORE = 5 * 60  # seconds before expiry, as the helper
@@ -116,18 +117,7 @@ def write_credentials(profile: str, creds: Credentials, path: Path | None = None
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with locked(path):
         text = rewrite(read_lines(path), profile, creds)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, text.encode("utf-8", errors="surrogateescape"))
-            os.fchmod(fd, 0o600)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
+        atomic_write(path, text.encode("utf-8", errors="surrogateescape"), private=True)
     return path
 
 

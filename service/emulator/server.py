@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gunicorn.app.base import BaseApplication
 
-from pki.keys import private_key_pem, write_private
+from pki.files import atomic_write
+from pki.keys import private_key_pem
 
 TLS_CERT_NAME = "emulator-tls.pem"
 TLS_KEY_NAME = "emulator-tls.key"
@@ -117,10 +117,8 @@ def _generate(cert_path: Path, key_path: Path, host: str) -> None:
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .sign(key, hashes.SHA256())
     )
-    write_private(key_path, private_key_pem(key))
-    tmp = cert_path.with_name(cert_path.name + ".tmp")
-    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    os.replace(tmp, cert_path)
+    atomic_write(key_path, private_key_pem(key), private=True)
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
 class EmulatorServer(BaseApplication):  # type: ignore[misc]

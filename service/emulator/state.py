@@ -16,7 +16,6 @@ the same lock only for the short time needed to copy what they return.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -25,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from pki.files import atomic_write
 
 STATE_VERSION = 1
 RESOURCE_KINDS = ("trustAnchors", "profiles", "crls", "subjects")
@@ -114,16 +115,8 @@ class EmulatorState:
         """Write the whole state atomically; a no-op for an in-memory emulator."""
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         payload = json.dumps(self.data, separators=(",", ":"), sort_keys=True).encode("utf-8")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, payload)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, payload, private=True)
 
     @contextmanager
     def writing(self) -> Iterator[None]:
