@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from pki.signer import endpoints, material, session, update
 from pki.signer.serve import CredentialCache, make_server
-from tests.commands import signer_cmd
+from tests.commands import signer_cmd, signer_serving
 
 REPO = Path(__file__).resolve().parents[1]
 ANCHOR = "arn:aws:rolesanywhere:us-east-1:123456789012:trust-anchor/11111111-2222-3333-4444-555555555555"
@@ -851,25 +851,10 @@ def test_serve_outage_never_success_with_bad_credentials(files: dict[str, Path],
 
 
 def test_serve_command_binds_loopback_and_prints_endpoint(files: dict[str, Path], fake: FakeService) -> None:
-    proc = subprocess.Popen(
-        [*signer_cmd(), "serve", *base_args(files, fake.url), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stderr is not None
-        url = ""
-        for _ in range(20):
-            line = proc.stderr.readline().decode()
-            if "AWS_EC2_METADATA_SERVICE_ENDPOINT=" in line:
-                url = line.strip().split("=", 1)[1]
-                break
+    with signer_serving([*base_args(files, fake.url), "--port", "0"]) as (_proc, url):
         assert url.startswith("http://127.0.0.1:")
         status, _, token = _http("PUT", url + "latest/api/token")
         assert status == 200 and token
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_serve_binds_another_address_only_when_asked(files: dict[str, Path], fake: FakeService) -> None:

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pki.signer import serve as serve_module
 from pki.signer.serve import CredentialCache, make_server
 from pki.signer.session import SessionOptions
-from tests.commands import rapki_cmd, signer_cmd
+from tests.commands import rapki_cmd, signer_cmd, signer_serving
 from tests.emulator_fixture import RunningEmulator, make_ca, make_leaf, pem_of
 
 ROLE = "arn:aws:iam::123456789012:role/signer-e2e"
@@ -347,20 +347,7 @@ def test_serve_outage_never_answers_success_with_bad_credentials(
 
 def test_serve_command_with_botocore(ra: Setup, tmp_path: Path) -> None:
     ra.issue(tmp_path / "id")
-    proc = subprocess.Popen(
-        [*signer_cmd(), "serve", *ra.args(tmp_path / "id"), "--port", "0", "--hop-limit", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stderr is not None
-        url = ""
-        for _ in range(50):
-            line = proc.stderr.readline().decode()
-            if "AWS_EC2_METADATA_SERVICE_ENDPOINT=" in line:
-                url = line.strip().split("=", 1)[1]
-                break
-        assert url.startswith("http://127.0.0.1:")
+    with signer_serving([*ra.args(tmp_path / "id"), "--port", "0", "--hop-limit", "2"]) as (proc, url):
         import botocore.session
 
         session = botocore.session.get_session()
@@ -374,11 +361,7 @@ def test_serve_command_with_botocore(ra: Setup, tmp_path: Path) -> None:
         creds = provider.load()
         assert creds is not None and creds.get_frozen_credentials().access_key.startswith("ASIA")
         assert proc.poll() is None
-        assert proc.stdout is not None
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert proc.stdout.read() == b""
+    assert proc.stdout is not None and proc.stdout.read() == b""
 
 
 # ------------------------------------------------------------------------------------------------
