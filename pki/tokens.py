@@ -262,7 +262,7 @@ class TokenStore:
         """The enrollment token a bearer presents, if it can still be redeemed. Read-only: nothing
         is consumed here (see ``redeemer``)."""
         token_id = parse_token(token, "e")
-        row = self._select_enrollment(token_id)
+        row = self.ca.db.query(_SELECT_ENROLLMENT, {"token_id": token_id})
         if row is None or not hmac.compare_digest(row[1], hash_token(token.strip())):
             raise InvalidToken("unknown enrollment token: ask an operator for a fresh one")
         (token_id, _hash, profile, cn, cn_is_pattern, uses_left, max_uses, expires_at, created_at, created_by,
@@ -280,9 +280,6 @@ class TokenStore:
             raise TokenExpired(f"this enrollment token expired at {record.expires_at:%Y-%m-%d %H:%M:%S}Z: "
                                "ask an operator for a fresh one")
         return record
-
-    def _select_enrollment(self, token_id: str) -> tuple[Any, ...] | None:
-        return self.ca.db.query(_SELECT_ENROLLMENT, {"token_id": token_id})  # type: ignore[no-any-return]
 
     @staticmethod
     def check_binding(record: EnrollmentToken, profile: str | None, cn: str) -> None:

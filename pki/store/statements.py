@@ -28,11 +28,6 @@ def wrap_dbapi_error(exc: BaseException, dialect: Dialect, sql: str | None) -> D
                                connection_invalidated=dialect.is_disconnect(exc, None, None), dialect=dialect)
 
 
-def bind_processor(column: Any, dialect: Dialect) -> Any:
-    """The column type's ``bind_processor`` for ``dialect`` (None when values go as they are)."""
-    return column.type.dialect_impl(dialect).bind_processor(dialect)
-
-
 @dataclass(frozen=True)
 class Transaction:
     """A write transaction on one DBAPI connection (``Database.write``), for callers that add
@@ -63,7 +58,8 @@ class PreparedStatement:
             done = self.statement.compile(dialect=dialect)
             if set(done.binds) != set(self.param_types):  # only the named parameters, no literals
                 raise RuntimeError(f"unexpected parameters {sorted(done.binds)}")
-            binds = {name: bind_processor(col, dialect) for name, col in self.param_types.items()}
+            binds = {name: col.type.dialect_impl(dialect).bind_processor(dialect)
+                     for name, col in self.param_types.items()}
             results = [col.type.dialect_impl(dialect).result_processor(dialect, None) for col in self.columns]
             positional = list(done.positiontup) if done.positiontup else None
             compiled = self._compiled[dialect.name] = (done.string, positional, binds, results)
@@ -106,7 +102,7 @@ class PreparedInsert:
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
             done = insert(self.table).compile(dialect=dialect, column_keys=[c.key for c in self.columns])
-            processors = {c.key: bind_processor(c, dialect) for c in self.columns}
+            processors = {c.key: c.type.dialect_impl(dialect).bind_processor(dialect) for c in self.columns}
             # Parameters in the order the driver takes them (positional) or by name: one pass per row.
             names = list(done.positiontup) if done.positiontup else list(processors)
             compiled = (done.string, bool(done.positiontup), [(n, processors[n]) for n in names])

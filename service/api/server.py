@@ -150,7 +150,8 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
 
 def run(home: Path, *, host: str, port: int, workers: int, threads: int, certfile: Path, keyfile: Path,
         client_ca: Path | None, access_log: bool = True, pidfile: Path | None = None,
-        cpu_affinity: str = "auto") -> None:
+        cpus: list[int] | None = None) -> None:
+    """``cpus``: one CPU per worker to pin it to (``cpu_affinity_plan``), or None."""
     options: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -177,7 +178,6 @@ def run(home: Path, *, host: str, port: int, workers: int, threads: int, certfil
         options["cert_reqs"] = ssl.CERT_OPTIONAL
     if pidfile is not None:
         options["pidfile"] = str(pidfile)
-    cpus = cpu_affinity_plan(cpu_affinity, workers)
     if cpus:
         _CPUS["cpus"] = cpus
     ApiServer(home, options).run()

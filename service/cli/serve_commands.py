@@ -63,7 +63,7 @@ def serve(home: Path | None, host: str, port: int, workers: int, threads: int, t
     ca.db.dispose()  # workers open their own connections after the fork
     server.run(target.resolve(), host=host, port=port, workers=workers, threads=threads, certfile=certfile,
                keyfile=keyfile, client_ca=None if no_client_certs else material.client_ca,
-               access_log=not quiet, pidfile=pidfile, cpu_affinity=cpu_affinity)
+               access_log=not quiet, pidfile=pidfile, cpus=pinned)
 
 
 def _prepare_metrics_dir(home: Path) -> Path:
