@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,23 @@ def test_audit_log_reads_and_filters(home: Path) -> None:
     assert "certificate.revoke" in text and issued["serial"] in text and "reason=keyCompromise" in text
     bad = run("audit", "--since", "soon", code=2)
     assert "invalid duration" in bad.stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--home", "{home}"], ["emulator", "--state", "{home}/state.json"]])
+def test_a_port_in_use_is_one_line_and_creates_nothing(tmp_path: Path, command: list[str]) -> None:
+    import socket
+
+    target = tmp_path / "new-home"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = [a.replace("{home}", str(target)) for a in command]
+        proc = subprocess.run([sys.executable, "-c", "from service.cli import main; main()", *args, "--port", str(port)],
+                              capture_output=True, text=True, check=False, timeout=60,
+                              env={**os.environ, "RAPKI_PASSPHRASE": PASSPHRASE})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"rapki: error: cannot listen on 127.0.0.1:{port}: Address already in use; stop what uses it or choose "
+        "another --port"]
+    assert not target.exists()

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from pki.errors import RapkiError
+from pki.errors import Conflict, RapkiError
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
@@ -78,3 +78,20 @@ def resolve_home(home: Path | None) -> Path:
 
 def echo_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse, in one line and before anything is created, an address another program listens
+    on (gunicorn alone would retry for seconds and log a page of errors). Port 0 is always free."""
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise Conflict(f"cannot listen on {host}:{port}: {exc.strerror}; stop what uses it or choose "
+                           "another --port") from exc

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from pki.errors import InvalidInput
-from service.cli.base import default_home, main
+from service.cli.base import default_home, ensure_port_free, main
 
 
 @main.command("emulator")
@@ -84,6 +84,8 @@ def emulator(
         raise InvalidInput("--tls-cert and --tls-key go together")
     if not account.isdigit() or len(account) != 12:
         raise InvalidInput(f"--account {account!r} must be 12 digits")
+    if not print_ca:
+        ensure_port_free(host, port)
     state = (state_path or default_home() / "emulator" / "state.json").resolve()
     if tls_cert is None or tls_key is None:
         cert_path, key_path = ensure_self_signed(state, host)

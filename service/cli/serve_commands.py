@@ -9,7 +9,7 @@ import click
 
 from pki.durations import format_duration, parse_duration
 from pki.errors import InvalidInput
-from service.cli.base import echo_json, home_option, json_option, main, resolve_home
+from service.cli.base import echo_json, ensure_port_free, home_option, json_option, main, resolve_home
 from service.cli.ca_commands import KEY_TYPES, open_ca, progress
 
 
@@ -42,6 +42,7 @@ def serve(home: Path | None, host: str, port: int, workers: int, threads: int, t
 
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInput("give --tls-cert and --tls-key together")
+    ensure_port_free(host, port)
     target = resolve_home(home)
     if not Home(target).exists():
         progress(f"{target} is not a rapki home yet: creating one with defaults (EC P-256 root and issuing CA)")
