@@ -38,6 +38,7 @@ from pki.issuance import (
     BACKDATE,
     LeafSpec,
     SubjectAltNames,
+    VerifiedCsr,
     build_leaf,
     leaf_subject_text,
     load_csr,
@@ -472,8 +473,9 @@ class CertificateAuthority:
 
     # --- issuance -----------------------------------------------------------------------------
     def issue(self, profile: str | Profile, *, cn: str | None = None, sans: Sequence[str] = (),
-              csr: bytes | x509.CertificateSigningRequest | None = None, key_type: KeyType | str | None = None,
-              ttl: timedelta | None = None, actor: str | None = None, supersedes: str | None = None,
+              csr: bytes | x509.CertificateSigningRequest | VerifiedCsr | None = None,
+              key_type: KeyType | str | None = None, ttl: timedelta | None = None, actor: str | None = None,
+              supersedes: str | None = None,
               within: Callable[[Transaction], None] | None = None) -> IssuedCertificate:
         """Issue a workload certificate under ``profile``.
 
@@ -489,7 +491,7 @@ class CertificateAuthority:
         if csr is not None:
             if key_type is not None:
                 raise InvalidInput("give a CSR or a key type, not both")
-            content = read_csr(csr if isinstance(csr, x509.CertificateSigningRequest) else load_csr(csr))
+            content = read_csr(csr if isinstance(csr, VerifiedCsr) else load_csr(csr))
             if cn is not None and content.common_name is not None and cn != content.common_name:
                 raise PolicyViolation(f"the CSR's CN {content.common_name!r} differs from the requested CN {cn!r}")
             cn = cn or content.common_name

@@ -1,8 +1,8 @@
 """Workload certificates: what a request may ask for, and how the certificate is built.
 
-``IssueRequest`` is what a caller wants (a CN, SANs, a TTL, a public key from a CSR or one made
-here). ``request_from_csr`` turns a CSR into one, refusing, never rewriting, anything the CSR asks
-for that a workload certificate must not have. ``build_leaf`` makes the certificate.
+``load_csr`` parses a CSR and checks its signature (``VerifiedCsr``); ``read_csr`` says what it asks
+for (``CsrContent``), refusing, never rewriting, anything a workload certificate must not have.
+``LeafSpec`` is what goes into a certificate; ``build_leaf`` makes it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from pki.errors import InvalidInput, PolicyViolation
 from pki.keys import KeyType, PrivateKey, PublicKey
@@ -108,17 +110,53 @@ def _checked_dns(name: str) -> str:
     return name
 
 
-def load_csr(data: bytes) -> x509.CertificateSigningRequest:
+@dataclass(frozen=True)
+class VerifiedCsr:
+    """A CSR whose signature verified, and the public key it verified with. The key is read out
+    of the CSR once (each ``public_key()`` call parses and checks it again), and holding one of
+    these means the signature was checked: ``load_csr`` is the only way to make one."""
+
+    request: x509.CertificateSigningRequest
+    public_key: PublicKey
+
+
+_ECDSA_SIGNATURES = {
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256, SignatureAlgorithmOID.ECDSA_WITH_SHA384,
+    SignatureAlgorithmOID.ECDSA_WITH_SHA512,
+}
+
+
+def load_csr(data: bytes | x509.CertificateSigningRequest) -> VerifiedCsr:
+    """Parse (PEM or DER) and verify a CSR; InvalidInput when it is not one or does not verify."""
     try:
-        if b"-----BEGIN" in data:
+        if isinstance(data, x509.CertificateSigningRequest):
+            csr = data
+        elif b"-----BEGIN" in data:
             csr = x509.load_pem_x509_csr(data)
         else:
             csr = x509.load_der_x509_csr(data)
+        public_key = csr.public_key()
     except ValueError as exc:
         raise InvalidInput(f"not a valid CSR: {exc}") from exc
-    if not csr.is_signature_valid:
+    except Exception as exc:  # an unsupported key algorithm
+        raise InvalidInput(f"the CSR public key cannot be read: {exc}") from exc
+    if not _signature_valid(csr, public_key):
         raise InvalidInput("the CSR signature does not verify: it was altered or signed by another key")
-    return csr
+    return VerifiedCsr(csr, public_key)  # type: ignore[arg-type]
+
+
+def _signature_valid(csr: x509.CertificateSigningRequest, public_key: object) -> bool:
+    """ECDSA signatures (the common case) are checked with the key already read; anything else
+    (RSA, PSS) by ``is_signature_valid``, which reads the key again itself."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and csr.signature_algorithm_oid in _ECDSA_SIGNATURES:
+        hash_alg = csr.signature_hash_algorithm
+        assert hash_alg is not None  # every ECDSA signature algorithm above names its hash
+        try:
+            public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ec.ECDSA(hash_alg))
+        except InvalidSignature:
+            return False
+        return True
+    return csr.is_signature_valid
 
 
 @dataclass(frozen=True)
@@ -129,25 +167,21 @@ class CsrContent:
     sans: SubjectAltNames
 
 
-def read_csr(csr: x509.CertificateSigningRequest) -> CsrContent:
+def read_csr(csr: VerifiedCsr) -> CsrContent:
     """What a CSR asks for, refusing requests a workload certificate can never satisfy."""
-    try:
-        public_key = csr.public_key()
-    except Exception as exc:
-        raise InvalidInput(f"the CSR public key cannot be read: {exc}") from exc
-    key_type = KeyType.of(public_key)  # type: ignore[arg-type]
+    key_type = KeyType.of(csr.public_key)
     cn: str | None = None
-    for attr in csr.subject:
+    for attr in csr.request.subject:
         if attr.oid == NameOID.COMMON_NAME and cn is None:
             cn = str(attr.value)
         else:
             raise PolicyViolation(
                 f"the CSR subject carries {attr.oid._name}: only a CN is issued, remove the rest"
             )
-    sans = SubjectAltNames()
-    for ext in csr.extensions:
+    sans = _NO_SANS
+    for ext in csr.request.extensions:
         sans = sans.merged(_check_csr_extension(ext))
-    return CsrContent(public_key, key_type, cn, sans)  # type: ignore[arg-type]
+    return CsrContent(csr.public_key, key_type, cn, sans)
 
 
 def _check_csr_extension(ext: x509.Extension[x509.ExtensionType]) -> SubjectAltNames:

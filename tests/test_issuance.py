@@ -121,13 +121,25 @@ def test_bad_csrs_are_refused_and_nothing_is_written(ca: CertificateAuthority, m
     assert count_rows(ca) == 0
 
 
-def test_csr_with_a_broken_signature_is_refused(ca: CertificateAuthority) -> None:
-    good = x509.load_pem_x509_csr(csr_for(ec.generate_private_key(ec.SECP256R1())))
-    der = bytearray(good.public_bytes(serialization.Encoding.DER))
-    der[-5] ^= 0x55  # inside the signature
-    with pytest.raises(InvalidInput):
+@pytest.mark.parametrize("make_key", [
+    lambda: ec.generate_private_key(ec.SECP256R1()), lambda: ec.generate_private_key(ec.SECP384R1()),
+    lambda: rsa.generate_private_key(65537, 2048),
+], ids=["ec-p256", "ec-p384", "rsa-2048"])
+@pytest.mark.parametrize("where", ["signature", "signed-subject"])
+def test_csr_with_a_broken_signature_is_refused(ca: CertificateAuthority, make_key, where: str) -> None:  # type: ignore[no-untyped-def]
+    good = csr_for(make_key(), cn="web-1")
+    ca.issue("web", csr=good)  # the untouched CSR verifies
+    der = bytearray(x509.load_pem_x509_csr(good).public_bytes(serialization.Encoding.DER))
+    if where == "signature":
+        der[-5] ^= 0x55  # inside the signature value
+    else:
+        at = bytes(der).index(b"web-1")
+        der[at:at + 5] = b"web-2"  # a CN the profile allows, but not the one that was signed
+    with pytest.raises(InvalidInput, match="does not verify"):
         ca.issue("web", csr=bytes(der))
-    assert count_rows(ca) == 0
+    with pytest.raises(InvalidInput, match="does not verify"):
+        ca.issue("web", csr=x509.load_der_x509_csr(bytes(der)))  # a parsed CSR object is verified too
+    assert count_rows(ca) == 1
 
 
 @pytest.mark.parametrize(
