@@ -531,7 +531,7 @@ class CertificateAuthority:
             if problems:  # a bug or a profile that lets through what Roles Anywhere refuses
                 raise PolicyViolation("the certificate would be refused by Roles Anywhere: " + "; ".join(problems))
             try:
-                self._record(cert, spec, issuer, prof.name, kt, actor, supersedes, within)
+                self._record(cert, spec, now, issuer, prof.name, kt, actor, supersedes, within)
             except IntegrityError:
                 continue  # serial collision: draw again
             return IssuedCertificate(cert, (issuer.certificate,), prof.name, private_key, leaf_subject_text(cn))
@@ -557,22 +557,22 @@ class CertificateAuthority:
             cert = build_leaf(spec, issuer_cert=issuer.certificate, issuer_aki=issuer.aki,
                               issuer_key=self.issuer_key(issuer), issuer_key_type=issuer.key_type)
             try:
-                self._record(cert, spec, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)
+                self._record(cert, spec, now, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)
             except IntegrityError:
                 continue
             return IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, key, leaf_subject_text(names[0]))
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
-    def _record(self, cert: x509.Certificate, spec: LeafSpec, issuer: Issuer, profile: str, key_type: KeyType,
-                actor: str | None, supersedes: str | None,
+    def _record(self, cert: x509.Certificate, spec: LeafSpec, now: datetime, issuer: Issuer, profile: str,
+                key_type: KeyType, actor: str | None, supersedes: str | None,
                 within: Callable[[Transaction], None] | None = None) -> None:
         """The certificate row and its audit row, committed together (with ``within``'s writes).
-        Column values come from ``spec``, which the certificate was built from (times in whole
-        seconds, as X.509 holds them), rather than from parsing the new certificate back."""
+        Column values come from ``spec``, which the certificate was built from, rather than from
+        parsing the new certificate back; ``now`` (created_at, the audit time) is the moment its
+        validity was computed from, in whole seconds like the validity itself."""
         der = cert.public_bytes(Encoding.DER)
         serial = serial_hex(spec.serial)
         cn = spec.common_name
-        now = datetime.now(UTC)
         with self.db.write() as tx:
             if within is not None:
                 within(tx)

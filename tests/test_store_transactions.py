@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from pki.authority import CertificateAuthority
@@ -49,6 +49,29 @@ def test_write_commits_at_the_end_and_rolls_back_on_error(db: Database) -> None:
     with db.write() as tx:  # the connection is usable after both failures
         tx.insert(insert, _row("d"))
     assert _count(db) == 2
+
+
+def test_prepared_rows_store_times_exactly_as_sqlalchemy_does(db: Database) -> None:
+    """Repeated, equal-but-differently-zoned and naive times, one after another: what a prepared
+    insert stores (its datetime text is remembered between equal values) is what Core stores."""
+    base = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+    plus_two = timezone(timedelta(hours=2))
+    times = [base, base, base.astimezone(plus_two), base, base + timedelta(seconds=1), base.replace(tzinfo=None),
+             base, base.astimezone(plus_two)]
+    prepared = db.prepared_insert(profiles)
+    for i, when in enumerate(times):
+        row = {"name": f"p{i}", "spec": {}, "created_at": when, "updated_at": base}
+        with db.write() as tx:
+            tx.insert(prepared, row)
+        with db.engine.begin() as conn:
+            conn.execute(insert(profiles).values(**{**row, "name": f"c{i}"}))
+    with db.engine.connect() as conn:
+        if db.is_sqlite:  # the stored text itself, not just what it reads back as
+            stored = dict(conn.execute(text("SELECT name, created_at FROM profiles")).all())
+        else:
+            stored = dict(conn.execute(select(profiles.c.name, profiles.c.created_at)).all())
+    assert [stored[f"p{i}"] for i in range(len(times))] == [stored[f"c{i}"] for i in range(len(times))]
+    assert len({stored[f"p{i}"] for i in range(len(times))}) > 1  # the zones did not all collapse into one
 
 
 def test_insert_refuses_missing_or_extra_columns(db: Database) -> None:

@@ -14,10 +14,11 @@ exceptions as on the Core path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, Table, insert
+from sqlalchemy import DateTime, Integer, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
@@ -43,6 +44,37 @@ class Transaction:
         statement.execute(self.dbapi, self.dialect, values)
 
 
+def _bind_processor(column: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    process = column.type.dialect_impl(dialect).bind_processor(dialect)
+    if process is not None and isinstance(column.type, DateTime):
+        return _remembering_last(process)
+    return process
+
+
+def _remembering_last(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``process`` that answers again from memory when given the value it was last given.
+
+    SQLite stores datetimes as text, formatted anew for every value (~3 us each). Certificates
+    issued in one second share their times (not_before, not_after, created_at are whole seconds),
+    so in a burst each column sees the same value over and over. The memory is one tuple replaced
+    whole, so threads sharing the statement never read a value with another value's text; the
+    tzinfo must be the same object too, since the text is the wall time in the value's zone.
+    """
+    last: tuple[Any, Any, Any] = (None, None, None)
+
+    def remembered(value: Any) -> Any:
+        nonlocal last
+        seen = last
+        if value is not None and value == seen[0] and value.tzinfo is seen[1]:
+            return seen[2]
+        result = process(value)
+        if value is not None:
+            last = (value, value.tzinfo, result)
+        return result
+
+    return remembered
+
+
 class PreparedStatement:
     """A Core statement with named bind parameters only (``bindparam``), compiled per dialect."""
 
@@ -58,8 +90,7 @@ class PreparedStatement:
             done = self.statement.compile(dialect=dialect)
             if set(done.binds) != set(self.param_types):  # only the named parameters, no literals
                 raise RuntimeError(f"unexpected parameters {sorted(done.binds)}")
-            binds = {name: col.type.dialect_impl(dialect).bind_processor(dialect)
-                     for name, col in self.param_types.items()}
+            binds = {name: _bind_processor(col, dialect) for name, col in self.param_types.items()}
             results = [col.type.dialect_impl(dialect).result_processor(dialect, None) for col in self.columns]
             positional = list(done.positiontup) if done.positiontup else None
             compiled = self._compiled[dialect.name] = (done.string, positional, binds, results)
@@ -102,7 +133,7 @@ class PreparedInsert:
         compiled = self._compiled.get(dialect.name)
         if compiled is None:
             done = insert(self.table).compile(dialect=dialect, column_keys=[c.key for c in self.columns])
-            processors = {c.key: c.type.dialect_impl(dialect).bind_processor(dialect) for c in self.columns}
+            processors = {c.key: _bind_processor(c, dialect) for c in self.columns}
             # Parameters in the order the driver takes them (positional) or by name: one pass per row.
             names = list(done.positiontup) if done.positiontup else list(processors)
             compiled = (done.string, bool(done.positiontup), [(n, processors[n]) for n in names])
