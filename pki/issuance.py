@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
@@ -120,9 +121,10 @@ class VerifiedCsr:
     public_key: PublicKey
 
 
-_ECDSA_SIGNATURES = {
-    SignatureAlgorithmOID.ECDSA_WITH_SHA256, SignatureAlgorithmOID.ECDSA_WITH_SHA384,
-    SignatureAlgorithmOID.ECDSA_WITH_SHA512,
+_ECDSA_SIGNATURES = {  # signature algorithm -> how to verify it (immutable, so shared)
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256: ec.ECDSA(hashes.SHA256()),
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384: ec.ECDSA(hashes.SHA384()),
+    SignatureAlgorithmOID.ECDSA_WITH_SHA512: ec.ECDSA(hashes.SHA512()),
 }
 
 
@@ -148,11 +150,10 @@ def load_csr(data: bytes | x509.CertificateSigningRequest) -> VerifiedCsr:
 def _signature_valid(csr: x509.CertificateSigningRequest, public_key: object) -> bool:
     """ECDSA signatures (the common case) are checked with the key already read; anything else
     (RSA, PSS) by ``is_signature_valid``, which reads the key again itself."""
-    if isinstance(public_key, ec.EllipticCurvePublicKey) and csr.signature_algorithm_oid in _ECDSA_SIGNATURES:
-        hash_alg = csr.signature_hash_algorithm
-        assert hash_alg is not None  # every ECDSA signature algorithm above names its hash
+    ecdsa = _ECDSA_SIGNATURES.get(csr.signature_algorithm_oid)
+    if ecdsa is not None and isinstance(public_key, ec.EllipticCurvePublicKey):
         try:
-            public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ec.ECDSA(hash_alg))
+            public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ecdsa)
         except InvalidSignature:
             return False
         return True

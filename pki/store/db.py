@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Table, create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -26,6 +25,56 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 HEAD_REVISION = "0002"  # bump with every new revision in migrations/versions
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# JSON columns (SANs, profile specs, audit details) through orjson: the standard library's encoder
+# builds a new C encoder for every value, a fiftieth of an issuance. Same JSON, read back alike.
+_JSON: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
+
+
+class WriteTransaction(Transaction):
+    """``Database.write``'s transaction: takes the writer lock (if any) on entry; on exit commits,
+    or rolls back and re-raises (a driver error as SQLAlchemy's), then lets go of the lock (and,
+    pooled, of the connection). A class rather than a generator: it runs once per certificate."""
+
+    __slots__ = ("_connection", "_database", "_lock")
+
+    def __init__(self, database: Database, connection: PoolProxiedConnection, lock: WriterLock | None) -> None:
+        super().__init__(connection.driver_connection, database.engine.dialect)
+        self._database = database
+        self._connection = connection
+        self._lock = lock
+
+    def __enter__(self) -> WriteTransaction:
+        if self._lock is not None:
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> bool:
+        try:
+            if exc is None:
+                try:
+                    self.dbapi.commit()
+                except BaseException as failed:
+                    self._fail(failed)
+                    raise
+            else:
+                self._fail(exc)
+            return False
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+            if not self._database.is_sqlite:
+                self._connection.close()  # back to the pool
+
+    def _fail(self, exc: BaseException) -> None:
+        self._database._rollback(self._connection, exc)
+        if isinstance(exc, self.dialect.loaded_dbapi.Error):
+            raise wrap_dbapi_error(exc, self.dialect, None) from exc
 
 
 class Database:
@@ -56,35 +105,17 @@ class Database:
         if self.is_sqlite and self._writer_lock is None:
             self._writer_lock = WriterLock(lock_file)
 
-    @contextmanager
-    def write(self) -> Iterator[Transaction]:
-        """One write transaction on a DBAPI connection: committed when the block ends, rolled back
-        when it raises. Driver errors come out as SQLAlchemy's (``IntegrityError``...).
+    def write(self) -> WriteTransaction:
+        """One write transaction on a DBAPI connection, as a context manager: committed when the
+        block ends, rolled back when it raises. Driver errors come out as SQLAlchemy's
+        (``IntegrityError``...).
 
         SQLite: each thread keeps its own connection across transactions (no pool checkout and
         reset per certificate; SQLite connections cannot go stale). Other databases: a pooled
         connection per transaction, so the pool's pre-ping still replaces dead ones.
         """
-        lock = self._writer_lock
         connection = self._connection()
-        dialect = self.engine.dialect
-        if lock is not None:
-            lock.acquire()
-        try:
-            driver = connection.driver_connection
-            try:
-                yield Transaction(driver, dialect)
-                driver.commit()  # type: ignore[union-attr]
-            except BaseException as exc:
-                self._rollback(connection, exc)
-                if isinstance(exc, dialect.loaded_dbapi.Error):
-                    raise wrap_dbapi_error(exc, dialect, None) from exc
-                raise
-        finally:
-            if lock is not None:
-                lock.release()
-            if not self.is_sqlite:
-                connection.close()  # back to the pool
+        return WriteTransaction(self, connection, self._writer_lock)
 
     def query(self, statement: PreparedStatement, values: dict[str, Any]) -> Any:
         """Run one read ``statement`` outside any write transaction, on the same connections as
@@ -146,9 +177,9 @@ class Database:
     @staticmethod
     def _create_engine(url: str, synchronous: str, *, pooled: bool = True) -> Engine:
         if not url.startswith("sqlite"):
-            return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **_JSON)
         extra: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
-        engine = create_engine(url, connect_args={"timeout": 30}, **extra)
+        engine = create_engine(url, connect_args={"timeout": 30}, **extra, **_JSON)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -15,7 +15,6 @@ exceptions as on the Core path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import DateTime, Integer, Table, insert
@@ -29,13 +28,15 @@ def wrap_dbapi_error(exc: BaseException, dialect: Dialect, sql: str | None) -> D
                                connection_invalidated=dialect.is_disconnect(exc, None, None), dialect=dialect)
 
 
-@dataclass(frozen=True)
 class Transaction:
     """A write transaction on one DBAPI connection (``Database.write``), for callers that add
     their statements to it (a token redemption in the certificate's transaction)."""
 
-    dbapi: Any
-    dialect: Dialect
+    __slots__ = ("dbapi", "dialect")
+
+    def __init__(self, dbapi: Any, dialect: Dialect) -> None:
+        self.dbapi = dbapi
+        self.dialect = dialect
 
     def run(self, statement: PreparedStatement, values: dict[str, Any]) -> Any:
         return statement.execute(self.dbapi, self.dialect, values)
