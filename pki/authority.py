@@ -36,6 +36,7 @@ from pki.hierarchy import build_intermediate, build_root, ca_name
 from pki.home import Config, Home
 from pki.issuance import (
     BACKDATE,
+    LeafSigner,
     LeafSpec,
     SubjectAltNames,
     VerifiedCsr,
@@ -114,6 +115,7 @@ class Issuer:
     key: PrivateKey | None = None
     aki: x509.AuthorityKeyIdentifier = field(init=False)
     not_after: datetime = field(init=False)
+    signer: LeafSigner | None = field(default=None, init=False, repr=False)  # once the key is loaded
 
     def __post_init__(self) -> None:
         ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -362,6 +364,12 @@ class CertificateAuthority:
             issuer.key = key
         return issuer.key
 
+    def leaf_signer(self, issuer: Issuer) -> LeafSigner:
+        """What signing ``issuer``'s leaves takes (its key loaded once), kept with the issuer."""
+        if issuer.signer is None:
+            issuer.signer = LeafSigner(issuer.certificate.subject, issuer.aki, self.issuer_key(issuer), issuer.key_type)
+        return issuer.signer
+
     def chain(self) -> tuple[x509.Certificate, ...]:
         """What a leaf of the active issuer sends as ``X-Amz-X509-Chain``: the intermediates."""
         return (self.issuer().certificate,)
@@ -521,7 +529,7 @@ class CertificateAuthority:
             private_key = kt.generate()
             public_key = private_key.public_key()
         issuer = self.issuer()
-        issuer_key = self.issuer_key(issuer)
+        signer = self.leaf_signer(issuer)
         now = _whole_second_now()  # what the certificate holds
         not_after = min(now + lifetime, issuer.not_after)
         if not_after <= now + timedelta(minutes=5):
@@ -530,8 +538,7 @@ class CertificateAuthority:
         for _attempt in range(5):
             spec = LeafSpec(cn, requested_sans, public_key, random_serial(self.config.serial_bytes),
                             now - BACKDATE, not_after)
-            cert = build_leaf(spec, issuer_cert=issuer.certificate, issuer_aki=issuer.aki,
-                              issuer_key=issuer_key, issuer_key_type=issuer.key_type)
+            cert = build_leaf(spec, signer)
             problems = leaf_problems(cert, public_key=public_key)
             if problems:  # a bug or a profile that lets through what Roles Anywhere refuses
                 raise PolicyViolation("the certificate would be refused by Roles Anywhere: " + "; ".join(problems))
@@ -559,8 +566,7 @@ class CertificateAuthority:
         for _attempt in range(5):
             spec = LeafSpec(names[0], sans, key.public_key(), random_serial(self.config.serial_bytes),
                             now - BACKDATE, min(now + lifetime, issuer.not_after), ExtendedKeyUsageOID.SERVER_AUTH)
-            cert = build_leaf(spec, issuer_cert=issuer.certificate, issuer_aki=issuer.aki,
-                              issuer_key=self.issuer_key(issuer), issuer_key_type=issuer.key_type)
+            cert = build_leaf(spec, self.leaf_signer(issuer))
             try:
                 self._record(cert, spec, now, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)
             except IntegrityError:
