@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from pki.keys import KeyType, PrivateKey
+from pki.keys import KeyType, PrivateKey, subject_key_identifier
 from pki.serials import random_serial
 
 BACKDATE = timedelta(minutes=5)
@@ -42,7 +42,7 @@ def _ca_builder(subject: x509.Name, issuer: x509.Name, key: PrivateKey, lifetime
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(subject_key_identifier(key.public_key()), critical=False)
     )
 
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from pki.errors import InvalidInput, PolicyViolation
-from pki.keys import KeyType, PrivateKey, PublicKey
+from pki.keys import KeyType, PrivateKey, PublicKey, subject_key_identifier
 
 BACKDATE = timedelta(minutes=5)  # tolerate clients whose clock runs a little behind
 
@@ -275,7 +275,7 @@ class LeafSigner:
 
 
 def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.replace(tzinfo=None) if moment.tzinfo is UTC else moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def build_leaf(spec: LeafSpec, signer: LeafSigner) -> x509.Certificate:
@@ -287,7 +287,7 @@ def build_leaf(spec: LeafSpec, signer: LeafSigner) -> x509.Certificate:
     finished certificate goes through the preflight (``pki.preflight.leaf_problems``) anyway.
     """
     extensions = [*signer.shared[spec.usage],
-                  _extension(x509.SubjectKeyIdentifier.from_public_key(spec.public_key))]
+                  _extension(subject_key_identifier(spec.public_key))]
     names = spec.sans.general_names()
     if names:
         extensions.append(_extension(x509.SubjectAlternativeName(names)))

@@ -7,7 +7,9 @@ CA keys are stored as encrypted PKCS#8 (``BestAvailableEncryption``) and never w
 from __future__ import annotations
 
 import enum
+import hashlib
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -68,6 +70,19 @@ class KeyType(enum.StrEnum):
     def signature_hash(self) -> hashes.HashAlgorithm:
         """The hash a CA of this type signs with: SHA-384 for P-384 (matched strength), else SHA-256."""
         return hashes.SHA384() if self is KeyType.EC_P384 else hashes.SHA256()
+
+
+def subject_key_identifier(key: PublicKey) -> x509.SubjectKeyIdentifier:
+    """RFC 5280 4.2.1.2, method 1: SHA-1 of the subjectPublicKey bits, the value
+    ``SubjectKeyIdentifier.from_public_key`` computes. EC is asked first (what workloads mostly
+    send), which spares that method's RSA-first type checks on the issuance path."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        data = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    elif isinstance(key, rsa.RSAPublicKey):
+        data = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    else:
+        return x509.SubjectKeyIdentifier.from_public_key(key)
+    return x509.SubjectKeyIdentifier(hashlib.sha1(data, usedforsecurity=False).digest())
 
 
 def private_key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:

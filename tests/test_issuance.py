@@ -13,7 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki.authority import CertificateAuthority
 from pki.errors import InvalidInput, NotFound, PolicyViolation
-from pki.keys import KeyType
+from pki.keys import KeyType, subject_key_identifier
 from pki.preflight import leaf_problems
 from pki.profiles import Profile
 from tests.conftest import make_ca
@@ -59,7 +59,8 @@ def test_leaf_carries_what_roles_anywhere_needs(ca: CertificateAuthority) -> Non
     ku = ext.get_extension_for_class(x509.KeyUsage)
     assert ku.critical and ku.value.digital_signature and not ku.value.key_cert_sign
     assert list(ext.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
-    ext.get_extension_for_class(x509.SubjectKeyIdentifier)
+    ski = ext.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert not ski.critical and ski.value == x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
     aki = ext.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     issuer_ski = ca.issuer().certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == issuer_ski.digest
@@ -67,6 +68,15 @@ def test_leaf_carries_what_roles_anywhere_needs(ca: CertificateAuthority) -> Non
     assert 0 < cert.serial_number < 2 ** 159
     assert isinstance(cert.signature_hash_algorithm, hashes.SHA256)
     assert cert.not_valid_after_utc - datetime.now(UTC) <= timedelta(hours=24)
+
+
+@pytest.mark.parametrize("make_key", [
+    lambda: ec.generate_private_key(ec.SECP256R1()), lambda: ec.generate_private_key(ec.SECP384R1()),
+    lambda: rsa.generate_private_key(65537, 2048), ed25519.Ed25519PrivateKey.generate,
+], ids=["ec-p256", "ec-p384", "rsa-2048", "ed25519"])
+def test_key_identifiers_are_rfc5280_method_1(make_key) -> None:  # type: ignore[no-untyped-def]
+    public = make_key().public_key()
+    assert subject_key_identifier(public) == x509.SubjectKeyIdentifier.from_public_key(public)
 
 
 def test_certificate_is_recorded_before_it_is_returned(ca: CertificateAuthority) -> None:

@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gunicorn.app.base import BaseApplication
 
 from pki.files import atomic_write
-from pki.keys import private_key_pem
+from pki.keys import private_key_pem, subject_key_identifier
 
 TLS_CERT_NAME = "emulator-tls.pem"
 TLS_KEY_NAME = "emulator-tls.key"
@@ -87,7 +87,7 @@ def _generate(cert_path: Path, key_path: Path, host: str) -> None:
         x509.NameAttribute(NameOID.COMMON_NAME, "rapki emulator (self-signed)"),
     ])  # fmt: skip
     now = datetime.now(UTC)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    ski = subject_key_identifier(key.public_key())
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
