@@ -113,12 +113,13 @@ def _checked_dns(name: str) -> str:
 
 @dataclass(frozen=True)
 class VerifiedCsr:
-    """A CSR whose signature verified, and the public key it verified with. The key is read out
-    of the CSR once (each ``public_key()`` call parses and checks it again), and holding one of
-    these means the signature was checked: ``load_csr`` is the only way to make one."""
+    """A CSR whose signature verified, the public key it verified with and its subject. Key and
+    subject are read out of the CSR once (each ``public_key()`` or ``subject`` access parses them
+    again), and holding one of these means the signature was checked: ``load_csr`` makes them."""
 
     request: x509.CertificateSigningRequest
     public_key: PublicKey
+    subject: x509.Name
 
 
 _ECDSA_SIGNATURES = {  # signature algorithm -> how to verify it (immutable, so shared)
@@ -138,13 +139,14 @@ def load_csr(data: bytes | x509.CertificateSigningRequest) -> VerifiedCsr:
         else:
             csr = x509.load_der_x509_csr(data)
         public_key = csr.public_key()
+        subject = csr.subject
     except ValueError as exc:
         raise InvalidInput(f"not a valid CSR: {exc}") from exc
     except Exception as exc:  # an unsupported key algorithm
         raise InvalidInput(f"the CSR public key cannot be read: {exc}") from exc
     if not _signature_valid(csr, public_key):
         raise InvalidInput("the CSR signature does not verify: it was altered or signed by another key")
-    return VerifiedCsr(csr, public_key)  # type: ignore[arg-type]
+    return VerifiedCsr(csr, public_key, subject)  # type: ignore[arg-type]
 
 
 def _signature_valid(csr: x509.CertificateSigningRequest, public_key: object) -> bool:
@@ -172,7 +174,7 @@ def read_csr(csr: VerifiedCsr) -> CsrContent:
     """What a CSR asks for, refusing requests a workload certificate can never satisfy."""
     key_type = KeyType.of(csr.public_key)
     cn: str | None = None
-    for attr in csr.request.subject:
+    for attr in csr.subject:
         if attr.oid == NameOID.COMMON_NAME and cn is None:
             cn = str(attr.value)
         else:

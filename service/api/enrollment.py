@@ -91,7 +91,7 @@ class Request:
         ``CertificateAuthority.issue`` (422), after the binding (403), as documented."""
         if self.csr is None:
             return None
-        names = self.csr.request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        names = self.csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         return str(names[0].value) if names else None
 
 
