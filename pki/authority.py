@@ -133,6 +133,7 @@ class IssuedCertificate:
     profile: str
     private_key: PrivateKey | None = None
     subject_text: str = ""  # the subject as RFC 4514 text (known from issuance, not parsed back)
+    der: bytes = b""  # the certificate as recorded (known from issuance, not encoded again)
 
     @property
     def serial_hex(self) -> str:
@@ -144,7 +145,7 @@ class IssuedCertificate:
 
     @property
     def cert_pem(self) -> Pem:
-        return Pem.of_certificates([self.certificate])
+        return Pem.of_certificate_der(self.der) if self.der else Pem.of_certificates([self.certificate])
 
     @property
     def chain_pem(self) -> Pem:
@@ -543,10 +544,10 @@ class CertificateAuthority:
             if problems:  # a bug or a profile that lets through what Roles Anywhere refuses
                 raise PolicyViolation("the certificate would be refused by Roles Anywhere: " + "; ".join(problems))
             try:
-                self._record(cert, spec, now, issuer, prof.name, kt, actor, supersedes, within)
+                der = self._record(cert, spec, now, issuer, prof.name, kt, actor, supersedes, within)
             except IntegrityError:
                 continue  # serial collision: draw again
-            return IssuedCertificate(cert, (issuer.certificate,), prof.name, private_key, leaf_subject_text(cn))
+            return IssuedCertificate(cert, (issuer.certificate,), prof.name, private_key, leaf_subject_text(cn), der)
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
     SERVER_PROFILE = "_server"  # not a valid profile name, so it never collides with one
@@ -568,16 +569,18 @@ class CertificateAuthority:
                             now - BACKDATE, min(now + lifetime, issuer.not_after), ExtendedKeyUsageOID.SERVER_AUTH)
             cert = build_leaf(spec, self.leaf_signer(issuer))
             try:
-                self._record(cert, spec, now, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)
+                der = self._record(cert, spec, now, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)
             except IntegrityError:
                 continue
-            return IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, key, leaf_subject_text(names[0]))
+            return IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, key,
+                                     leaf_subject_text(names[0]), der)
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
     def _record(self, cert: x509.Certificate, spec: LeafSpec, now: datetime, issuer: Issuer, profile: str,
                 key_type: KeyType, actor: str | None, supersedes: str | None,
-                within: Callable[[Transaction], None] | None = None) -> None:
-        """The certificate row and its audit row, committed together (with ``within``'s writes).
+                within: Callable[[Transaction], None] | None = None) -> bytes:
+        """The certificate row and its audit row, committed together (with ``within``'s writes);
+        returns the DER recorded.
         Column values come from ``spec``, which the certificate was built from, rather than from
         parsing the new certificate back; ``now`` (created_at, the audit time) is the moment its
         validity was computed from, in whole seconds like the validity itself."""
@@ -601,6 +604,7 @@ class CertificateAuthority:
                 "action": "certificate.renew" if supersedes else "certificate.issue", "target": serial,
                 "details": {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},
             })
+        return der
 
     # --- inventory ----------------------------------------------------------------------------
     def _to_record(self, row: Row[Any]) -> CertificateRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,12 @@ class Pem:
     @classmethod
     def of_certificates(cls, certs: Iterable[x509.Certificate]) -> Pem:
         return cls(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+
+    @classmethod
+    def of_certificate_der(cls, der: bytes) -> Pem:
+        """One certificate given as DER: the bytes ``public_bytes(PEM)`` gives (64-character base64
+        lines), without encoding the certificate again."""
+        return cls(ssl.DER_cert_to_PEM_cert(der).encode("ascii"))
 
     def text(self) -> str:
         return self.data.decode("ascii")

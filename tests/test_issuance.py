@@ -79,6 +79,12 @@ def test_key_identifiers_are_rfc5280_method_1(make_key) -> None:  # type: ignore
     assert subject_key_identifier(public) == x509.SubjectKeyIdentifier.from_public_key(public)
 
 
+def test_issued_pem_is_the_certificate_as_recorded(ca: CertificateAuthority) -> None:
+    issued = ca.issue("web", cn="web-1")
+    assert issued.der == issued.certificate.public_bytes(serialization.Encoding.DER) == ca.find(issued.serial_hex).der
+    assert issued.cert_pem.data == issued.certificate.public_bytes(serialization.Encoding.PEM)
+
+
 def test_certificate_is_recorded_before_it_is_returned(ca: CertificateAuthority) -> None:
     issued = ca.issue("web", cn="web-3", sans=["api.example.com"])
     record = ca.find(issued.serial_hex)
