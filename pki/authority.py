@@ -91,6 +91,9 @@ def local_actor() -> str:
         return DEFAULT_ACTOR
 
 
+_SHORTEST_LIFETIME = timedelta(minutes=5)
+
+
 def _whole_second_now() -> datetime:
     """The current time in whole seconds (X.509 holds no fractions), without building the
     fractional time first and replacing its microseconds (twice the cost)."""
@@ -533,7 +536,7 @@ class CertificateAuthority:
         signer = self.leaf_signer(issuer)
         now = _whole_second_now()  # what the certificate holds
         not_after = min(now + lifetime, issuer.not_after)
-        if not_after <= now + timedelta(minutes=5):
+        if not_after <= now + _SHORTEST_LIFETIME:
             raise PolicyViolation(f"{issuer.name} expires at {issuer.not_after:%Y-%m-%d %H:%M}Z: rotate it "
                                   "with 'rapki ca sign-intermediate'")
         for _attempt in range(5):

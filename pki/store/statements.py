@@ -142,14 +142,17 @@ class PreparedInsert:
         return compiled
 
     def execute(self, dbapi_connection: Any, dialect: Dialect, values: dict[str, Any]) -> None:
-        if values.keys() != self.keys:
-            raise ValueError(f"columns differ: {sorted(self.keys ^ values.keys())}")
         sql, positional, order = self._for(dialect)
         args: Any
-        if positional:
-            args = tuple([values[n] if p is None else p(values[n]) for n, p in order])
-        else:
-            args = {n: values[n] if p is None else p(values[n]) for n, p in order}
+        try:  # every column is read (a missing one raises); the same count means nothing extra
+            if len(values) != len(order):
+                raise KeyError
+            if positional:
+                args = tuple([values[n] if p is None else p(values[n]) for n, p in order])
+            else:
+                args = {n: values[n] if p is None else p(values[n]) for n, p in order}
+        except KeyError:
+            raise ValueError(f"columns differ: {sorted(self.keys ^ values.keys())}") from None
         try:
             cursor = dbapi_connection.cursor()
             try:
