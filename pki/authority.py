@@ -94,10 +94,18 @@ def local_actor() -> str:
 _SHORTEST_LIFETIME = timedelta(minutes=5)
 
 
+_LAST_SECOND: tuple[int, datetime] = (0, datetime.fromtimestamp(0, UTC))
+
+
 def _whole_second_now() -> datetime:
-    """The current time in whole seconds (X.509 holds no fractions), without building the
-    fractional time first and replacing its microseconds (twice the cost)."""
-    return datetime.fromtimestamp(int(time.time()), UTC)
+    """The current time in whole seconds (X.509 holds no fractions). Certificates issued in one
+    second share one datetime (immutable): made once, never the fractional time first."""
+    global _LAST_SECOND
+    second = int(time.time())
+    last = _LAST_SECOND  # one tuple, replaced whole: threads never see a second with another's time
+    if last[0] != second:
+        last = _LAST_SECOND = (second, datetime.fromtimestamp(second, UTC))
+    return last[1]
 
 
 def _utc(value: datetime) -> datetime:
