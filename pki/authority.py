@@ -510,7 +510,7 @@ class CertificateAuthority:
         an enrollment token): if it raises, nothing is recorded and the error propagates.
         """
         prof = profile if isinstance(profile, Profile) else self.profile(profile)
-        requested_sans = SubjectAltNames.parse(list(sans))
+        requested_sans = SubjectAltNames.parse(sans if isinstance(sans, list | tuple) else list(sans))
         private_key: PrivateKey | None = None
         public_key: PublicKey
         if csr is not None:

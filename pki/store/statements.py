@@ -14,6 +14,7 @@ exceptions as on the Core path.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -154,10 +155,13 @@ class PreparedInsert:
         except KeyError:
             raise ValueError(f"columns differ: {sorted(self.keys ^ values.keys())}") from None
         try:
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute(sql, args)
-            finally:
-                cursor.close()
+            if isinstance(dbapi_connection, sqlite3.Connection):
+                dbapi_connection.execute(sql, args)  # its cursor made and dropped in C
+            else:
+                cursor = dbapi_connection.cursor()
+                try:
+                    cursor.execute(sql, args)
+                finally:
+                    cursor.close()
         except dialect.loaded_dbapi.Error as exc:
             raise wrap_dbapi_error(exc, dialect, sql) from exc
