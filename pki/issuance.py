@@ -87,6 +87,8 @@ class SubjectAltNames:
         )
 
     def as_list(self) -> list[str]:
+        if not (self.dns or self.uri or self.ip):
+            return []
         return [f"dns:{d}" for d in self.dns] + [f"uri:{u}" for u in self.uri] + [f"ip:{a}" for a in self.ip]
 
     def general_names(self) -> list[x509.GeneralName]:

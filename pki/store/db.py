@@ -44,7 +44,8 @@ class WriteTransaction(Transaction):
     __slots__ = ("_connection", "_database", "_lock")
 
     def __init__(self, database: Database, connection: PoolProxiedConnection, lock: WriterLock | None) -> None:
-        super().__init__(connection.driver_connection, database.engine.dialect)
+        self.dbapi = connection.driver_connection
+        self.dialect = database.engine.dialect
         self._database = database
         self._connection = connection
         self._lock = lock
