@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from pki.errors import InvalidInput, PolicyViolation
-from pki.keys import KeyType, PrivateKey, PublicKey, subject_key_identifier
+from pki.keys import KeyType, PrivateKey, PublicKey, key_family, subject_key_identifier
 
 BACKDATE = timedelta(minutes=5)  # tolerate clients whose clock runs a little behind
 
@@ -155,7 +155,7 @@ def _signature_valid(csr: x509.CertificateSigningRequest, public_key: object) ->
     """ECDSA signatures (the common case) are checked with the key already read; anything else
     (RSA, PSS) by ``is_signature_valid``, which reads the key again itself."""
     ecdsa = _ECDSA_SIGNATURES.get(csr.signature_algorithm_oid)
-    if ecdsa is not None and isinstance(public_key, ec.EllipticCurvePublicKey):
+    if ecdsa is not None and key_family(public_key) == "ec":
         try:
             public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ecdsa)
         except InvalidSignature:

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pki.keys import key_family
 
 # STS SourceIdentity: [\p{L}\p{Z}\p{N}_.:/=+\-@]+ . Python's \w covers letters, digits and "_";
 # str.isalnum/isspace checks below handle the Unicode classes precisely.
@@ -56,12 +57,13 @@ def common_name(name: x509.Name) -> str | None:
 
 
 def public_key_problem(key: object) -> str | None:
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name in ("secp256r1", "secp384r1"):
-            return None
-        return f"EC curve {key.curve.name}: only P-256 and P-384 are accepted"
-    if isinstance(key, rsa.RSAPublicKey):
-        return None if key.key_size >= 2048 else f"RSA-{key.key_size} key: at least 2048 bits needed"
+    family = key_family(key)  # not isinstance: see pki.keys.key_family
+    if family == "ec":
+        curve = key.curve.name  # type: ignore[attr-defined]
+        return None if curve in ("secp256r1", "secp384r1") else f"EC curve {curve}: only P-256 and P-384 are accepted"
+    if family == "rsa":
+        size = key.key_size  # type: ignore[attr-defined]
+        return None if size >= 2048 else f"RSA-{size} key: at least 2048 bits needed"
     return f"{type(key).__name__.lstrip('_')}: only RSA and EC P-256/P-384 keys are accepted"
 
 

@@ -66,12 +66,13 @@ def _remembering_last(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
     def remembered(value: Any) -> Any:
         nonlocal last
+        if value is None:
+            return None  # SQL NULL, as every DateTime processor answers
         seen = last
-        if value is not None and value == seen[0] and value.tzinfo is seen[1]:
+        if value == seen[0] and value.tzinfo is seen[1]:
             return seen[2]
         result = process(value)
-        if value is not None:
-            last = (value, value.tzinfo, result)
+        last = (value, value.tzinfo, result)
         return result
 
     return remembered
