@@ -146,7 +146,11 @@ def load_csr(data: bytes | x509.CertificateSigningRequest) -> VerifiedCsr:
         raise InvalidInput(f"not a valid CSR: {exc}") from exc
     except Exception as exc:  # an unsupported key algorithm
         raise InvalidInput(f"the CSR public key cannot be read: {exc}") from exc
-    if not _signature_valid(csr, public_key):
+    try:
+        valid = _signature_valid(csr, public_key)
+    except Exception as exc:  # a signature algorithm cryptography cannot check
+        raise InvalidInput(f"the CSR signature cannot be checked: {exc}") from exc
+    if not valid:
         raise InvalidInput("the CSR signature does not verify: it was altered or signed by another key")
     return VerifiedCsr(csr, public_key, subject)  # type: ignore[arg-type]
 

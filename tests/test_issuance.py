@@ -158,6 +158,17 @@ def test_csr_with_a_broken_signature_is_refused(ca: CertificateAuthority, make_k
     assert count_rows(ca) == 1
 
 
+def test_csr_with_an_unknown_signature_algorithm_is_refused(ca: CertificateAuthority) -> None:
+    der = bytearray(x509.load_pem_x509_csr(csr_for(ec.generate_private_key(ec.SECP256R1()), cn="web-1"))
+                    .public_bytes(serialization.Encoding.DER))
+    ecdsa_with_sha256 = bytes.fromhex("2a8648ce3d040302")
+    at = bytes(der).rfind(ecdsa_with_sha256)  # the outer signatureAlgorithm
+    der[at + len(ecdsa_with_sha256) - 1] = 0x09  # 1.2.840.10045.4.3.9: no such algorithm
+    with pytest.raises(InvalidInput, match="signature"):
+        ca.issue("web", csr=bytes(der))
+    assert count_rows(ca) == 0
+
+
 @pytest.mark.parametrize(
     ("cn", "message"),
     [
