@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from flask import jsonify
 from sqlalchemy import func, select
 from werkzeug.test import EnvironBuilder
 
@@ -172,3 +174,14 @@ def test_requests_without_a_token_count_against_the_address(ca: CertificateAutho
     assert call(direct, body, {})[2]["error"] == "rate_limited"
     assert call(direct, body, good)[2]["error"] == "rate_limited"
     assert TokenStore(ca).authenticate(token).uses_left == 4
+
+
+def test_one_json_provider_for_flask_and_the_middleware(apps: tuple[DirectEnroll, Any]) -> None:
+    direct, flask_only = apps
+    app = flask_only.__self__  # the Flask app whose wsgi_app the middleware wraps
+    value = {"z": "é ü", "a": [1, 2], "when": datetime(2026, 11, 28, 12, 0, tzinfo=UTC)}
+    with app.app_context():
+        flask_bytes = jsonify(value).get_data()
+    assert flask_bytes == f"{direct._encode(value)}\n".encode()  # the bytes the middleware sends
+    assert flask_bytes.startswith(b'{"z":"\xc3\xa9 \xc3\xbc","a":[1,2],')  # insertion order, compact, UTF-8
+    assert json.loads(flask_bytes)["when"] == "Sat, 28 Nov 2026 12:00:00 GMT"  # Flask's datetime form

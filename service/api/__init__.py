@@ -16,6 +16,7 @@ from pki.authority import CertificateAuthority
 from pki.tokens import TokenStore
 from service.api import errors, metrics
 from service.api.context import ApiContext, Settings
+from service.api.jsonio import JsonProvider
 from service.api.state import SharedState
 
 STATE_FILE = "api-state.db"
@@ -29,7 +30,7 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
         ca = CertificateAuthority.open(home)
     app = Flask("rapki")
     app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = JsonProvider(app)
     settings = Settings.from_config(ca.config.extra.get("api", {}))
     ca.db.serialize_writers(ca.home.path / "run" / "sqlite-writer.lock")  # workers take turns in the kernel
     app.extensions["rapki"] = ApiContext(ca, TokenStore(ca), SharedState(ca.home.path / STATE_FILE), settings)

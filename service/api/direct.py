@@ -6,14 +6,13 @@ cost about as much CPU as the token look-up and the certificate's recording toge
 middleware serves that one route itself and hands every other request to Flask unchanged.
 
 It does exactly what the Flask view does (``routes.serve_enroll``, shared by both), with the same
-answers: the body read under the same 64 KiB limit (413), the same JSON bytes (Flask's JSON
-provider, compact), the same errors (``errors.describe``), ``Cache-Control: no-store``, and the same
+answers: the body read under the same 64 KiB limit (413), the same JSON bytes (the app's JSON
+provider, ``service.api.jsonio``), the same errors (``errors.describe``), ``Cache-Control: no-store``, and the same
 metrics (``rapki_http_request_duration_seconds``, ``rapki_requests_refused_total``).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -60,9 +59,7 @@ class DirectEnroll:
     def __init__(self, app: Flask, fallback: WsgiApp) -> None:
         self.ctx: ApiContext = app.extensions["rapki"]
         self.fallback = fallback
-        provider = app.json  # Flask's JSON provider, compact: the bytes jsonify() would send
-        self._encode = json.JSONEncoder(ensure_ascii=provider.ensure_ascii, sort_keys=provider.sort_keys,  # type: ignore[attr-defined]
-                                        separators=(",", ":"), default=provider.default).encode  # type: ignore[attr-defined]
+        self._encode = app.json.dumps  # the app's JSON provider: the bytes jsonify() would send
         self._issued_latency = metrics.LATENCY.labels("POST", ENROLL_PATH, "201")
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +15,7 @@ from pki.errors import InvalidInput, Unauthenticated, Unavailable
 from pki.pem import Pem
 from pki.store.schema import certificates
 from pki.tokens import parse_token
-from service.api import enrollment, metrics
+from service.api import enrollment, jsonio, metrics
 from service.api.auth import Caller, certificate_caller, client_address, operator_caller, require_bearer
 from service.api.context import ApiContext
 from service.api.errors import MalformedJson
@@ -43,7 +42,7 @@ def parse_json(data: bytes, *, optional: bool = False) -> dict[str, Any]:
             return {}
         raise MalformedJson("the request body is empty: send a JSON object")
     try:
-        body = json.loads(data)
+        body = jsonio.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedJson(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
