@@ -171,16 +171,22 @@ def roles_anywhere(profile: Profile) -> dict[str, Any] | None:
             "session_duration": binding.session_duration, "credential_process": line}
 
 
-_CHAIN_PEM: dict[tuple[x509.Certificate, ...], str] = {}
+_CHAIN_PEM: dict[tuple[int, ...], tuple[tuple[x509.Certificate, ...], str]] = {}
 
 
 def chain_pem(chain: tuple[x509.Certificate, ...]) -> str:
-    """The PEM text of ``chain``: the same few issuing CA certificates in every answer, encoded once."""
-    text = _CHAIN_PEM.get(chain)
-    if text is None:
-        if len(_CHAIN_PEM) > 8:  # issuers rotate rarely; never grow without bound
-            _CHAIN_PEM.clear()
-        text = _CHAIN_PEM[chain] = Pem.of_certificates(chain).text()
+    """The PEM text of ``chain``: the same few issuing CA certificates (the same objects) in every
+    answer, encoded once. Found by the objects' identities, not their hashes (hashing a certificate
+    costs about as much as a dictionary of them); an entry holds its certificates, so their ids
+    cannot be reused while it lives."""
+    key = tuple(map(id, chain))
+    hit = _CHAIN_PEM.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], chain, strict=True)):
+        return hit[1]
+    if len(_CHAIN_PEM) > 8:  # issuers rotate rarely; never grow without bound
+        _CHAIN_PEM.clear()
+    text = Pem.of_certificates(chain).text()
+    _CHAIN_PEM[key] = (chain, text)
     return text
 
 
