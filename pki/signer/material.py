@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pki.errors import InvalidInput, RapkiError
-from pki.keys import KeyType, PrivateKey, load_private_key, public_key_matches
+from pki.keys import KeyType, PrivateKey, key_family, load_private_key, public_key_matches
 
 # The service refuses a longer X-Amz-X509-Chain.
 MAX_CHAIN = 5
@@ -245,11 +245,7 @@ def describe_certificate(cert: x509.Certificate) -> str:
 
 def key_type_label(key: object) -> str:
     """``RSA`` or ``EC``: the helper's ``keyType`` in read-certificate-data."""
-    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
-        return "RSA"
-    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
-        return "EC"
-    return ""
+    return key_family(key).upper()
 
 
 __all__ = [
