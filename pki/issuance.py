@@ -186,8 +186,12 @@ def read_csr(csr: VerifiedCsr) -> CsrContent:
             raise PolicyViolation(
                 f"the CSR subject carries {attr.oid._name}: only a CN is issued, remove the rest"
             )
+    try:
+        extensions = csr.request.extensions
+    except Exception as exc:  # duplicated or malformed extensions
+        raise InvalidInput(f"the CSR's extensions cannot be read: {exc}") from exc
     sans = _NO_SANS
-    for ext in csr.request.extensions:
+    for ext in extensions:
         sans = sans.merged(_check_csr_extension(ext))
     return CsrContent(csr.public_key, key_type, cn, sans)
 

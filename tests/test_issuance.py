@@ -169,6 +169,26 @@ def test_csr_with_an_unknown_signature_algorithm_is_refused(ca: CertificateAutho
     assert count_rows(ca) == 0
 
 
+def test_csr_with_a_duplicated_extension_is_refused(ca: CertificateAuthority) -> None:
+    """A validly signed CSR whose extension request holds basicConstraints twice: bad input, not a crash."""
+    from asn1crypto import csr as asn1_csr
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = asn1_csr.CertificationRequest.load(x509.load_pem_x509_csr(
+        csr_for(key, cn="web-1", extensions=[(x509.BasicConstraints(ca=False, path_length=None), True)]),
+    ).public_bytes(serialization.Encoding.DER))
+    extensions = request["certification_request_info"]["attributes"][0]["values"][0]
+    extensions.append(extensions[0].copy())
+    info = asn1_csr.CertificationRequestInfo.load(request["certification_request_info"].dump(force=True))
+    signed = asn1_csr.CertificationRequest({
+        "certification_request_info": info, "signature_algorithm": request["signature_algorithm"],
+        "signature": key.sign(info.dump(), ec.ECDSA(hashes.SHA256())),
+    })
+    with pytest.raises(InvalidInput, match="extensions cannot be read"):
+        ca.issue("web", csr=signed.dump())
+    assert count_rows(ca) == 0
+
+
 @pytest.mark.parametrize(
     ("cn", "message"),
     [
