@@ -59,7 +59,7 @@ from pki.profiles import Profile
 from pki.serials import parse_serial, random_serial, serial_hex
 from pki.store import Database
 from pki.store.schema import audit_log, certificates, crl_state, issuers, profiles
-from pki.store.statements import PreparedStatement, Transaction
+from pki.store.statements import PreparedInsert, PreparedStatement, Transaction
 
 DEFAULT_ACTOR = "cli"
 
@@ -67,6 +67,8 @@ DEFAULT_ACTOR = "cli"
 # the compiled form instead of coercing literals and computing a cache key on every call.
 _INSERT_AUDIT = insert(audit_log)
 _SELECT_PROFILE = select(profiles.c.spec).where(profiles.c.name == bindparam("name"))
+_INSERT_CERTIFICATE_ROW = PreparedInsert(certificates)  # the issuance path's rows (pki.store.statements)
+_INSERT_AUDIT_ROW = PreparedInsert(audit_log)
 _MARK_SUPERSEDED = PreparedStatement(
     update(certificates).where(certificates.c.serial == bindparam("old_serial"))
     .values(superseded_by=bindparam("new_serial")),
@@ -142,21 +144,17 @@ class IssuedCertificate(NamedTuple):
     certificate: x509.Certificate
     chain: tuple[x509.Certificate, ...]
     profile: str
+    subject: str  # as RFC 4514 text (known from issuance, not parsed back)
+    der: bytes  # the certificate as recorded (known from issuance, not encoded again)
     private_key: PrivateKey | None = None
-    subject_text: str = ""  # the subject as RFC 4514 text (known from issuance, not parsed back)
-    der: bytes = b""  # the certificate as recorded (known from issuance, not encoded again)
 
     @property
     def serial_hex(self) -> str:
         return serial_hex(self.certificate.serial_number)
 
     @property
-    def subject(self) -> str:
-        return self.subject_text or self.certificate.subject.rfc4514_string()
-
-    @property
     def cert_pem(self) -> Pem:
-        return Pem.of_certificate_der(self.der) if self.der else Pem.of_certificates([self.certificate])
+        return Pem.of_certificate_der(self.der)
 
     @property
     def chain_pem(self) -> Pem:
@@ -510,7 +508,7 @@ class CertificateAuthority:
         an enrollment token): if it raises, nothing is recorded and the error propagates.
         """
         prof = profile if isinstance(profile, Profile) else self.profile(profile)
-        requested_sans = SubjectAltNames.parse(sans if isinstance(sans, list | tuple) else list(sans))
+        requested_sans = SubjectAltNames.parse(sans)
         private_key: PrivateKey | None = None
         public_key: PublicKey
         if csr is not None:
@@ -558,7 +556,7 @@ class CertificateAuthority:
                 der = self._record(cert, spec, now, issuer, prof.name, kt, actor, supersedes, within)
             except IntegrityError:
                 continue  # serial collision: draw again
-            return IssuedCertificate(cert, (issuer.certificate,), prof.name, private_key, leaf_subject_text(cn), der)
+            return IssuedCertificate(cert, (issuer.certificate,), prof.name, leaf_subject_text(cn), der, private_key)
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
     SERVER_PROFILE = "_server"  # not a valid profile name, so it never collides with one
@@ -583,8 +581,8 @@ class CertificateAuthority:
                 der = self._record(cert, spec, now, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)
             except IntegrityError:
                 continue
-            return IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, key,
-                                     leaf_subject_text(names[0]), der)
+            return IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, leaf_subject_text(names[0]),
+                                     der, key)
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
     def _record(self, cert: x509.Certificate, spec: LeafSpec, now: datetime, issuer: Issuer, profile: str,
@@ -601,7 +599,7 @@ class CertificateAuthority:
         with self.db.write() as tx:
             if within is not None:
                 within(tx)
-            tx.insert(self.db.prepared_insert(certificates), {
+            tx.insert(_INSERT_CERTIFICATE_ROW, {
                 "issuer_id": issuer.id, "serial": serial, "subject": leaf_subject_text(cn),
                 "common_name": cn, "sans": spec.sans.as_list(), "profile": profile, "key_type": key_type.value,
                 "not_before": spec.not_before, "not_after": spec.not_after,
@@ -610,7 +608,7 @@ class CertificateAuthority:
             })
             if supersedes:
                 tx.run(_MARK_SUPERSEDED, {"old_serial": supersedes, "new_serial": serial})
-            tx.insert(self.db.prepared_insert(audit_log), {
+            tx.insert(_INSERT_AUDIT_ROW, {
                 "at": now, "actor": actor or local_actor(),
                 "action": "certificate.renew" if supersedes else "certificate.issue", "target": serial,
                 "details": {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},

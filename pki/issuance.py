@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -51,7 +52,7 @@ class SubjectAltNames:
     ip: tuple[str, ...] = ()  # only in rapki's own TLS server certificates, never in workload ones
 
     @classmethod
-    def parse(cls, values: list[str] | tuple[str, ...]) -> SubjectAltNames:
+    def parse(cls, values: Sequence[str]) -> SubjectAltNames:
         """``dns:name``, ``uri:scheme://...``, ``ip:address`` or a bare name (DNS, or URI when it has
         ``://``)."""
         if not values:

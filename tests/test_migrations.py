@@ -50,11 +50,12 @@ def test_prepared_insert_raises_sqlalchemy_errors(tmp_path: Path) -> None:
     from sqlalchemy.exc import IntegrityError
 
     from pki.store.schema import profiles
+    from pki.store.statements import PreparedInsert
 
     db = Database(f"sqlite:///{tmp_path / 'x.db'}")
     db.migrate()
     row = {"name": "p", "spec": {}, "created_at": datetime.now(UTC), "updated_at": datetime.now(UTC)}
-    insert = db.prepared_insert(profiles)
+    insert = PreparedInsert(profiles)
     with db.write() as tx:
         tx.insert(insert, row)
     with pytest.raises(IntegrityError), db.write() as tx:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from pki.authority import CertificateAuthority
 from pki.store import Database
 from pki.store.schema import audit_log, profiles
+from pki.store.statements import PreparedInsert
 from tests.conftest import make_ca
 
 
@@ -36,7 +37,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
 
 
 def test_write_commits_at_the_end_and_rolls_back_on_error(db: Database) -> None:
-    insert = db.prepared_insert(profiles)
+    insert = PreparedInsert(profiles)
     with db.write() as tx:
         tx.insert(insert, _row("a"))
     with pytest.raises(RuntimeError, match="boom"), db.write() as tx:
@@ -58,7 +59,7 @@ def test_prepared_rows_store_times_exactly_as_sqlalchemy_does(db: Database) -> N
     plus_two = timezone(timedelta(hours=2))
     times = [base, base, base.astimezone(plus_two), base, base + timedelta(seconds=1), base.replace(tzinfo=None),
              base, base.astimezone(plus_two)]
-    prepared = db.prepared_insert(profiles)
+    prepared = PreparedInsert(profiles)
     for i, when in enumerate(times):
         row = {"name": f"p{i}", "spec": {}, "created_at": when, "updated_at": base}
         with db.write() as tx:
@@ -76,7 +77,7 @@ def test_prepared_rows_store_times_exactly_as_sqlalchemy_does(db: Database) -> N
 
 def test_insert_refuses_missing_or_extra_columns(db: Database) -> None:
     with pytest.raises(ValueError, match="columns differ"), db.write() as tx:
-        tx.insert(db.prepared_insert(profiles), {"name": "x"})
+        tx.insert(PreparedInsert(profiles), {"name": "x"})
     assert _count(db) == 0
 
 
@@ -124,7 +125,7 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
 
     db = Database(f"sqlite:///{tmp_path / 'x.db'}")
     db.migrate()
-    insert = db.prepared_insert(profiles)
+    insert = PreparedInsert(profiles)
     with db.write() as tx:
         tx.insert(insert, _row("parent-1"))
         parents = tx.dbapi

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Table, create_engine, event, inspect, text
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
 from pki.errors import InvalidInput, Unavailable
-from pki.store.statements import PreparedInsert, PreparedStatement, Transaction, wrap_dbapi_error
+from pki.store.statements import PreparedStatement, Transaction, wrap_dbapi_error
 from pki.store.writelock import WriterLock
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -91,14 +91,8 @@ class Database:
             self._held_engine = self._create_engine(url, sqlite_synchronous, pooled=False) if self.is_sqlite else None
         except Exception as exc:  # bad URL, missing driver
             raise InvalidInput(f"cannot use the database URL: {exc}") from exc
-        self._prepared: dict[str, PreparedInsert] = {}
         self._held: dict[int, tuple[int, PoolProxiedConnection]] = {}  # thread id -> (pid, connection)
         self._writer_lock: WriterLock | None = None
-
-    def prepared_insert(self, table: Table) -> PreparedInsert:
-        if table.name not in self._prepared:
-            self._prepared[table.name] = PreparedInsert(table)
-        return self._prepared[table.name]
 
     def serialize_writers(self, lock_file: Path) -> None:
         """SQLite: ``write`` transactions of every process using ``lock_file`` take turns in the

@@ -7,8 +7,9 @@ middleware serves that one route itself and hands every other request to Flask u
 
 It does exactly what the Flask view does (``routes.serve_enroll``, shared by both), with the same
 answers: the body read under the same 64 KiB limit (413), the same JSON bytes (the app's JSON
-provider, ``service.api.jsonio``), the same errors (``errors.describe``), ``Cache-Control: no-store``, and the same
-metrics (``rapki_http_request_duration_seconds``, ``rapki_requests_refused_total``).
+provider, ``service.api.jsonio``), the same errors (``errors.describe``), ``Cache-Control:
+no-store``, and the same metrics (``rapki_http_request_duration_seconds``,
+``rapki_requests_refused_total``).
 """
 
 from __future__ import annotations

@@ -16,8 +16,6 @@ import orjson
 from flask.json.provider import DefaultJSONProvider
 
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
-
-
 _COMPACT = {"separators": (",", ":")}  # what Flask asks its provider for outside debug mode
 
 
@@ -30,9 +28,9 @@ class JsonProvider(DefaultJSONProvider):
         return orjson.dumps(obj, default=self.default, option=_OPTIONS).decode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return orjson.loads(s)
+        return loads(s)
 
 
-def loads(data: bytes) -> Any:
+def loads(data: str | bytes) -> Any:
     """The JSON value ``data`` holds; ``ValueError`` (``orjson.JSONDecodeError``) when it is not JSON."""
     return orjson.loads(data)
