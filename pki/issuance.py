@@ -139,8 +139,10 @@ def load_csr(data: bytes | x509.CertificateSigningRequest) -> VerifiedCsr:
             csr = data
         elif b"-----BEGIN" in data:
             csr = x509.load_pem_x509_csr(data)
-        else:
+        elif data[:1] == b"\x30":  # a DER SEQUENCE
             csr = x509.load_der_x509_csr(data)
+        else:
+            raise ValueError("expected a PEM file (-----BEGIN CERTIFICATE REQUEST-----) or DER")
         public_key = csr.public_key()
         subject = csr.subject
     except ValueError as exc:
