@@ -33,7 +33,7 @@ def test_rate_limit_is_shared_by_workers(tmp_path: Path, monkeypatch: pytest.Mon
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([*RAPKI, "serve", "--home", str(home), "--port", str(port), "--workers", "3",
-                             "--threads", "2", "--quiet"], stdout=log, stderr=subprocess.STDOUT)
+                             "--quiet"], stdout=log, stderr=subprocess.STDOUT)
     url, root = f"https://127.0.0.1:{port}", str(home / "ca" / "root.pem")
     try:
         deadline = time.monotonic() + 30

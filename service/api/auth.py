@@ -81,13 +81,10 @@ def require_bearer(header: str | None = None) -> str:
 
 
 def peer_certificate() -> x509.Certificate | None:
-    """The verified client certificate of this TLS connection (gunicorn hands the socket over)."""
-    sock = request.environ.get("gunicorn.socket")
-    getpeercert = getattr(sock, "getpeercert", None)
-    if getpeercert is None:
-        return None
-    der = getpeercert(binary_form=True)
-    return x509.load_der_x509_certificate(der) if der else None
+    """The client certificate of this TLS connection, verified in the handshake (the server puts
+    it in ``SSL_CLIENT_CERT``, PEM: ``service.api.asgi``); headers can never set that key."""
+    pem = request.environ.get("SSL_CLIENT_CERT")
+    return x509.load_pem_x509_certificate(pem.encode("ascii")) if pem else None
 
 
 def has_signature() -> bool:

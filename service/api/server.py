@@ -1,19 +1,20 @@
 """``rapki serve``: the API under gunicorn, over TLS (1.2 minimum), with optional client certificates.
 
-* Workers: ``gthread`` (threads per process), so HTTPS keep-alive works; each worker opens its own
-  CA (database engine) after the fork, nothing is shared but files.
+* Workers: gunicorn's ``asgi`` worker, one asyncio event loop per process (``ApiWorker``); the
+  Flask application runs inline on the loop's thread, each request once it has fully arrived
+  (``service.api.asgi.InlineWsgi``, which says why). Any number of keep-alive connections per
+  worker, idle or slow ones cost nothing. Each worker opens its own CA (database engine) after the
+  fork; nothing is shared but files.
 * TLS: gunicorn's context, tightened in ``ssl_context``: TLS 1.2 minimum, client certificates
   requested but optional (``CERT_OPTIONAL``: enrollment by token needs none; renewal and
-  self-revocation use them), verified against root + issuing CAs. One context per worker, built
-  once (gunicorn otherwise builds one per connection).
+  self-revocation use them), verified against root + issuing CAs. The verified client certificate
+  reaches the application through the ASGI TLS extension (``TlsScopeProtocol``).
 * Metrics: ``PROMETHEUS_MULTIPROC_DIR`` is set by ``rapki serve`` before this package (and so
   ``prometheus_client``) is imported at all (see ``metrics``).
-* CPU affinity (``--cpu-affinity``, on by default when there is one worker per CPU): each
-  worker, with all its threads, runs on a CPU of its own. A worker's threads hand the GIL to each
-  other many times per request (around every ECDSA operation, SQLite call and socket read); on one
-  CPU that is a cheap switch in a warm cache, spread over several it is a cross-CPU wake-up and a
-  cold one. Measured on 2 vCPUs: 15-25 % more enrollments per second, half the voluntary context
-  switches. The cost: a pinned worker cannot move off a CPU that something else keeps busy.
+* CPU affinity (``--cpu-affinity``, on by default when there is one worker per CPU): each worker
+  runs on a CPU of its own, so its caches stay warm and the scheduler never stacks two workers on
+  one CPU while another idles. The cost: a pinned worker cannot move off a CPU that something else
+  keeps busy.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.asgi.protocol import ASGIProtocol
+from gunicorn.workers import gasgi
+from gunicorn.workers.gasgi import ASGIWorker
 
-try:  # gthread internals the worker below builds on (gunicorn >= 25)
-    from gunicorn.workers.gthread import _DEFER, DEFAULT_WORKER_DATA_TIMEOUT
-except ImportError:  # pragma: no cover - older gunicorn: plain gthread
-    _DEFER = DEFAULT_WORKER_DATA_TIMEOUT = None
+from service.api.errors import MAX_BODY
 
 _CONTEXT: dict[str, ssl.SSLContext] = {}
 
@@ -73,6 +73,15 @@ def post_fork(_server: Any, worker: Any) -> None:
 
 _CPUS: dict[str, list[int]] = {}
 
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may use (a worker runs one request at a time, on one CPU),
+    at most ``MAX_DEFAULT_WORKERS``: past that, workers mostly queue for the SQLite write lock."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, MAX_DEFAULT_WORKERS))
+
 
 def cpu_affinity_plan(mode: str, workers: int) -> list[int] | None:
     """The CPUs workers are pinned to (one each), or None. ``mode``: ``auto`` pins when the
@@ -87,48 +96,41 @@ def cpu_affinity_plan(mode: str, workers: int) -> list[int] | None:
     return [allowed[i % len(allowed)] for i in range(workers)]
 
 
-class TlsThreadWorker(ThreadWorker):  # type: ignore[misc]
-    """gunicorn's ``gthread`` worker, made safe for clients that open TLS connections ahead of use.
+def tls_extension(ssl_object: Any) -> dict[str, Any]:
+    """The ASGI TLS extension of a connection: the client's certificate (PEM) when it sent one (it
+    was verified in the handshake, against the CA's roots: ``ssl_context``)."""
+    der = ssl_object.getpeercert(binary_form=True)
+    return {"server_cert": None, "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+            "client_cert_name": None, "client_cert_error": None, "tls_version": None, "cipher_suite": None}
 
-    gthread gives a new connection a thread once its first bytes arrive. Over TLS those bytes are
-    the ClientHello: the thread does the handshake and then blocks reading a request that may
-    never come soon (HTTP clients such as Go's dial spare connections and park them idle). With
-    as many idle connections as threads, the worker stops serving while requests queue on other
-    connections. Here the thread does the handshake, and if no request bytes are there yet the
-    connection goes back to the poller (gthread's own "deferred" path) and the thread is freed.
 
-    After a keep-alive response gthread also waits for the kernel socket to become readable;
-    bytes already inside the TLS buffer would never wake it, so such connections are handed
-    straight back to a thread.
-    """
+class TlsScopeProtocol(ASGIProtocol):  # type: ignore[misc]
+    """gunicorn's ASGI connection handler, plus the ASGI TLS extension in each request's scope (which
+    gunicorn does not fill in): renewal and self-revocation authenticate with the client certificate."""
 
-    def handle(self, conn: Any) -> Any:
-        if not self.cfg.is_ssl or conn.initialized:
-            return super().handle(conn)
-        if not conn.data_ready and not conn.wait_for_data(DEFAULT_WORKER_DATA_TIMEOUT):
-            return _DEFER
-        try:
-            conn.sock.setblocking(True)
-            conn.init()  # the TLS handshake
-        except (OSError, ssl.SSLError) as exc:
-            self.log.debug("TLS handshake failed: %s", exc)
-            return False
-        if conn.sock.pending() == 0:
-            conn.data_ready = False
-            if not conn.wait_for_data(0.0):
-                return _DEFER  # finish_request parks it in the poller; readable -> handled then
-        return super().handle(conn)
+    _tls: dict[str, Any] | None = None
 
-    def finish_request(self, conn: Any, fs: Any) -> None:
-        try:
-            keep = not fs.cancelled() and fs.exception() is None and fs.result() is True
-        except Exception:
-            keep = False
-        pending = getattr(conn.sock, "pending", None)
-        if keep and self.alive and pending is not None and pending() > 0:
-            self.enqueue_req(conn)
-            return
-        super().finish_request(conn, fs)
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")  # the handshake is done by now
+        self._tls = tls_extension(ssl_object) if ssl_object is not None else None
+
+    def _build_http_scope(self, request: Any, sockname: Any, peername: Any) -> dict[str, Any]:
+        scope: dict[str, Any] = super()._build_http_scope(request, sockname, peername)
+        if self._tls is not None:
+            scope.setdefault("extensions", {})["tls"] = self._tls
+        return scope
+
+
+class ApiWorker(ASGIWorker):  # type: ignore[misc]
+    """gunicorn's ``asgi`` worker (an asyncio event loop per process) with ``TlsScopeProtocol``.
+
+    The worker builds each connection's handler from its module's ``ASGIProtocol`` name, which is
+    pointed at the subclass here, in the worker process only, before the loop starts serving."""
+
+    def init_process(self) -> None:
+        gasgi.ASGIProtocol = TlsScopeProtocol
+        super().init_process()
 
 
 class ApiServer(BaseApplication):  # type: ignore[misc]
@@ -144,19 +146,20 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         from service.api import create_app
+        from service.api.asgi import InlineWsgi
 
-        return create_app(self.home)
+        return InlineWsgi(create_app(self.home), max_body=MAX_BODY)
 
 
-def run(home: Path, *, host: str, port: int, workers: int, threads: int, certfile: Path, keyfile: Path,
+def run(home: Path, *, host: str, port: int, workers: int, certfile: Path, keyfile: Path,
         client_ca: Path | None, access_log: bool = True, pidfile: Path | None = None,
         cpus: list[int] | None = None) -> None:
     """``cpus``: one CPU per worker to pin it to (``cpu_affinity_plan``), or None."""
     options: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
-        "worker_class": "service.api.server.TlsThreadWorker" if _DEFER is not None else "gthread",
-        "threads": threads,
+        "worker_class": "service.api.server.ApiWorker",
+        "asgi_lifespan": "off",
         "certfile": str(certfile),
         "keyfile": str(keyfile),
         "ssl_context": ssl_context,

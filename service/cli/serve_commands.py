@@ -18,10 +18,9 @@ from service.cli.ca_commands import KEY_TYPES, open_ca, progress
 @home_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True)
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="gunicorn worker processes.")
-@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True,
-              help="Threads per worker (one request runs Python at a time per worker: more threads mostly "
-                   "contend for the GIL; a second one keeps a slow request from holding up the rest).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None,
+              help="gunicorn worker processes, each serving its connections on an event loop "
+                   "[default: one per CPU rapki may use, at most 8].")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Server certificate (PEM, with intermediates); default: one issued by the CA into HOME/tls.")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None)
@@ -33,7 +32,7 @@ from service.cli.ca_commands import KEY_TYPES, open_ca, progress
 @click.option("--quiet", is_flag=True, help="No access log.")
 @click.option("--cpu-affinity", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Pin each worker to a CPU of its own (auto: when there is exactly one worker per CPU).")
-def serve(home: Path | None, host: str, port: int, workers: int, threads: int, tls_cert: Path | None,
+def serve(home: Path | None, host: str, port: int, workers: int | None, tls_cert: Path | None,
           tls_key: Path | None, tls_name: tuple[str, ...], no_client_certs: bool, pidfile: Path | None,
           quiet: bool, cpu_affinity: str) -> None:
     """Run the enrollment API over HTTPS under gunicorn (creates the home with defaults on first run)."""
@@ -57,12 +56,13 @@ def serve(home: Path | None, host: str, port: int, workers: int, threads: int, t
     certfile, keyfile = (tls_cert, tls_key) if tls_cert and tls_key else (material.certfile, material.keyfile)
     if not ca.profiles():
         progress("note: no profiles yet, so nothing can be enrolled: 'rapki profile add NAME --cn-pattern REGEX'")
+    workers = workers or server.default_workers()
     pinned = server.cpu_affinity_plan(cpu_affinity, workers)
     placement = f", pinned to CPUs {','.join(map(str, pinned))}" if pinned else ""
-    progress(f"serving https://{host}:{port} ({workers} workers x {threads} threads{placement}), "
+    progress(f"serving https://{host}:{port} ({workers} workers{placement}), "
              f"certificate {tls.describe(certfile)}; CA root: {ca.home.root_cert_path}")
     ca.db.dispose()  # workers open their own connections after the fork
-    server.run(target.resolve(), host=host, port=port, workers=workers, threads=threads, certfile=certfile,
+    server.run(target.resolve(), host=host, port=port, workers=workers, certfile=certfile,
                keyfile=keyfile, client_ca=None if no_client_certs else material.client_ca,
                access_log=not quiet, pidfile=pidfile, cpus=pinned)
 
