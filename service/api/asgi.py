@@ -145,7 +145,7 @@ def wsgi_environ(scope: Scope, body: bytes, length: int) -> dict[str, Any]:
     bytes long, or longer when the body was dropped for its size)."""
     root = scope.get("root_path", "")
     path = scope["path"]
-    if root and path.startswith(root):
+    if root and (path == root or path.startswith(root + "/")):  # only a whole leading segment
         path = path[len(root):]
     server = scope.get("server") or ("localhost", 0)
     client = scope.get("client") or ("", 0)
