@@ -41,6 +41,7 @@ from pki.issuance import (
     SubjectAltNames,
     VerifiedCsr,
     build_leaf,
+    leaf_extensions,
     leaf_subject_text,
     load_csr,
     read_csr,
@@ -54,7 +55,7 @@ from pki.keys import (
     public_key_matches,
 )
 from pki.pem import Pem, load_certificate
-from pki.preflight import leaf_problems
+from pki.preflight import leaf_content_problems
 from pki.profiles import Profile
 from pki.serials import parse_serial, random_serial, serial_hex
 from pki.store import Database
@@ -548,10 +549,11 @@ class CertificateAuthority:
         for _attempt in range(5):
             spec = LeafSpec(cn, requested_sans, public_key, random_serial(self.config.serial_bytes),
                             now - BACKDATE, not_after)
-            cert = build_leaf(spec, signer)
-            problems = leaf_problems(cert, public_key=public_key)
+            extensions = leaf_extensions(spec, signer)
+            problems = leaf_content_problems(spec.serial, signer.hash, public_key, cn, extensions)
             if problems:  # a bug or a profile that lets through what Roles Anywhere refuses
                 raise PolicyViolation("the certificate would be refused by Roles Anywhere: " + "; ".join(problems))
+            cert = build_leaf(spec, signer, extensions)
             try:
                 der = self._record(cert, spec, now, issuer, prof.name, kt, actor, supersedes, within)
             except IntegrityError:
@@ -576,7 +578,8 @@ class CertificateAuthority:
         for _attempt in range(5):
             spec = LeafSpec(names[0], sans, key.public_key(), random_serial(self.config.serial_bytes),
                             now - BACKDATE, min(now + lifetime, issuer.not_after), ExtendedKeyUsageOID.SERVER_AUTH)
-            cert = build_leaf(spec, self.leaf_signer(issuer))
+            signer = self.leaf_signer(issuer)
+            cert = build_leaf(spec, signer, leaf_extensions(spec, signer))
             try:
                 der = self._record(cert, spec, now, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)
             except IntegrityError:

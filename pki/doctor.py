@@ -161,7 +161,7 @@ def _key_check(leaf: x509.Certificate, private_key: bytes | None, password: byte
 def _leaf_checks(leaf: x509.Certificate) -> list[Check]:
     out: list[Check] = []
     # End-entity profile: basicConstraints, keyUsage, extendedKeyUsage (the preflight's own rules).
-    problems = extension_problems(leaf)
+    problems = extension_problems(leaf.extensions)
     out.append(Check("key usage (end-entity, digitalSignature)", FAIL if problems else PASS, "; ".join(problems),
                      "issue the certificate from rapki ('rapki issue'), which sets these" if problems else ""))
     # Algorithms.

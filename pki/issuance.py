@@ -2,7 +2,7 @@
 
 ``load_csr`` parses a CSR and checks its signature (``VerifiedCsr``); ``read_csr`` says what it asks
 for (``CsrContent``), refusing, never rewriting, anything a workload certificate must not have.
-``LeafSpec`` is what goes into a certificate; ``build_leaf`` makes it.
+``LeafSpec`` is what goes into a certificate; ``leaf_extensions`` and ``build_leaf`` make it.
 """
 
 from __future__ import annotations
@@ -294,19 +294,26 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=None) if moment.tzinfo is UTC else moment.astimezone(UTC).replace(tzinfo=None)
 
 
-def build_leaf(spec: LeafSpec, signer: LeafSigner) -> x509.Certificate:
-    """The certificate ``spec`` describes, signed by ``signer``.
-
-    The builder is constructed with all its fields at once (times as naive UTC, as its setters
-    would store them) rather than through its setters: each setter copies the builder and re-checks
-    its argument, a fifth of the cost of building. Every field here is made by rapki, and the
-    finished certificate goes through the preflight (``pki.preflight.leaf_problems``) anyway.
-    """
-    extensions = [*signer.shared[spec.usage],
-                  _extension(subject_key_identifier(spec.public_key))]
+def leaf_extensions(spec: LeafSpec, signer: LeafSigner) -> list[x509.Extension[x509.ExtensionType]]:
+    """The extensions of the certificate ``spec`` describes: what ``signer``'s leaves share, its SKI
+    and, when it has names, its SAN."""
+    extensions = [*signer.shared[spec.usage], _extension(subject_key_identifier(spec.public_key))]
     names = spec.sans.general_names()
     if names:
         extensions.append(_extension(x509.SubjectAlternativeName(names)))
+    return extensions
+
+
+def build_leaf(spec: LeafSpec, signer: LeafSigner,
+               extensions: list[x509.Extension[x509.ExtensionType]]) -> x509.Certificate:
+    """The certificate ``spec`` describes, with ``extensions`` (``leaf_extensions``), signed by ``signer``.
+
+    The builder is constructed with all its fields at once (times as naive UTC, as its setters
+    would store them) rather than through its setters: each setter copies the builder and re-checks
+    its argument, a fifth of the cost of building. Every field here is made by rapki, and the CA
+    checks each of them against the Roles Anywhere rules first
+    (``pki.preflight.leaf_content_problems``: serial, hash, key, CN, extensions).
+    """
     builder = x509.CertificateBuilder(
         signer.issuer_name, leaf_subject(spec.common_name), spec.public_key, spec.serial,
         _naive_utc(spec.not_before), _naive_utc(spec.not_after), extensions,

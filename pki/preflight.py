@@ -1,13 +1,15 @@
 """The Roles Anywhere rules for end-entity certificates, checked in code.
 
 ``leaf_problems`` lists every reason the service (or a strict linter) would refuse a workload
-certificate. The CA runs it on each certificate before returning it; the emulator runs it on every
-CreateSession; ``rapki doctor`` prints it. One implementation, three users.
+certificate: the emulator runs it on every CreateSession, ``rapki doctor`` prints it. The CA runs
+the same rules (``leaf_content_problems``) on every certificate it is about to sign, on the very
+values it gives the builder. One implementation, three users.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -67,35 +69,16 @@ def public_key_problem(key: object) -> str | None:
     return f"{type(key).__name__.lstrip('_')}: only RSA and EC P-256/P-384 keys are accepted"
 
 
-def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None, public_key: object = None) -> list[str]:
-    """Every reason Roles Anywhere would refuse ``cert`` as an end-entity certificate.
-
-    ``public_key``: the key object ``cert`` was just built with, when the caller has it (the CA),
-    which spares parsing it back out of the certificate; everything else is read from ``cert``.
-    """
+def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> list[str]:
+    """Every reason Roles Anywhere would refuse ``cert`` as an end-entity certificate."""
     problems: list[str] = []
     if cert.version is not x509.Version.v3:
         problems.append("not an X.509 v3 certificate")
-    serial = cert.serial_number
-    if serial <= 0:
-        problems.append("serial number is not positive")
-    elif (serial.bit_length() + 8) // 8 > 20:  # DER adds a leading 0 byte when the top bit is set
-        problems.append("serial number is longer than 20 octets")
-    hash_alg = cert.signature_hash_algorithm
-    if not isinstance(hash_alg, STRONG_HASHES):
-        name = hash_alg.name if hash_alg else "none"
-        problems.append(f"signature hash {name}: SHA-256 or stronger is required")
-    if (problem := public_key_problem(public_key if public_key is not None else cert.public_key())) is not None:
-        problems.append(problem)
     subject = cert.subject
     if len(subject) == 0:
         problems.append("the subject is empty")
-    cn = common_name(subject)
-    if cn is None:
-        problems.append("the subject has no CN (it becomes the STS source identity)")
-    elif (problem := source_identity_problem(cn)) is not None:
-        problems.append(problem)
-    problems.extend(extension_problems(cert))
+    problems.extend(leaf_content_problems(cert.serial_number, cert.signature_hash_algorithm, cert.public_key(),
+                                          common_name(subject), cert.extensions))
     if now is not None:
         if now < cert.not_valid_before_utc:
             problems.append(f"not valid before {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}")
@@ -104,10 +87,33 @@ def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None, public
     return problems
 
 
-def extension_problems(cert: x509.Certificate) -> list[str]:
+def leaf_content_problems(serial: int, hash_alg: hashes.HashAlgorithm | None, public_key: object, cn: str | None,
+                          extensions: Iterable[x509.Extension[x509.ExtensionType]]) -> list[str]:
+    """The rules on what a leaf holds, for a certificate (``leaf_problems``) or for one about to be
+    built: the CA checks the very values it hands the builder (``pki.issuance.leaf_extensions``),
+    so nothing is signed that would be refused, and nothing is parsed back out of the result."""
+    problems: list[str] = []
+    if serial <= 0:
+        problems.append("serial number is not positive")
+    elif (serial.bit_length() + 8) // 8 > 20:  # DER adds a leading 0 byte when the top bit is set
+        problems.append("serial number is longer than 20 octets")
+    if not isinstance(hash_alg, STRONG_HASHES):
+        name = hash_alg.name if hash_alg else "none"
+        problems.append(f"signature hash {name}: SHA-256 or stronger is required")
+    if (problem := public_key_problem(public_key)) is not None:
+        problems.append(problem)
+    if cn is None:
+        problems.append("the subject has no CN (it becomes the STS source identity)")
+    elif (problem := source_identity_problem(cn)) is not None:
+        problems.append(problem)
+    problems.extend(extension_problems(extensions))
+    return problems
+
+
+def extension_problems(extensions: Iterable[x509.Extension[x509.ExtensionType]]) -> list[str]:
     """The end-entity extension rules: CA:FALSE, digitalSignature, clientAuth when EKU is present."""
     problems: list[str] = []
-    found = {type(ext.value): ext.value for ext in cert.extensions}  # one pass over the extensions
+    found = {type(ext.value): ext.value for ext in extensions}  # one pass over the extensions
     bc = found.get(x509.BasicConstraints)
     if isinstance(bc, x509.BasicConstraints) and bc.ca:
         problems.append("basicConstraints says CA:TRUE: a workload certificate must be CA:FALSE")

@@ -328,3 +328,21 @@ def test_dns_sans_must_be_fully_qualified(ca: CertificateAuthority, name: str) -
     with pytest.raises(InvalidInput, match="DNS"):
         ca.issue("open", csr=csr_for(ec.generate_private_key(ec.SECP256R1()), cn="x", sans=[x509.DNSName(name)]))
     assert count_rows(ca) == 0
+
+
+def test_ca_signs_nothing_roles_anywhere_would_refuse(ca: CertificateAuthority) -> None:
+    """The preflight runs on what is about to be signed: a signer whose shared extensions went wrong
+    (here basicConstraints CA:TRUE) gets a clear refusal, and nothing is recorded."""
+    signer = ca.leaf_signer(ca.issuer())
+    before = count_rows(ca)
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH
+    good = signer.shared[usage]
+    bad_bc = x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=True, path_length=None))
+    signer.shared[usage] = (bad_bc, *good[1:])
+    try:
+        with pytest.raises(PolicyViolation, match="would be refused by Roles Anywhere: basicConstraints says CA:TRUE"):
+            ca.issue("web", cn="web-1")
+        assert count_rows(ca) == before
+    finally:
+        signer.shared[usage] = good
+    assert ca.issue("web", cn="web-1").certificate is not None
