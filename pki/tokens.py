@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, bindparam, insert, literal_column, select, update
 from sqlalchemy.engine import Engine
@@ -80,8 +80,10 @@ def parse_token(token: str, kind: str) -> str:
     return match.group(2)
 
 
-@dataclass(frozen=True)
-class EnrollmentToken:
+class EnrollmentToken(NamedTuple):
+    """What is stored about an enrollment token (never its secret). A NamedTuple: one is read on
+    every enrollment, at a fifth of a frozen dataclass's cost."""
+
     id: str
     profile: str
     cn: str

@@ -140,6 +140,25 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
+_HEADER_KEYS: dict[bytes, str] = {}
+_MAX_HEADER_KEYS = 256  # header names are the client's choice: remember the first few hundred only
+
+
+def _header_key(raw_name: bytes) -> str:
+    """The environ key of a (lower-case) header name: ``HTTP_*``, ``CONTENT_TYPE``, or "" for a
+    header left out (a name with "_"; ``Content-Length``, which ``CONTENT_LENGTH`` already says)."""
+    name = raw_name.decode("latin-1")
+    if "_" in name or name == "content-length":
+        key = ""
+    elif name == "content-type":
+        key = "CONTENT_TYPE"
+    else:
+        key = "HTTP_" + name.upper().replace("-", "_")
+    if len(_HEADER_KEYS) < _MAX_HEADER_KEYS:
+        _HEADER_KEYS[raw_name] = key
+    return key
+
+
 def wsgi_environ(scope: Scope, body: bytes, length: int) -> dict[str, Any]:
     """The WSGI (PEP 3333) environ of an ASGI HTTP ``scope`` whose body is ``body`` (``length``
     bytes long, or longer when the body was dropped for its size)."""
@@ -170,18 +189,14 @@ def wsgi_environ(scope: Scope, body: bytes, length: int) -> dict[str, Any]:
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
     }
+    keys = _HEADER_KEYS
     for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1")
-        if "_" in name:
-            continue
-        value = raw_value.decode("latin-1")
-        if name == "content-type":
-            environ["CONTENT_TYPE"] = value
-            continue
-        if name == "content-length":
-            continue  # CONTENT_LENGTH is the body's (the declared one, when it was dropped)
-        key = "HTTP_" + name.upper().replace("-", "_")
-        environ[key] = f"{environ[key]},{value}" if key in environ else value
+        key = keys.get(raw_name)
+        if key is None:
+            key = _header_key(raw_name)
+        if key:
+            value = raw_value.decode("latin-1")
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
     tls = scope.get("extensions", {}).get("tls")
     if tls and tls.get("client_cert_chain"):
         environ["SSL_CLIENT_CERT"] = tls["client_cert_chain"][0]
