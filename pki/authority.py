@@ -599,23 +599,28 @@ class CertificateAuthority:
         der = cert.public_bytes(Encoding.DER)
         serial = serial_hex(spec.serial)
         cn = spec.common_name
+        # Both rows are converted for the driver before the transaction: what runs under the
+        # writer lock (which the other workers queue on) is only SQL.
+        dialect = self.db.engine.dialect
+        certificate_row = _INSERT_CERTIFICATE_ROW.bind(dialect, {
+            "issuer_id": issuer.id, "serial": serial, "subject": leaf_subject_text(cn),
+            "common_name": cn, "sans": spec.sans.as_list(), "profile": profile, "key_type": key_type.value,
+            "not_before": spec.not_before, "not_after": spec.not_after,
+            "fingerprint": hashlib.sha256(der).hexdigest(), "der": der, "created_at": now,
+            "revoked_at": None, "revocation_reason": None, "superseded_by": None,
+        })
+        audit_row = _INSERT_AUDIT_ROW.bind(dialect, {
+            "at": now, "actor": actor or local_actor(),
+            "action": "certificate.renew" if supersedes else "certificate.issue", "target": serial,
+            "details": {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},
+        })
         with self.db.write() as tx:
             if within is not None:
                 within(tx)
-            tx.insert(_INSERT_CERTIFICATE_ROW, {
-                "issuer_id": issuer.id, "serial": serial, "subject": leaf_subject_text(cn),
-                "common_name": cn, "sans": spec.sans.as_list(), "profile": profile, "key_type": key_type.value,
-                "not_before": spec.not_before, "not_after": spec.not_after,
-                "fingerprint": hashlib.sha256(der).hexdigest(), "der": der, "created_at": now,
-                "revoked_at": None, "revocation_reason": None, "superseded_by": None,
-            })
+            tx.insert(certificate_row)
             if supersedes:
                 tx.run(_MARK_SUPERSEDED, {"old_serial": supersedes, "new_serial": serial})
-            tx.insert(_INSERT_AUDIT_ROW, {
-                "at": now, "actor": actor or local_actor(),
-                "action": "certificate.renew" if supersedes else "certificate.issue", "target": serial,
-                "details": {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},
-            })
+            tx.insert(audit_row)
         return der
 
     # --- inventory ----------------------------------------------------------------------------

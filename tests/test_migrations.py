@@ -57,8 +57,8 @@ def test_prepared_insert_raises_sqlalchemy_errors(tmp_path: Path) -> None:
     row = {"name": "p", "spec": {}, "created_at": datetime.now(UTC), "updated_at": datetime.now(UTC)}
     insert = PreparedInsert(profiles)
     with db.write() as tx:
-        tx.insert(insert, row)
+        tx.insert(insert.bind(tx.dialect, row))
     with pytest.raises(IntegrityError), db.write() as tx:
-        tx.insert(insert, row)
+        tx.insert(insert.bind(tx.dialect, row))
     with db.engine.connect() as conn:  # the failed transaction was rolled back, the first one kept
         assert conn.execute(text("SELECT count(*) FROM profiles")).scalar() == 1

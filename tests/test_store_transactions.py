@@ -39,16 +39,16 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
 def test_write_commits_at_the_end_and_rolls_back_on_error(db: Database) -> None:
     insert = PreparedInsert(profiles)
     with db.write() as tx:
-        tx.insert(insert, _row("a"))
+        tx.insert(insert.bind(tx.dialect, _row("a")))
     with pytest.raises(RuntimeError, match="boom"), db.write() as tx:
-        tx.insert(insert, _row("b"))
+        tx.insert(insert.bind(tx.dialect, _row("b")))
         raise RuntimeError("boom")
     with pytest.raises(IntegrityError), db.write() as tx:  # the driver's error, as SQLAlchemy's
-        tx.insert(insert, _row("c"))
-        tx.insert(insert, _row("a"))
+        tx.insert(insert.bind(tx.dialect, _row("c")))
+        tx.insert(insert.bind(tx.dialect, _row("a")))
     assert _count(db) == 1  # only "a": "b" and "c" were rolled back with their transactions
     with db.write() as tx:  # the connection is usable after both failures
-        tx.insert(insert, _row("d"))
+        tx.insert(insert.bind(tx.dialect, _row("d")))
     assert _count(db) == 2
 
 
@@ -63,7 +63,7 @@ def test_prepared_rows_store_times_exactly_as_sqlalchemy_does(db: Database) -> N
     for i, when in enumerate(times):
         row = {"name": f"p{i}", "spec": {}, "created_at": when, "updated_at": base}
         with db.write() as tx:
-            tx.insert(prepared, row)
+            tx.insert(prepared.bind(tx.dialect, row))
         with db.engine.begin() as conn:
             conn.execute(insert(profiles).values(**{**row, "name": f"c{i}"}))
     with db.engine.connect() as conn:
@@ -76,8 +76,12 @@ def test_prepared_rows_store_times_exactly_as_sqlalchemy_does(db: Database) -> N
 
 
 def test_insert_refuses_missing_or_extra_columns(db: Database) -> None:
-    with pytest.raises(ValueError, match="columns differ"), db.write() as tx:
-        tx.insert(PreparedInsert(profiles), {"name": "x"})
+    prepared = PreparedInsert(profiles)
+    with pytest.raises(ValueError, match=r"columns differ: \['created_at', 'spec', 'updated_at'\]"):
+        prepared.bind(db.engine.dialect, {"name": "x"})
+    row = {"name": "x", "spec": {}, "created_at": datetime.now(UTC), "updated_at": datetime.now(UTC)}
+    with pytest.raises(ValueError, match=r"columns differ: \['extra'\]"):
+        prepared.bind(db.engine.dialect, {**row, "extra": 1})
     assert _count(db) == 0
 
 
@@ -127,20 +131,20 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     db.migrate()
     insert = PreparedInsert(profiles)
     with db.write() as tx:
-        tx.insert(insert, _row("parent-1"))
+        tx.insert(insert.bind(tx.dialect, _row("parent-1")))
         parents = tx.dbapi
     pid = os.fork()
     if pid == 0:  # the child: report through the exit code only
         code = 1
         try:
             with db.write() as tx:
-                tx.insert(insert, _row("child"))
+                tx.insert(insert.bind(tx.dialect, _row("child")))
                 code = 0 if tx.dbapi is not parents else 3
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     with db.write() as tx:  # the parent's own connection still works
-        tx.insert(insert, _row("parent-2"))
+        tx.insert(insert.bind(tx.dialect, _row("parent-2")))
         assert tx.dbapi is parents
     assert _count(db) == 3

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import DateTime, Integer, Table, insert
 from sqlalchemy.engine import Dialect
@@ -42,8 +42,10 @@ class Transaction:
     def run(self, statement: PreparedStatement, values: dict[str, Any]) -> Any:
         return statement.execute(self.dbapi, self.dialect, values)
 
-    def insert(self, statement: PreparedInsert, values: dict[str, Any]) -> None:
-        statement.execute(self.dbapi, self.dialect, values)
+    def insert(self, row: BoundInsert) -> None:
+        """Insert a row bound beforehand (``PreparedInsert.bind``): converting the values needs no
+        lock, so it is done before the transaction takes the writer lock."""
+        row.execute(self.dbapi, self.dialect)
 
 
 def _bind_processor(column: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
@@ -143,7 +145,8 @@ class PreparedInsert:
             self._compiled[dialect.name] = compiled
         return compiled
 
-    def execute(self, dbapi_connection: Any, dialect: Dialect, values: dict[str, Any]) -> None:
+    def bind(self, dialect: Dialect, values: dict[str, Any]) -> BoundInsert:
+        """The row ``values`` (every column, by name) converted for ``dialect``'s driver."""
         sql, positional, order = self._for(dialect)
         args: Any
         try:  # every column is read (a missing one raises); the same count means nothing extra
@@ -155,14 +158,24 @@ class PreparedInsert:
                 args = {n: values[n] if p is None else p(values[n]) for n, p in order}
         except KeyError:
             raise ValueError(f"columns differ: {sorted(self.keys ^ values.keys())}") from None
+        return BoundInsert(sql, args)
+
+
+class BoundInsert(NamedTuple):
+    """One row of a ``PreparedInsert``, its values converted: ready to run in a transaction."""
+
+    sql: str
+    args: Any
+
+    def execute(self, dbapi_connection: Any, dialect: Dialect) -> None:
         try:
             if isinstance(dbapi_connection, sqlite3.Connection):
-                dbapi_connection.execute(sql, args)  # its cursor made and dropped in C
+                dbapi_connection.execute(self.sql, self.args)  # its cursor made and dropped in C
             else:
                 cursor = dbapi_connection.cursor()
                 try:
-                    cursor.execute(sql, args)
+                    cursor.execute(self.sql, self.args)
                 finally:
                     cursor.close()
         except dialect.loaded_dbapi.Error as exc:
-            raise wrap_dbapi_error(exc, dialect, sql) from exc
+            raise wrap_dbapi_error(exc, dialect, self.sql) from exc
