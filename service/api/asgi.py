@@ -9,9 +9,10 @@ CPU work (CSR verification, ECDSA signing, a short SQLite transaction on a local
 thread could only wait for the interpreter lock, and every hand-off costs wake-ups and cold caches.
 One worker process per CPU, each running its requests one after the other, keeps every CPU busy
 with none of that. Measured on 2 vCPUs against gunicorn's threaded worker (2 workers x 2 threads,
-the previous way of serving): 17-20 % less CPU per enrollment (24-34 % with one worker each). What this rules out: a request
-that waits on something remote. Nothing rapki serves does (the CA keys are local files); a CA key
-behind a network (KMS, a network HSM) would have to move requests to a thread pool first.
+the previous way of serving): 17-20 % less CPU per enrollment (24-34 % with one worker each).
+What this rules out: a request that waits on something remote. Nothing rapki serves does (the CA
+keys are local files); a CA key behind a network (KMS, a network HSM) would have to move requests
+to a thread pool first.
 
 Slow clients cost nothing here: a request is dispatched only once its whole body (at most
 ``max_body`` bytes) has arrived. A body over the limit is read and dropped (up to ``DRAIN_LIMIT``,

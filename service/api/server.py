@@ -36,7 +36,7 @@ _CONTEXT: dict[str, ssl.SSLContext] = {}
 
 
 def ssl_context(config: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-    """gunicorn hook: the TLS context of this worker (cached; see module doc)."""
+    """gunicorn hook: the TLS context of this worker (TLS 1.2 minimum, optional client certificates)."""
     context = _CONTEXT.get("ctx")
     if context is None:
         context = default_factory()
