@@ -574,11 +574,11 @@ class CertificateAuthority:
         sans = SubjectAltNames.parse([_server_san(name) for name in dict.fromkeys(names)])
         issuer = self.issuer()
         key = KeyType.EC_P256.generate()
+        signer = self.leaf_signer(issuer)
         now = _whole_second_now()
         for _attempt in range(5):
             spec = LeafSpec(names[0], sans, key.public_key(), random_serial(self.config.serial_bytes),
                             now - BACKDATE, min(now + lifetime, issuer.not_after), ExtendedKeyUsageOID.SERVER_AUTH)
-            signer = self.leaf_signer(issuer)
             cert = build_leaf(spec, signer, leaf_extensions(spec, signer))
             try:
                 der = self._record(cert, spec, now, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)

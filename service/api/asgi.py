@@ -92,7 +92,7 @@ class InlineWsgi:
                 rest = await _drain(receive) if more else 0
                 return None if rest is None else (b"", size + rest)
             if not more:
-                return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), size
+                return b"".join(chunks), size  # one chunk: join returns it as it is
 
 
 async def _drain(receive: Receive) -> int | None:

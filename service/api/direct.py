@@ -34,7 +34,7 @@ WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 def read_body(environ: dict[str, Any], limit: int = errors.MAX_BODY) -> bytes:
     """The request body: by Content-Length (413 when over the limit, as Werkzeug), else, when the
-    server terminates the input (gunicorn, for chunked bodies), up to the limit and 413 past it
+    server terminates the input (``wsgi.input_terminated``, for chunked bodies), up to the limit and 413 past it
     (Werkzeug would cut it at the limit and the JSON would not parse), else nothing."""
     stream = environ["wsgi.input"]
     length = environ.get("CONTENT_LENGTH")

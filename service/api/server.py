@@ -36,19 +36,15 @@ from gunicorn.workers.gasgi import ASGIWorker
 
 from service.api.errors import MAX_BODY
 
-_CONTEXT: dict[str, ssl.SSLContext] = {}
-
 
 def ssl_context(config: Any, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-    """gunicorn hook: the TLS context of this worker (TLS 1.2 minimum, optional client certificates)."""
-    context = _CONTEXT.get("ctx")
-    if context is None:
-        context = default_factory()
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.options |= ssl.OP_NO_COMPRESSION
-        if config.ca_certs:
-            context.verify_mode = ssl.CERT_OPTIONAL
-        _CONTEXT["ctx"] = context
+    """gunicorn hook, called once per worker: its TLS context (TLS 1.2 minimum, optional client
+    certificates)."""
+    context = default_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION
+    if config.ca_certs:
+        context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 
@@ -69,10 +65,9 @@ def pre_fork(server: Any, worker: Any) -> None:
 
 
 def post_fork(_server: Any, worker: Any) -> None:
-    _CONTEXT.clear()  # never share a parent's context (and its session cache) with a worker
     cpus, slot = _CPUS.get("cpus"), getattr(worker, "rapki_cpu_slot", None)
     if cpus and slot is not None:
-        os.sched_setaffinity(0, {cpus[slot]})  # before the worker starts its threads: they inherit it
+        os.sched_setaffinity(0, {cpus[slot]})
 
 
 _CPUS: dict[str, list[int]] = {}
