@@ -191,3 +191,55 @@ def test_cpu_affinity_plan() -> None:
         assert cpu_affinity_plan("auto", 1) is None  # fewer: a shared host, the kernel places them
         assert cpu_affinity_plan("on", len(allowed) + 1) == [*allowed, allowed[0]]
         assert cpu_affinity_plan("on", 1) == allowed[:1]
+
+
+def _mismatched_tls_pair(tmp_path: Path, ca: CertificateAuthority) -> tuple[Path, Path]:
+    """A server certificate and a key that is not its own."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from pki.keys import private_key_pem
+
+    issued = ca.issue_server_certificate(["127.0.0.1"])
+    cert, key = tmp_path / "server.pem", tmp_path / "other.key.pem"
+    issued.cert_pem.write_to_path(cert)
+    key.write_bytes(private_key_pem(ec.generate_private_key(ec.SECP256R1())))
+    return cert, key
+
+
+def test_serve_refuses_a_certificate_with_another_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS pair that cannot work is bad input: exit 2, one line, nothing listening (the server
+    underneath would otherwise log the failure and serve plain HTTP on the port)."""
+    monkeypatch.setenv("RAPKI_PASSPHRASE", PASSPHRASE)
+    monkeypatch.delenv("RAPKI_DATABASE_URL", raising=False)
+    home = tmp_path / "home"
+    cert, key = _mismatched_tls_pair(tmp_path, make_ca(home))
+    port = free_port()
+    result = subprocess.run([*RAPKI, "serve", "--home", str(home), "--port", str(port), "--tls-cert", str(cert),
+                             "--tls-key", str(key)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "the TLS certificate and key cannot be used together" in result.stderr
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_worker_that_cannot_build_its_tls_context_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files that went bad after the start: the worker exits as a boot error (which stops
+    gunicorn) instead of serving plain HTTP, as gunicorn's own asgi worker would."""
+    import logging
+    from types import SimpleNamespace
+
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.config import Config
+
+    from service.api.server import ApiWorker
+
+    monkeypatch.setenv("RAPKI_PASSPHRASE", PASSPHRASE)
+    cert, key = _mismatched_tls_pair(tmp_path, make_ca(tmp_path / "home"))
+    cfg = Config()
+    cfg.set("certfile", str(cert))
+    cfg.set("keyfile", str(key))
+    worker = SimpleNamespace(cfg=cfg, log=logging.getLogger("test"))
+    with pytest.raises(SystemExit) as stopped:
+        ApiWorker._get_ssl_context(worker)
+    assert stopped.value.code == Arbiter.WORKER_BOOT_ERROR

@@ -15,6 +15,8 @@
   runs on a CPU of its own. With single-threaded workers it measured within noise on 2 vCPUs (it
   was worth 15-25 % with threaded ones); the cost: a pinned worker cannot move off a CPU that
   something else keeps busy.
+* ``ApiWorker`` overrides gunicorn's ``_get_ssl_context`` so that a TLS context that cannot be
+  built stops the worker instead of leaving it serving plain HTTP.
 * ``TlsScopeProtocol`` builds on two gunicorn internals (``ASGIProtocol._build_http_scope`` and
   the worker module's ``ASGIProtocol`` name): if a gunicorn release changed them, client
   certificates would stop reaching the application and renewal over mutual TLS would be refused
@@ -25,11 +27,14 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gunicorn import sock as gunicorn_sock
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 from gunicorn.workers.gasgi import ASGIWorker
@@ -130,6 +135,19 @@ class ApiWorker(ASGIWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         gasgi.ASGIProtocol = TlsScopeProtocol
         super().init_process()
+
+    def _get_ssl_context(self) -> ssl.SSLContext | None:
+        """The worker's TLS context. gunicorn's own version logs a failure to build it and then
+        serves plain HTTP on the TLS port; here the failure stops the worker as a boot error, which
+        stops gunicorn (fails closed). ``rapki serve`` checks the files before it starts
+        (``tls.check_pair``): this covers files that changed since."""
+        if not self.cfg.is_ssl:
+            return None
+        try:
+            return gunicorn_sock.ssl_context(self.cfg)
+        except Exception as exc:
+            self.log.error("cannot build the TLS context, not serving: %s", exc)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
 class ApiServer(BaseApplication):  # type: ignore[misc]

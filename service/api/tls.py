@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 
 from pki.authority import CertificateAuthority
+from pki.errors import InvalidInput
 from pki.issuance import dns_name_problem
 from pki.pem import Pem, load_certificates
 
@@ -91,9 +93,20 @@ def server_material(ca: CertificateAuthority, names: list[str]) -> TlsFiles:
     return TlsFiles(certfile, keyfile, client_ca)
 
 
+def check_pair(certfile: Path, keyfile: Path) -> None:
+    """InvalidInput unless ``certfile`` and ``keyfile`` load as one TLS server identity (PEM, the
+    key unencrypted and matching the certificate), checked before any worker starts."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile, password=lambda: b"")  # never prompt for one
+    except (ssl.SSLError, OSError) as exc:
+        raise InvalidInput(f"the TLS certificate and key cannot be used together ({certfile}, {keyfile}): "
+                           f"{exc}; give a PEM certificate and its unencrypted PEM key") from None
+
+
 def describe(path: Path) -> str:
     cert = load_certificates(path.read_bytes())[0]
     return f"{cert.subject.rfc4514_string()} until {cert.not_valid_after_utc:%Y-%m-%d}"
 
 
-__all__ = ["TlsFiles", "default_names", "describe", "server_material"]
+__all__ = ["TlsFiles", "check_pair", "default_names", "describe", "server_material"]

@@ -54,6 +54,7 @@ def serve(home: Path | None, host: str, port: int, workers: int | None, tls_cert
     names = list(dict.fromkeys([*tls.default_names(host), *tls_name]))
     material = tls.server_material(ca, names)
     certfile, keyfile = (tls_cert, tls_key) if tls_cert and tls_key else (material.certfile, material.keyfile)
+    tls.check_pair(certfile, keyfile)
     if not ca.profiles():
         progress("note: no profiles yet, so nothing can be enrolled: 'rapki profile add NAME --cn-pattern REGEX'")
     workers = workers or server.default_workers()
