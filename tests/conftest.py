@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pki.authority import CertificateAuthority, InitOptions
-from pki.keys import KeyType
-from pki.profiles import Profile
+from pki.ca.authority import CertificateAuthority, InitOptions
+from pki.x509.keys import KeyType
+from pki.x509.profiles import Profile
 
 pytest_plugins: list[str] = ["tests.emulator_fixture"]
 

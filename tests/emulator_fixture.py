@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pki import sigv4x509
+from pki.rolesanywhere import sigv4x509
 from tests.commands import rapki_cmd
 
 DEFAULT_ACCOUNT = "123456789012"

@@ -31,11 +31,11 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import create_engine, func, select, update
 from sqlalchemy.engine import Engine
 
-from pki.enrollment_client import make_csr, sign_request
-from pki.home import Home
-from pki.profiles import Profile, RolesAnywhereBinding
+from pki.ca.home import Home
+from pki.ca.tokens import TokenStore
 from pki.store.schema import audit_log, certificates, enrollment_tokens
-from pki.tokens import TokenStore
+from pki.workload.client import make_csr, sign_request
+from pki.x509.profiles import Profile, RolesAnywhereBinding
 from tests.conftest import PASSPHRASE, make_ca
 from tests.validators import lint_cert, openssl_verify
 

@@ -17,10 +17,10 @@ from flask import jsonify
 from sqlalchemy import func, select
 from werkzeug.test import EnvironBuilder
 
-from pki.authority import CertificateAuthority
-from pki.enrollment_client import make_csr
+from pki.ca.authority import CertificateAuthority
+from pki.ca.tokens import TokenStore
 from pki.store.schema import certificates
-from pki.tokens import TokenStore
+from pki.workload.client import make_csr
 from service.api import create_app, metrics
 from service.api.direct import DirectEnroll
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from pki.authority import CertificateAuthority
-from pki.home import Home
+from pki.ca.authority import CertificateAuthority
+from pki.ca.home import Home
+from pki.ca.tokens import TokenStore
 from pki.store import Database
-from pki.tokens import TokenStore
 from service.api.state import Limit, RateLimited, SharedState
 from tests.conftest import PASSPHRASE, make_ca
 from tests.test_api import RAPKI, free_port, stop
@@ -197,7 +197,7 @@ def _mismatched_tls_pair(tmp_path: Path, ca: CertificateAuthority) -> tuple[Path
     """A server certificate and a key that is not its own."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from pki.keys import private_key_pem
+    from pki.x509.keys import private_key_pem
 
     issued = ca.issue_server_certificate(["127.0.0.1"])
     cert, key = tmp_path / "server.pem", tmp_path / "other.key.pem"

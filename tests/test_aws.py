@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from pki.authority import CertificateAuthority
 from pki.aws.client import AwsOptions, RolesAnywhere
 from pki.aws.register import register
 from pki.aws.trust_policy import regex_to_wildcards, trust_policy
+from pki.ca.authority import CertificateAuthority
 from pki.errors import InvalidInput
-from pki.profiles import Profile
+from pki.x509.profiles import Profile
 from tests.commands import signer_cmd
 from tests.test_publish import Aws, aws  # noqa: F401 (fixture)
 

@@ -1,4 +1,4 @@
-"""``pki.aws.client`` and ``pki.aws.regions`` without a server: botocore's Stubber for the cases the
+"""``pki.aws.client`` and ``pki.rolesanywhere.partitions`` without a server: botocore's Stubber for the cases the
 emulator cannot produce (an ImportCrl that happened although its answer was a 500; Retry-After),
 and the region/partition/endpoint rules. The emulator covers everything else (tests/test_publish.py)."""
 
@@ -9,11 +9,17 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from pki.authority import CertificateAuthority
 from pki.aws.client import AwsError, AwsOptions, RolesAnywhere
-from pki.aws.regions import RolesAnywhereArn, check_role_arn, endpoint_override, normalize_region, partition_of
+from pki.aws.publish import CrlPublisher
+from pki.ca.authority import CertificateAuthority
 from pki.errors import InvalidInput
-from pki.publish import CrlPublisher
+from pki.rolesanywhere.partitions import (
+    RolesAnywhereArn,
+    check_role_arn,
+    endpoint_override,
+    normalize_region,
+    partition_of,
+)
 from tests.emulator_fixture import pem_of
 
 ANCHOR = "arn:aws:rolesanywhere:us-east-1:111122223333:trust-anchor/11111111-2222-4333-8444-555555555555"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from pki.authority import CertificateAuthority, InitOptions
+from pki.ca.authority import CertificateAuthority, InitOptions
 from pki.errors import Conflict, InvalidInput, NotARapkiHome, WrongPassphrase
-from pki.keys import KeyType
+from pki.x509.keys import KeyType
 from tests.conftest import PASSPHRASE, make_ca
 from tests.validators import lint_cert, lint_chain, openssl_verify
 

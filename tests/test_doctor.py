@@ -11,10 +11,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pki.authority import CertificateAuthority
 from pki.aws.client import AwsOptions, RolesAnywhere
+from pki.aws.doctor import AnchorView, anchor_from_aws, diagnose
 from pki.aws.register import register
-from pki.doctor import AnchorView, anchor_from_aws, diagnose
+from pki.ca.authority import CertificateAuthority
 from tests.emulator_fixture import make_ca, make_leaf
 from tests.test_publish import Aws, aws  # noqa: F401 (fixture)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pki import sigv4x509
+from pki.rolesanywhere import sigv4x509
 from tests.emulator_fixture import (
     InProcessEmulator,
     SimpleCa,

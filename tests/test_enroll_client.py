@@ -9,11 +9,11 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from pki.authority import CertificateAuthority
-from pki.enrollment_client import EnrollmentClient, make_csr, renewal_due, sign_request, verify_request_signature
+from pki.ca.authority import CertificateAuthority
 from pki.errors import InvalidInput, Unauthenticated
-from pki.issuance import load_csr, read_csr
-from pki.keys import KeyType
+from pki.workload.client import EnrollmentClient, make_csr, renewal_due, sign_request, verify_request_signature
+from pki.x509.issuance import load_csr, read_csr
+from pki.x509.keys import KeyType
 
 
 def test_renewal_due_after_two_thirds(ca: CertificateAuthority) -> None:
@@ -61,7 +61,7 @@ def test_client_refuses_plain_http() -> None:
 
 def test_renew_refuses_expired_certificate_locally(ca: CertificateAuthority, tmp_path: Path) -> None:
     """An expired certificate cannot renew itself: say so without calling the server."""
-    from pki.enrollment_client import renew
+    from pki.workload.client import renew
 
     issued = ca.issue("web", cn="web-4")
     issued.write_to(tmp_path)

@@ -11,11 +11,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pki.authority import CertificateAuthority
+from pki.ca.authority import CertificateAuthority
 from pki.errors import InvalidInput, NotFound, PolicyViolation
-from pki.keys import KeyType, subject_key_identifier
-from pki.preflight import leaf_problems
-from pki.profiles import Profile
+from pki.x509.keys import KeyType, subject_key_identifier
+from pki.x509.preflight import leaf_problems
+from pki.x509.profiles import Profile
 from tests.conftest import make_ca
 from tests.validators import lint_cert, lint_chain, openssl_verify
 

@@ -1,4 +1,4 @@
-"""CRL publishing (``pki.publish``, ``rapki crl publish/status``, ``rapki revoke --publish``).
+"""CRL publishing (``pki.aws.publish``, ``rapki crl publish/status``, ``rapki revoke --publish``).
 
 Every test drives the real ``rapki emulator`` over HTTPS with real boto3 (the ``emulator`` fixture);
 each test works in its own 12-digit account (the emulator keys state by access key id), so tests
@@ -22,12 +22,12 @@ import pytest
 from cryptography import x509
 from sqlalchemy import func, insert, select
 
-from pki.authority import CertificateAuthority
 from pki.aws.client import AwsError, AwsOptions, RolesAnywhere
-from pki.crl import build_crl
+from pki.aws.publish import CrlPublisher, PublishError, crl_status, publish
+from pki.ca.authority import CertificateAuthority
 from pki.errors import CrlTooLarge
-from pki.publish import CrlPublisher, PublishError, crl_status, publish
 from pki.store.schema import audit_log, certificates, crl_publications
+from pki.x509.crl import build_crl
 from tests.commands import rapki_cmd
 from tests.emulator_fixture import RunningEmulator, pem_of
 
@@ -336,7 +336,7 @@ def test_two_publishers_never_interleave_postgresql(pg_database_url: str, tmp_pa
     anchor = aws.anchor(ca.root_certificate)
     _race(aws, ca, anchor, {"RAPKI_DATABASE_URL": pg_database_url})
     # The advisory lock is really taken: held elsewhere, a publisher gives up after --lock-timeout.
-    from pki.publish import publish_lock
+    from pki.aws.publish import publish_lock
 
     with publish_lock(ca, timeout=5):
         result = aws.rapki("crl", "publish", "--trust-anchor-arn", anchor, "--lock-timeout", "0.5",

@@ -10,8 +10,8 @@ import pytest
 from cryptography import x509
 from sqlalchemy import insert, update
 
-import pki.crl
-from pki.authority import CertificateAuthority
+import pki.x509.crl
+from pki.ca.authority import CertificateAuthority
 from pki.errors import CrlTooLarge, InvalidInput, NotFound
 from pki.store.schema import certificates, crl_state
 from tests.conftest import make_ca
@@ -131,7 +131,7 @@ def test_oversize_crl_fails_without_dropping_or_consuming_a_number(ca: Certifica
     for i in range(3):
         ca.revoke(ca.issue("web", cn=f"web-{i}").serial_hex)
     ca.build_crl()
-    monkeypatch.setattr(pki.crl, "ROLES_ANYWHERE_CRL_LIMIT", 500)
+    monkeypatch.setattr(pki.x509.crl, "ROLES_ANYWHERE_CRL_LIMIT", 500)
     with pytest.raises(CrlTooLarge, match="3 entries") as excinfo:
         ca.build_crl()
     assert "Remedies" in str(excinfo.value)

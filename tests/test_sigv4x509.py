@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from pki import sigv4x509 as s
+from pki.rolesanywhere import sigv4x509 as s
 
 VECTORS = Path("/work/shared/vectors/sigv4-x509")
 VECTOR_NAMES = (

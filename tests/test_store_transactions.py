@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from pki.authority import CertificateAuthority
+from pki.ca.authority import CertificateAuthority
 from pki.store import Database
 from pki.store.schema import audit_log, profiles
 from pki.store.statements import PreparedInsert

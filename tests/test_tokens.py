@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from pki.authority import CertificateAuthority
+from pki.ca.authority import CertificateAuthority
+from pki.ca.tokens import TokenStore, TokenUsed, hash_token
 from pki.errors import Conflict, Forbidden, InvalidInput, NotFound, PolicyViolation, Unauthenticated
 from pki.store.schema import certificates, enrollment_tokens
-from pki.tokens import TokenStore, TokenUsed, hash_token
 from service.cli import main
 
 
@@ -167,7 +167,7 @@ def test_token_statements_compile_for_sqlite_and_postgresql() -> None:
     either dialect (a literal turned into a bind parameter would be sent unconverted)."""
     from sqlalchemy import create_engine
 
-    from pki.tokens import _REDEEM, _SELECT_ENROLLMENT
+    from pki.ca.tokens import _REDEEM, _SELECT_ENROLLMENT
 
     for url in ("sqlite://", "postgresql+psycopg://nobody@127.0.0.1:1/none"):
         dialect = create_engine(url).dialect

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pki.aws.regions import FIPS_REGIONS, endpoint_override, fips_requested, partition_of, resolve_region
 from pki.errors import InvalidInput, RapkiError
+from pki.rolesanywhere.partitions import FIPS_REGIONS, endpoint_override, fips_requested, partition_of, resolve_region
 
 # Operations that change state: what "a run with nothing new makes no write call" counts.
 WRITE_OPERATIONS = frozenset({

@@ -4,7 +4,7 @@
    found by the ARN stored in rapki.toml, else by name; created when absent; its bundle updated when
    it differs (e.g. after a rotation); enabled; expiry notifications set when asked.
 2. Profile with its roles, duration and ``acceptRoleSessionName``: found, created or updated the same way; enabled.
-3. The first CRL imported and enabled (``pki.publish``), so a revocation is enforceable from day one.
+3. The first CRL imported and enabled (``pki.aws.publish``), so a revocation is enforceable from day one.
 4. The ARNs stored in ``[roles_anywhere]`` of rapki.toml (``rapki crl publish`` and ``revoke --publish``
    use them), and in a rapki issuance profile's ``roles_anywhere`` binding when one is named.
 
@@ -21,12 +21,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki.aws.client import AwsError, RolesAnywhere
-from pki.aws.regions import check_role_arn
+from pki.aws.publish import SECTION, CrlPublisher, PublishReport, settings
 from pki.errors import InvalidInput
-from pki.publish import SECTION, CrlPublisher, PublishReport, settings
+from pki.rolesanywhere.partitions import check_role_arn
 
 if TYPE_CHECKING:
-    from pki.authority import CertificateAuthority
+    from pki.ca.authority import CertificateAuthority
 
 ANCHOR_MODES = ("issuing", "root", "both")
 MAX_ANCHOR_CERTIFICATES = 2
@@ -189,7 +189,7 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
              endpoint_url: str | None = None, ca_bundle: str | None = None, files: str = "/etc/rapki",
              auto_publish: bool | None = None, actor: str | None = None) -> Registration:
     """Create or converge the trust anchor, profile and first CRL; store the ARNs. See the module doc."""
-    from pki.publish import crl_name_for
+    from pki.aws.publish import crl_name_for
 
     if not 900 <= duration <= 43200:
         raise InvalidInput("--duration must be 900-43200 seconds")
@@ -209,7 +209,7 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
         "name": name, "region": aws.region, "trust_anchor_arn": anchor_arn, "profile_arn": profile_arn,
         "role_arns": roles, "duration": duration, "anchor": anchor,
     }
-    if auto_publish is not None:  # every 'rapki revoke' publishes (see pki.publish.auto_publish_enabled)
+    if auto_publish is not None:  # every 'rapki revoke' publishes (see pki.aws.publish.auto_publish_enabled)
         stored["auto_publish"] = auto_publish
     ca.config = ca.home.update_section(SECTION, stored)
     crl = CrlPublisher(ca, aws, name=name, actor=actor).publish(anchor_arn)
@@ -219,7 +219,7 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
         if pub.writes:
             registrar.actions.append(f"{pub.action} CRL {pub.crl_name} #{pub.crl_number}")
     if binding_profile is not None:
-        from pki.profiles import RolesAnywhereBinding
+        from pki.x509.profiles import RolesAnywhereBinding
 
         binding = RolesAnywhereBinding(profile_arn=profile_arn, role_arns=tuple(roles), trust_anchor_arn=anchor_arn,
                                        session_duration=duration)

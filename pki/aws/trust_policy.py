@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pki.aws.regions import RolesAnywhereArn
+from pki.rolesanywhere.partitions import RolesAnywhereArn
 
 if TYPE_CHECKING:
-    from pki.profiles import Profile
+    from pki.x509.profiles import Profile
 
 SERVICE_PRINCIPAL = "rolesanywhere.amazonaws.com"
 ACTIONS = ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]

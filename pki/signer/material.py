@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pki.errors import InvalidInput, RapkiError
-from pki.keys import KeyType, PrivateKey, key_family, load_private_key, public_key_matches
+from pki.x509.keys import KeyType, PrivateKey, key_family, load_private_key, public_key_matches
 
 # The service refuses a longer X-Amz-X509-Chain.
 MAX_CHAIN = 5

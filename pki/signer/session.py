@@ -4,7 +4,7 @@ Kept to the standard library's ``http.client`` (``ssl`` only for https) because
 ``credential-process`` runs this on every SDK refresh and its start-up time is the user's latency.
 Requests are built exactly as the official helper builds them: the three ARNs in the query string,
 the body ``{"durationSeconds":N}`` (plus ``roleSessionName`` when asked) as compact JSON, signed by
-:func:`pki.sigv4x509.sign_create_session`. Each retry is signed again, with a fresh ``X-Amz-Date``.
+:func:`pki.rolesanywhere.sigv4x509.sign_create_session`. Each retry is signed again, with a fresh ``X-Amz-Date``.
 """
 
 from __future__ import annotations
@@ -430,7 +430,7 @@ def create_session(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Credentials:
     """Exchange the certificate for credentials, retrying throttling, 5xx and connection errors."""
-    from pki.sigv4x509 import sign_create_session
+    from pki.rolesanywhere.sigv4x509 import sign_create_session
 
     opts.check()
     region, fips_region = normalize_region(resolve_region(opts.trust_anchor_arn, opts.profile_arn, opts.region))

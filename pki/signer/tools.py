@@ -14,9 +14,9 @@ import hashlib
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from pki.keys import PrivateKey
 from pki.signer.material import _read, key_type_label, parse_certificate
 from pki.signer.session import go_json
+from pki.x509.keys import PrivateKey
 
 FIXED_STRING_PREFIX = b"AWS Roles Anywhere Credential Helper Signing Test"
 SIGN_STRING_TEST_VERSION = 1

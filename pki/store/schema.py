@@ -82,7 +82,7 @@ profiles = Table(
     "profiles",
     metadata,
     Column("name", String(64), primary_key=True),
-    Column("spec", JSON, nullable=False),  # pki.profiles.Profile.to_dict()
+    Column("spec", JSON, nullable=False),  # pki.x509.profiles.Profile.to_dict()
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )

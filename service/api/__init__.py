@@ -12,8 +12,8 @@ from pathlib import Path
 
 from flask import Flask, Response, g, request
 
-from pki.authority import CertificateAuthority
-from pki.tokens import TokenStore
+from pki.ca.authority import CertificateAuthority
+from pki.ca.tokens import TokenStore
 from service.api import errors, metrics
 from service.api.context import ApiContext, Settings
 from service.api.jsonio import JsonProvider

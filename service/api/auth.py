@@ -1,5 +1,5 @@
 """Who is calling: enrollment tokens, operator tokens, client certificates (mutual TLS or a
-``RAPKI-SIG-V1`` request signature, see ``pki.enrollment_client``).
+``RAPKI-SIG-V1`` request signature, see ``pki.workload.client``).
 
 A client certificate counts only if this CA issued exactly that certificate (its DER is on
 record), it is unexpired and unrevoked. Under ``rapki serve`` the TLS layer has already checked
@@ -17,10 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from flask import request
 
-from pki.authority import CertificateAuthority, CertificateRecord
-from pki.enrollment_client import SIGNATURE_MAX_SKEW, verify_request_signature
+from pki.ca.authority import CertificateAuthority, CertificateRecord
+from pki.ca.tokens import OperatorToken, TokenStore
 from pki.errors import Forbidden, NotFound, Unauthenticated
-from pki.tokens import OperatorToken, TokenStore
+from pki.workload.client import SIGNATURE_MAX_SKEW, verify_request_signature
 
 
 class CertificateRevoked(Unauthenticated):

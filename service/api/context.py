@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pki.authority import CertificateAuthority
-from pki.tokens import TokenStore
+from pki.ca.authority import CertificateAuthority
+from pki.ca.tokens import TokenStore
 from service.api.state import Limit, SharedState
 
 

@@ -1,7 +1,7 @@
 """Enroll, renew and revoke: the request bodies read and checked, then handed to ``pki``.
 
 Policy lives in ``pki`` (profiles, CSR rules, Roles Anywhere preflight in
-``CertificateAuthority.issue``; token binding and redemption in ``pki.tokens``). This module
+``CertificateAuthority.issue``; token binding and redemption in ``pki.ca.tokens``). This module
 validates the shape of the JSON, orders the checks so that every refusal happens before anything
 is written, and shapes the answer (PEM or PKCS#12, Roles Anywhere binding).
 
@@ -22,15 +22,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from pki.authority import CertificateAuthority, IssuedCertificate
-from pki.crl import parse_reason
-from pki.durations import parse_duration
+from pki.ca.authority import CertificateAuthority, IssuedCertificate
+from pki.ca.tokens import EnrollmentToken, TokenStore
 from pki.errors import Forbidden, InvalidInput
-from pki.issuance import CsrContent, SubjectAltNames, load_csr, read_csr
-from pki.keys import KeyType
-from pki.pem import Pem
-from pki.profiles import Profile
-from pki.tokens import EnrollmentToken, TokenStore
+from pki.x509.crl import parse_reason
+from pki.x509.durations import parse_duration
+from pki.x509.issuance import CsrContent, SubjectAltNames, load_csr, read_csr
+from pki.x509.keys import KeyType
+from pki.x509.pem import Pem
+from pki.x509.profiles import Profile
 from service.api.auth import Caller
 
 FORMATS = ("pem", "pkcs12")

@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from pki.authority import CertificateAuthority
+    from pki.ca.authority import CertificateAuthority
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

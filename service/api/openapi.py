@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from pki.keys import KeyType
+from pki.x509.keys import KeyType
 
 VERSION = "1.0.0"
 

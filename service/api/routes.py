@@ -9,12 +9,12 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import func, select
 
-from pki.crl import BuiltCrl
-from pki.durations import parse_duration
+from pki.ca.tokens import parse_token
 from pki.errors import InvalidInput, Unauthenticated, Unavailable
-from pki.pem import Pem
 from pki.store.schema import certificates
-from pki.tokens import parse_token
+from pki.x509.crl import BuiltCrl
+from pki.x509.durations import parse_duration
+from pki.x509.pem import Pem
 from service.api import enrollment, jsonio, metrics
 from service.api.auth import Caller, certificate_caller, client_address, operator_caller, require_bearer
 from service.api.context import ApiContext

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pki.durations import parse_duration
 from pki.errors import InvalidInput, RapkiError
+from pki.x509.durations import parse_duration
 
 
 class RateLimited(RapkiError):

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from cryptography import x509
 
-from pki.authority import CertificateAuthority
+from pki.ca.authority import CertificateAuthority
 from pki.errors import InvalidInput
-from pki.issuance import dns_name_problem
-from pki.pem import Pem, load_certificates
+from pki.x509.issuance import dns_name_problem
+from pki.x509.pem import Pem, load_certificates
 
 SERVER_LIFETIME = timedelta(days=90)
 RENEW_WHEN_LEFT = SERVER_LIFETIME / 3

@@ -4,7 +4,7 @@ Every command that talks to AWS takes ``--region``, ``--endpoint-url``, ``--ca-b
 and ``--fips`` and otherwise honours what the SDKs honour (``AWS_ENDPOINT_URL_ROLESANYWHERE``,
 ``AWS_ENDPOINT_URL``, ``AWS_CA_BUNDLE``, ``AWS_PROFILE``, ``AWS_USE_FIPS_ENDPOINT``, the credential
 chain), so the local emulator and AWS (GovCloud included) are driven the same way.
-The logic lives in ``pki.publish``, ``pki.aws`` and ``pki.doctor``; this module parses and prints.
+The logic lives in ``pki.aws.publish``, ``pki.aws`` and ``pki.aws.doctor``; this module parses and prints.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from service.cli.ca_commands import open_ca
 from service.cli.cert_commands import crl
 
 if TYPE_CHECKING:  # keeps boto3 off the import path of the CLI
-    from pki.authority import CertificateAuthority
     from pki.aws.client import AwsOptions
+    from pki.ca.authority import CertificateAuthority
 
 
 def aws_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,7 +71,7 @@ def crl_publish(home: Path | None, trust_anchor_arn: str | None, region: str | N
                 ca_bundle: str | None, aws_profile: str | None, fips: bool | None, name: str | None,
                 dry_run: bool, lock_timeout: float, quiet: bool, as_json: bool) -> None:
     """Publish the current CRL of each issuing CA to a Roles Anywhere trust anchor (cron-safe)."""
-    from pki.publish import publish
+    from pki.aws.publish import publish
 
     report = publish(open_ca(home), trust_anchor_arn, options=make_options(region, endpoint_url, ca_bundle,
                                                                            aws_profile, fips),
@@ -103,7 +103,7 @@ def print_report(report: Any, err: bool = False) -> None:
 
 def publish_after_revoke(authority: CertificateAuthority, requested: bool | None, quiet: bool) -> dict[str, Any] | None:
     """``rapki revoke --publish`` (or ``[roles_anywhere].auto_publish``): publish right after revoking."""
-    from pki.publish import PublishError, auto_publish_enabled, publish
+    from pki.aws.publish import PublishError, auto_publish_enabled, publish
 
     if not (requested or (requested is None and auto_publish_enabled(authority))):
         return None
@@ -129,7 +129,7 @@ def publish_after_revoke(authority: CertificateAuthority, requested: bool | None
 @json_option
 def crl_status_command(home: Path | None, trust_anchor_arn: str | None, check: bool, as_json: bool) -> None:
     """Local vs published CRL per issuing CA: numbers, age, size budget, and what needs doing."""
-    from pki.publish import crl_status
+    from pki.aws.publish import crl_status
 
     status = crl_status(open_ca(home), trust_anchor_arn)
     if as_json:
@@ -193,9 +193,9 @@ def aws_register(home: Path | None, region: str | None, endpoint_url: str | None
     import os
 
     from pki.aws.client import RolesAnywhere
-    from pki.aws.regions import endpoint_override
+    from pki.aws.publish import settings
     from pki.aws.register import register
-    from pki.publish import settings
+    from pki.rolesanywhere.partitions import endpoint_override
 
     authority = open_ca(home)
     aws = RolesAnywhere.connect(make_options(region, endpoint_url, ca_bundle, aws_profile, fips),
@@ -238,7 +238,7 @@ def aws_trust_policy(home: Path | None, trust_anchor_arn: str | None, rapki_prof
     profile = None
     anchor = trust_anchor_arn
     if rapki_profile or not anchor:
-        from pki.publish import settings
+        from pki.aws.publish import settings
 
         authority = open_ca(home)
         if rapki_profile:
@@ -271,7 +271,13 @@ def doctor(home: Path | None, cert_path: Path, key_path: Path | None, chain_path
            trust_anchor_arn: str | None, region: str | None, endpoint_url: str | None, ca_bundle: str | None,
            aws_profile: str | None, fips: bool | None, offline: bool, as_json: bool) -> None:
     """Replay Roles Anywhere's checks on a certificate and say what to fix (e.g. 'Untrusted Signing Certificate')."""
-    from pki.doctor import anchor_from_aws, anchor_from_local_ca, diagnose, load_certificates, local_revocation_check
+    from pki.aws.doctor import (
+        anchor_from_aws,
+        anchor_from_local_ca,
+        diagnose,
+        load_certificates,
+        local_revocation_check,
+    )
     from pki.errors import RapkiError
 
     authority = None
@@ -282,7 +288,7 @@ def doctor(home: Path | None, cert_path: Path, key_path: Path | None, chain_path
             raise
     anchor_arn = trust_anchor_arn
     if authority is not None and not anchor_arn and not offline:
-        from pki.publish import settings
+        from pki.aws.publish import settings
 
         anchor_arn = settings(authority).get("trust_anchor_arn") or None
     anchor = None

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from pki.authority import CertificateAuthority, InitOptions
-from pki.durations import format_duration, parse_duration
+from pki.ca.authority import CertificateAuthority, InitOptions
+from pki.ca.home import Home
 from pki.errors import Conflict, InvalidInput
-from pki.home import Home
-from pki.keys import KeyType
-from pki.pem import Pem
-from pki.profiles import Profile, RolesAnywhereBinding
+from pki.x509.durations import format_duration, parse_duration
+from pki.x509.keys import KeyType
+from pki.x509.pem import Pem
+from pki.x509.profiles import Profile, RolesAnywhereBinding
 from service.cli.base import echo_json, home_option, json_option, main, resolve_home
 
 KEY_TYPES = [k.value for k in KeyType]

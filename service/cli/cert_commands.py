@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from pki.crl import REASON_NAMES
-from pki.durations import parse_duration
 from pki.errors import InvalidInput
-from pki.keys import KeyType
+from pki.x509.crl import REASON_NAMES
+from pki.x509.durations import parse_duration
+from pki.x509.keys import KeyType
 from service.cli.base import echo_json, home_option, json_option, main
 from service.cli.ca_commands import KEY_TYPES, open_ca
 
@@ -67,7 +67,7 @@ def revoke(home: Path | None, serial: str, reason: str | None, publish_crl: bool
     authority = open_ca(home)
     result = authority.revoke(serial, reason=reason)
     record = result.record
-    publication = publish_after_revoke(authority, publish_crl, quiet=as_json)  # logic: pki.publish
+    publication = publish_after_revoke(authority, publish_crl, quiet=as_json)  # logic: pki.aws.publish
     if as_json:
         echo_json({**record.to_dict(), "already_revoked": result.already_revoked, "publication": publication})
         return
@@ -108,7 +108,7 @@ def show(home: Path | None, serial: str, as_pem: bool, as_json: bool) -> None:
     """Show certificate SERIAL."""
     record = open_ca(home).find(serial)
     if as_pem:
-        from pki.pem import Pem
+        from pki.x509.pem import Pem
 
         click.echo(Pem.of_certificates([record.certificate]).text(), nl=False)
     elif as_json:
@@ -134,7 +134,7 @@ def crl() -> None:
 def crl_build(home: Path | None, issuer: str | None, out: Path | None, fmt: str, validity: str | None,
               as_json: bool) -> None:
     """Sign a new CRL (next CRLNumber) with the revoked, unexpired certificates."""
-    from pki.crl import ROLES_ANYWHERE_CRL_LIMIT
+    from pki.x509.crl import ROLES_ANYWHERE_CRL_LIMIT
 
     built = open_ca(home).build_crl(issuer, validity=parse_duration(validity) if validity else None)
     data = built.pem if fmt == "pem" else built.der
@@ -145,7 +145,7 @@ def crl_build(home: Path | None, issuer: str | None, out: Path | None, fmt: str,
         "this_update": built.this_update.isoformat(), "next_update": built.next_update.isoformat(),
     }
     if out is not None:
-        from pki.pem import Pem
+        from pki.x509.pem import Pem
 
         Pem(data).write_to_path(out)
         report["out"] = str(out)

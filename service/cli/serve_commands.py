@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from pki.durations import format_duration, parse_duration
 from pki.errors import InvalidInput
+from pki.x509.durations import format_duration, parse_duration
 from service.cli.base import echo_json, ensure_port_free, home_option, json_option, main, resolve_home
 from service.cli.ca_commands import KEY_TYPES, open_ca, progress
 
@@ -36,8 +36,8 @@ def serve(home: Path | None, host: str, port: int, workers: int | None, tls_cert
           tls_key: Path | None, tls_name: tuple[str, ...], no_client_certs: bool, pidfile: Path | None,
           quiet: bool, cpu_affinity: str) -> None:
     """Run the enrollment API over HTTPS under gunicorn (creates the home with defaults on first run)."""
-    from pki.authority import CertificateAuthority
-    from pki.home import Home
+    from pki.ca.authority import CertificateAuthority
+    from pki.ca.home import Home
 
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInput("give --tls-cert and --tls-key together")
@@ -97,7 +97,7 @@ def token() -> None:
 def token_create(home: Path | None, profile_name: str, cn: str | None, cn_pattern: str | None, ttl: str,
                  uses: int, as_json: bool) -> None:
     """Create an enrollment token; it is printed once and only its hash is stored."""
-    from pki.tokens import TokenStore
+    from pki.ca.tokens import TokenStore
 
     created = TokenStore(open_ca(home)).create(profile_name, cn=cn, cn_pattern=cn_pattern,
                                                ttl=parse_duration(ttl), uses=uses)
@@ -116,7 +116,7 @@ def token_create(home: Path | None, profile_name: str, cn: str | None, cn_patter
 @json_option
 def token_list(home: Path | None, include_all: bool, as_json: bool) -> None:
     """List enrollment tokens (never their secrets)."""
-    from pki.tokens import TokenStore
+    from pki.ca.tokens import TokenStore
 
     tokens = TokenStore(open_ca(home)).list(include_inactive=include_all)
     if as_json:
@@ -136,7 +136,7 @@ def token_list(home: Path | None, include_all: bool, as_json: bool) -> None:
 @json_option
 def token_revoke(home: Path | None, token_id: str, as_json: bool) -> None:
     """Revoke enrollment token TOKEN_ID (as 'rapki token list' shows it)."""
-    from pki.tokens import TokenStore
+    from pki.ca.tokens import TokenStore
 
     record = TokenStore(open_ca(home)).revoke(token_id)
     if as_json:
@@ -163,7 +163,7 @@ def operator_token() -> None:
 @json_option
 def operator_token_create(home: Path | None, name: str, ttl: str | None, as_json: bool) -> None:
     """Create an operator API token; printed once, only its hash is stored."""
-    from pki.tokens import TokenStore
+    from pki.ca.tokens import TokenStore
 
     created = TokenStore(open_ca(home)).create_operator(name, ttl=parse_duration(ttl) if ttl else None)
     if as_json:
@@ -180,7 +180,7 @@ def operator_token_create(home: Path | None, name: str, ttl: str | None, as_json
 @json_option
 def operator_token_list(home: Path | None, include_all: bool, as_json: bool) -> None:
     """List operator tokens (never their secrets)."""
-    from pki.tokens import TokenStore
+    from pki.ca.tokens import TokenStore
 
     tokens = TokenStore(open_ca(home)).list_operators(include_inactive=include_all)
     if as_json:
@@ -195,7 +195,7 @@ def operator_token_list(home: Path | None, include_all: bool, as_json: bool) -> 
 @click.argument("token_id")
 def operator_token_revoke(home: Path | None, token_id: str) -> None:
     """Revoke operator token TOKEN_ID."""
-    from pki.tokens import TokenStore
+    from pki.ca.tokens import TokenStore
 
     TokenStore(open_ca(home)).revoke_operator(token_id)
     click.echo(f"revoked operator token {token_id}")
@@ -223,8 +223,8 @@ ca_bundle_option = click.option("--ca-bundle", type=click.Path(dir_okay=False, e
 def enroll(url: str, token_value: str, out: Path, key_type: str | None, csr_mode: bool, cn: str | None,
            san: tuple[str, ...], ttl: str | None, ca_bundle: Path | None, as_json: bool) -> None:
     """Redeem an enrollment token: writes cert.pem, key.pem (0600) and chain.pem to --out."""
-    from pki.enrollment_client import EnrollmentClient
-    from pki.enrollment_client import enroll as do_enroll
+    from pki.workload.client import EnrollmentClient
+    from pki.workload.client import enroll as do_enroll
 
     result = do_enroll(EnrollmentClient(url, ca_bundle), token_value, out, key_type=key_type, csr_mode=csr_mode,
                        cn=cn, sans=list(san), ttl=ttl)
@@ -244,7 +244,7 @@ def enroll(url: str, token_value: str, out: Path, key_type: str | None, csr_mode
 def renew(url: str, cert_dir: Path, force: bool, signed: bool, ttl: str | None, ca_bundle: Path | None,
           as_json: bool) -> None:
     """Renew the certificate in --cert-dir when due (two thirds of its lifetime), replacing the files atomically."""
-    from pki.enrollment_client import renew as do_renew
+    from pki.workload.client import renew as do_renew
 
     result = do_renew(url, cert_dir, ca_bundle=ca_bundle, force=force, signed=signed, ttl=ttl)
     if not result["renewed"]:

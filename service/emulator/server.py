@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gunicorn.app.base import BaseApplication
 
 from pki.files import atomic_write
-from pki.keys import private_key_pem, subject_key_identifier
+from pki.x509.keys import private_key_pem, subject_key_identifier
 
 TLS_CERT_NAME = "emulator-tls.pem"
 TLS_KEY_NAME = "emulator-tls.key"

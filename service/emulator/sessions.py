@@ -30,8 +30,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from pki import sigv4x509
-from pki.preflight import common_name, leaf_problems, source_identity
+from pki.rolesanywhere import sigv4x509
+from pki.x509.preflight import common_name, leaf_problems, source_identity
 from service.emulator.errors import ServiceError, access_denied, validation
 from service.emulator.state import Arn, EmulatorState, iso_now
 

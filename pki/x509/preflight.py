@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pki.keys import key_family
+from pki.x509.keys import key_family
 
 # STS SourceIdentity: [\p{L}\p{Z}\p{N}_.:/=+\-@]+ . Python's \w covers letters, digits and "_";
 # str.isalnum/isspace checks below handle the Unicode classes precisely.
@@ -59,7 +59,7 @@ def common_name(name: x509.Name) -> str | None:
 
 
 def public_key_problem(key: object) -> str | None:
-    family = key_family(key)  # not isinstance: see pki.keys.key_family
+    family = key_family(key)  # not isinstance: see pki.x509.keys.key_family
     if family == "ec":
         curve = key.curve.name  # type: ignore[attr-defined]
         return None if curve in ("secp256r1", "secp384r1") else f"EC curve {curve}: only P-256 and P-384 are accepted"
@@ -90,7 +90,7 @@ def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> lis
 def leaf_content_problems(serial: int, hash_alg: hashes.HashAlgorithm | None, public_key: object, cn: str | None,
                           extensions: Iterable[x509.Extension[x509.ExtensionType]]) -> list[str]:
     """The rules on what a leaf holds, for a certificate (``leaf_problems``) or for one about to be
-    built: the CA checks the very values it hands the builder (``pki.issuance.leaf_extensions``),
+    built: the CA checks the very values it hands the builder (``pki.x509.issuance.leaf_extensions``),
     so nothing is signed that would be refused, and nothing is parsed back out of the result."""
     problems: list[str] = []
     if serial <= 0:

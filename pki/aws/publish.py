@@ -38,13 +38,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import insert, select, text
 
-from pki.crl import ROLES_ANYWHERE_CRL_LIMIT, BuiltCrl, build_crl, check_size
 from pki.errors import InvalidInput, RapkiError
 from pki.store.schema import crl_publications, crl_state
+from pki.x509.crl import ROLES_ANYWHERE_CRL_LIMIT, BuiltCrl, build_crl, check_size
 
 if TYPE_CHECKING:
-    from pki.authority import CertificateAuthority, Issuer
     from pki.aws.client import AwsOptions, RolesAnywhere
+    from pki.ca.authority import CertificateAuthority, Issuer
 
 SECTION = "roles_anywhere"  # rapki.toml section written by 'rapki aws register'
 DEFAULT_NAME = "rapki"
@@ -258,7 +258,7 @@ class CrlPublisher:
         self._listed: list[dict[str, Any]] | None = None
 
     def publish(self, trust_anchor_arn: str, *, dry_run: bool = False) -> PublishReport:
-        from pki.aws.regions import RolesAnywhereArn
+        from pki.rolesanywhere.partitions import RolesAnywhereArn
 
         anchor_arn = str(RolesAnywhereArn.parse(trust_anchor_arn, "trust anchor ARN", expected_type="trust-anchor"))
         started = time.monotonic()

@@ -24,10 +24,10 @@ from typing import Any
 
 import tomli_w
 
-from pki.durations import format_duration, parse_duration
 from pki.errors import InvalidInput, NotARapkiHome
 from pki.files import atomic_write
-from pki.keys import KeyType
+from pki.x509.durations import format_duration, parse_duration
+from pki.x509.keys import KeyType
 
 CONFIG_NAME = "rapki.toml"
 CONFIG_VERSION = 1

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from pki.errors import InvalidInput, PolicyViolation
-from pki.keys import KeyType, PrivateKey, PublicKey, key_family, subject_key_identifier
+from pki.x509.keys import KeyType, PrivateKey, PublicKey, key_family, subject_key_identifier
 
 BACKDATE = timedelta(minutes=5)  # tolerate clients whose clock runs a little behind
 
@@ -312,7 +312,7 @@ def build_leaf(spec: LeafSpec, signer: LeafSigner,
     would store them) rather than through its setters: each setter copies the builder and re-checks
     its argument, a fifth of the cost of building. Every field here is made by rapki, and the CA
     checks each of them against the Roles Anywhere rules first
-    (``pki.preflight.leaf_content_problems``: serial, hash, key, CN, extensions).
+    (``pki.x509.preflight.leaf_content_problems``: serial, hash, key, CN, extensions).
     """
     builder = x509.CertificateBuilder(
         signer.issuer_name, leaf_subject(spec.common_name), spec.public_key, spec.serial,

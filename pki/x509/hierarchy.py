@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from pki.keys import KeyType, PrivateKey, subject_key_identifier
-from pki.serials import random_serial
+from pki.x509.keys import KeyType, PrivateKey, subject_key_identifier
+from pki.x509.serials import random_serial
 
 BACKDATE = timedelta(minutes=5)
 

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki.errors import CrlTooLarge, InvalidInput
-from pki.keys import KeyType, PrivateKey
+from pki.x509.keys import KeyType, PrivateKey
 
 ROLES_ANYWHERE_CRL_LIMIT = 300_000  # bytes of PEM in ImportCrl/UpdateCrl crlData
 

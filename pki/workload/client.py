@@ -43,8 +43,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.errors import InvalidInput, RapkiError, Unauthenticated, Unavailable
-from pki.keys import KeyType, PrivateKey, load_private_key, private_key_pem
-from pki.pem import Pem, load_certificate, load_certificates
+from pki.x509.keys import KeyType, PrivateKey, load_private_key, private_key_pem
+from pki.x509.pem import Pem, load_certificate, load_certificates
 
 SIGNATURE_SCHEME = "RAPKI-SIG-V1"
 SIGNATURE_MAX_SKEW = 300

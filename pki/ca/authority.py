@@ -7,7 +7,7 @@
     ca.revoke(issued.serial_hex, reason="keyCompromise")
     crl = ca.build_crl()
 
-Every certificate is checked against the Roles Anywhere rules (``pki.preflight``) and committed to
+Every certificate is checked against the Roles Anywhere rules (``pki.x509.preflight``) and committed to
 the database before it is returned; a certificate that fails either never leaves this module.
 """
 
@@ -30,11 +30,14 @@ from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from pki.crl import BuiltCrl, RevokedEntry, build_crl, check_size, parse_reason
+from pki.ca.home import Config, Home
 from pki.errors import Conflict, InvalidInput, NotFound, PolicyViolation, RapkiError
-from pki.hierarchy import build_intermediate, build_root, ca_name
-from pki.home import Config, Home
-from pki.issuance import (
+from pki.store import Database
+from pki.store.schema import audit_log, certificates, crl_state, issuers, profiles
+from pki.store.statements import PreparedInsert, PreparedStatement, Transaction
+from pki.x509.crl import BuiltCrl, RevokedEntry, build_crl, check_size, parse_reason
+from pki.x509.hierarchy import build_intermediate, build_root, ca_name
+from pki.x509.issuance import (
     BACKDATE,
     LeafSigner,
     LeafSpec,
@@ -46,7 +49,7 @@ from pki.issuance import (
     load_csr,
     read_csr,
 )
-from pki.keys import (
+from pki.x509.keys import (
     KeyType,
     PrivateKey,
     PublicKey,
@@ -54,13 +57,10 @@ from pki.keys import (
     private_key_pem,
     public_key_matches,
 )
-from pki.pem import Pem, load_certificate
-from pki.preflight import leaf_content_problems
-from pki.profiles import Profile
-from pki.serials import parse_serial, random_serial, serial_hex
-from pki.store import Database
-from pki.store.schema import audit_log, certificates, crl_state, issuers, profiles
-from pki.store.statements import PreparedInsert, PreparedStatement, Transaction
+from pki.x509.pem import Pem, load_certificate
+from pki.x509.preflight import leaf_content_problems
+from pki.x509.profiles import Profile
+from pki.x509.serials import parse_serial, random_serial, serial_hex
 
 DEFAULT_ACTOR = "cli"
 
@@ -285,7 +285,7 @@ class CertificateAuthority:
         passphrase_file = ""
         if passphrase is None:
             if options.passphrase_file is not None:
-                from pki.home import read_passphrase_file
+                from pki.ca.home import read_passphrase_file
 
                 passphrase = read_passphrase_file(options.passphrase_file)
                 passphrase_file = str(options.passphrase_file.resolve())

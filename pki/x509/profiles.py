@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from pki.durations import format_duration, parse_duration
 from pki.errors import InvalidInput, PolicyViolation
-from pki.keys import KeyType
-from pki.preflight import source_identity_problem
+from pki.x509.durations import format_duration, parse_duration
+from pki.x509.keys import KeyType
+from pki.x509.preflight import source_identity_problem
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MAX_TTL_LIMIT = timedelta(days=397)

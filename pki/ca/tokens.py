@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import and_, bindparam, insert, literal_column, select, update
 from sqlalchemy.engine import Engine
 
-from pki.authority import CertificateAuthority, local_actor
+from pki.ca.authority import CertificateAuthority, local_actor
 from pki.errors import Conflict, Forbidden, InvalidInput, NotFound, RapkiError, Unauthenticated
 from pki.store.schema import enrollment_tokens, operator_tokens
 from pki.store.statements import PreparedStatement, Transaction

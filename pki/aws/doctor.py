@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki.errors import RapkiError
-from pki.preflight import (
+from pki.x509.preflight import (
     STRONG_HASHES,
     common_name,
     extension_problems,
@@ -145,7 +145,7 @@ def _key_check(leaf: x509.Certificate, private_key: bytes | None, password: byte
     name = "private key matches the certificate"
     if private_key is None:
         return Check(name, SKIP, "no --private-key given")
-    from pki.keys import load_private_key, public_key_matches
+    from pki.x509.keys import load_private_key, public_key_matches
 
     try:
         key = load_private_key(private_key, password, what="private key")
@@ -327,7 +327,7 @@ def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate
 def anchor_from_aws(aws: Any, trust_anchor_arn: str) -> AnchorView:
     """GetTrustAnchor + ListCrls (read-only), and the service's clock from the response Date."""
     from pki.aws.client import AwsError
-    from pki.publish import anchor_certificates
+    from pki.aws.publish import anchor_certificates
 
     anchor_id = trust_anchor_arn.rsplit("/", 1)[1]
     try:
