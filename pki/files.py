@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import os
-import threading
+import tempfile
 from pathlib import Path
 
 
 def atomic_write(path: Path, data: bytes, *, private: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder, fsync it, rename.
 
-    ``private``: readable by the owner only, created 0600 from the start (no umask race). The
-    temporary name is unique per process and thread, so concurrent writers never share one; the
+    ``private``: readable by the owner only (0600 from creation on); otherwise 0644.
+
+    The temporary file has an unpredictable name and is created exclusively (``O_EXCL``, which
+    also refuses to follow a symbolic link), so another user who can write into the folder cannot
+    plant a file or link that receives the data. Concurrent writers never share a temporary; the
     last rename wins. A failed write leaves ``path`` as it was and no temporary file behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         try:
-            if private:
-                os.fchmod(fd, 0o600)  # an existing temporary file keeps its old mode otherwise
+            if not private:
+                os.fchmod(fd, 0o644)
             os.write(fd, data)
             os.fsync(fd)
         finally:
