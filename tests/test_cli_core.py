@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,21 @@ def test_bad_input_exits_2_with_one_line_and_changes_nothing(home: Path, args: l
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.stderr
     assert rows(home) == before
+
+
+@pytest.mark.parametrize(("edit", "fragment"), [
+    (lambda text: text.replace("serial_bytes = 16", 'serial_bytes = "lots"'), "serial_bytes must be a whole number"),
+    (lambda text: text.replace("serial_bytes = 16", "serial_bytes = 99"), "serial_bytes must be between"),
+    (lambda text: text + "\n[ca2]\nname = \"\xff\"\n", "cannot be read"),
+    (lambda text: "crl = 3\n" + text.replace("[crl]", "[crl2]"), "[crl] must be a table"),
+])
+def test_a_broken_config_is_one_line_and_exit_2(home: Path, edit: Callable[[str], str], fragment: str) -> None:
+    config = home / "rapki.toml"
+    text = edit(config.read_text())
+    config.write_bytes(text.encode("latin-1") if "\xff" in text else text.encode())
+    result = run("list", code=2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0] and "rapki.toml" in lines[0], result.stderr
 
 
 def test_bad_csrs_from_the_cli(home: Path, tmp_path: Path) -> None:

@@ -75,11 +75,18 @@ class Config:
     @classmethod
     def from_toml(cls, doc: dict[str, Any]) -> Config:
         known = {"rapki", "ca", "database", "passphrase", "crl"}
+        for section in known:
+            if not isinstance(doc.get(section, {}), dict):
+                raise InvalidInput(f"[{section}] must be a table in {CONFIG_NAME}")
         ca, db = doc.get("ca", {}), doc.get("database", {})
         crl = doc.get("crl", {})
+        serial_bytes = ca.get("serial_bytes", 16)
+        if not isinstance(serial_bytes, int) or isinstance(serial_bytes, bool):
+            raise InvalidInput(f"serial_bytes must be a whole number from {MIN_SERIAL_BYTES} to "
+                               f"{MAX_SERIAL_BYTES}, not {serial_bytes!r}")
         return cls(
             key_type=KeyType.parse(ca.get("key_type", KeyType.EC_P256.value)),
-            serial_bytes=int(ca.get("serial_bytes", 16)),
+            serial_bytes=serial_bytes,
             database_url=str(db.get("url", "")),
             sqlite_synchronous=str(db.get("sqlite_synchronous", "normal")).lower(),
             passphrase_file=str(doc.get("passphrase", {}).get("file", "")),
@@ -124,12 +131,15 @@ class Home:
     def load_config(self) -> Config:
         self.require()
         try:
-            doc = tomllib.loads(self.config_path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            doc = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise NotARapkiHome(f"{self.config_path} cannot be read: {exc}") from exc
         if "rapki" not in doc:
             raise NotARapkiHome(f"{self.config_path} is not a rapki config (no [rapki] section)")
-        return Config.from_toml(doc)
+        try:
+            return Config.from_toml(doc)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{self.config_path}: {exc}") from exc
 
     def save_config(self, config: Config) -> None:
         atomic_write(self.config_path, tomli_w.dumps(config.to_toml()).encode())
