@@ -169,6 +169,32 @@ def test_csr_with_an_unknown_signature_algorithm_is_refused(ca: CertificateAutho
     assert count_rows(ca) == 0
 
 
+@pytest.mark.parametrize(("key_type", "hash_name", "algorithm", "named"), [
+    ("ec", "sha1", "sha1_ecdsa", "ECDSA with SHA-1"),
+    ("rsa", "sha1", "sha1_rsa", "RSA with SHA-1"),
+    ("rsa", "md5", "md5_rsa", "RSA with MD5"),
+])
+def test_csr_signed_with_a_weak_hash_names_the_algorithm(ca: CertificateAuthority, key_type: str, hash_name: str,
+                                                         algorithm: str, named: str) -> None:
+    """A correctly signed CSR whose signature uses SHA-1 or MD5 is refused, naming the algorithm."""
+    from asn1crypto import csr as asn1_csr
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    key = ec.generate_private_key(ec.SECP256R1()) if key_type == "ec" else rsa.generate_private_key(65537, 2048)
+    request = asn1_csr.CertificationRequest.load(
+        x509.load_pem_x509_csr(csr_for(key, cn="web-1")).public_bytes(serialization.Encoding.DER))
+    info = request["certification_request_info"]
+    digest = {"sha1": hashes.SHA1(), "md5": hashes.MD5()}[hash_name]
+    signature = (key.sign(info.dump(), ec.ECDSA(digest)) if key_type == "ec"
+                 else key.sign(info.dump(), padding.PKCS1v15(), digest))
+    signed = asn1_csr.CertificationRequest({
+        "certification_request_info": info, "signature_algorithm": {"algorithm": algorithm}, "signature": signature,
+    })
+    with pytest.raises(InvalidInput, match=f"signed with {named}, which is not accepted"):
+        ca.issue("web", csr=signed.dump())
+    assert count_rows(ca) == 0
+
+
 def test_csr_with_a_duplicated_extension_is_refused(ca: CertificateAuthority) -> None:
     """A validly signed CSR whose extension request holds basicConstraints twice: bad input, not a crash."""
     from asn1crypto import csr as asn1_csr

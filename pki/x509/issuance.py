@@ -132,6 +132,16 @@ _ECDSA_SIGNATURES = {  # signature algorithm -> how to verify it (immutable, so 
 }
 
 
+# Signatures whose hash no longer proves anything: named in the refusal, never verified.
+_WEAK_SIGNATURES = {
+    SignatureAlgorithmOID.RSA_WITH_MD5: "RSA with MD5",
+    SignatureAlgorithmOID.RSA_WITH_SHA1: "RSA with SHA-1",
+    SignatureAlgorithmOID.ECDSA_WITH_SHA1: "ECDSA with SHA-1",
+    SignatureAlgorithmOID.DSA_WITH_SHA1: "DSA with SHA-1",
+    x509.ObjectIdentifier("1.3.14.3.2.29"): "RSA with SHA-1",  # the old OIW form
+}
+
+
 def load_csr(data: bytes | x509.CertificateSigningRequest) -> VerifiedCsr:
     """Parse (PEM or DER) and verify a CSR; InvalidInput when it is not one or does not verify."""
     try:
@@ -149,6 +159,9 @@ def load_csr(data: bytes | x509.CertificateSigningRequest) -> VerifiedCsr:
         raise InvalidInput(f"not a valid CSR: {exc}") from exc
     except Exception as exc:  # an unsupported key algorithm
         raise InvalidInput(f"the CSR public key cannot be read: {exc}") from exc
+    weak = _WEAK_SIGNATURES.get(csr.signature_algorithm_oid)
+    if weak is not None:
+        raise InvalidInput(f"the CSR is signed with {weak}, which is not accepted: sign it with SHA-256 or stronger")
     try:
         valid = _signature_valid(csr, public_key)
     except Exception as exc:  # a signature algorithm cryptography cannot check
