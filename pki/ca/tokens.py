@@ -32,6 +32,7 @@ from pki.ca.authority import CertificateAuthority, local_actor
 from pki.errors import Conflict, Forbidden, InvalidInput, NotFound, RapkiError, Unauthenticated
 from pki.store.schema import enrollment_tokens, operator_tokens
 from pki.store.statements import PreparedStatement, Transaction
+from pki.x509.patterns import compile_pattern, fullmatch
 
 ENROLL_PREFIX = "rpk_e_"
 OPERATOR_PREFIX = "rpk_o_"
@@ -108,7 +109,7 @@ class EnrollmentToken(NamedTuple):
 
     def allows_cn(self, cn: str) -> bool:
         if self.cn_is_pattern:
-            return re.fullmatch(self.cn, cn) is not None
+            return fullmatch(self.cn, cn)
         return hmac.compare_digest(self.cn.encode(), cn.encode())
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,10 +209,7 @@ class TokenStore:
         if cn is not None:
             prof.check_cn(cn)  # refuse at creation a token that could never be redeemed
         else:
-            try:
-                re.compile(cn_pattern or "")
-            except re.error as exc:
-                raise InvalidInput(f"invalid CN pattern {cn_pattern!r}: {exc}") from exc
+            compile_pattern(cn_pattern or "", "CN")
         if not timedelta(seconds=30) <= ttl <= MAX_TOKEN_TTL:
             raise InvalidInput("token TTL must be between 30s and 30d: tokens are meant to be short-lived")
         if not 1 <= uses <= MAX_USES:

@@ -7,7 +7,6 @@ A profile also carries its Roles Anywhere binding, used by registration and the 
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
@@ -16,24 +15,11 @@ from typing import Any
 from pki.errors import InvalidInput, PolicyViolation
 from pki.x509.durations import format_duration, parse_duration
 from pki.x509.keys import KeyType
+from pki.x509.patterns import compile_pattern, fullmatch
 from pki.x509.preflight import source_identity_problem
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MAX_TTL_LIMIT = timedelta(days=397)
-
-
-@functools.lru_cache(maxsize=256)
-def _pattern(pattern: str) -> re.Pattern[str]:
-    """A profile pattern, compiled (checked valid when the profile was made): a cache look-up
-    cheaper than the one ``re.fullmatch`` does on every call."""
-    return re.compile(pattern)
-
-
-def _compile(pattern: str, what: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise InvalidInput(f"invalid {what} regular expression {pattern!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -67,11 +53,11 @@ class Profile:
                 f"invalid profile name {self.name!r}: lowercase letters, digits, '.', '_', '-' "
                 "(1-64, starting with a letter or digit)"
             )
-        _compile(self.cn_pattern, "CN")
+        compile_pattern(self.cn_pattern, "CN")
         for p in self.san_dns_patterns:
-            _compile(p, "DNS SAN")
+            compile_pattern(p, "DNS SAN")
         for p in self.san_uri_patterns:
-            _compile(p, "URI SAN")
+            compile_pattern(p, "URI SAN")
         if not self.key_types:
             raise InvalidInput("a profile needs at least one key type")
         if self.default_ttl > self.max_ttl:
@@ -88,17 +74,17 @@ class Profile:
     def check_cn(self, cn: str) -> None:
         if (problem := source_identity_problem(cn)) is not None:
             raise PolicyViolation(f"CN {cn!r} refused: {problem}")
-        if not _pattern(self.cn_pattern).fullmatch(cn):
+        if not fullmatch(self.cn_pattern, cn):
             raise PolicyViolation(
                 f"CN {cn!r} is not allowed by profile {self.name!r} (pattern {self.cn_pattern!r})"
             )
 
     def check_dns(self, name: str) -> None:
-        if not any(_pattern(p).fullmatch(name) for p in self.san_dns_patterns):
+        if not any(fullmatch(p, name) for p in self.san_dns_patterns):
             raise PolicyViolation(f"DNS SAN {name!r} is not allowed by profile {self.name!r}")
 
     def check_uri(self, uri: str) -> None:
-        if not any(_pattern(p).fullmatch(uri) for p in self.san_uri_patterns):
+        if not any(fullmatch(p, uri) for p in self.san_uri_patterns):
             raise PolicyViolation(f"URI SAN {uri!r} is not allowed by profile {self.name!r}")
 
     def check_key_type(self, key_type: KeyType) -> None:
