@@ -9,8 +9,8 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import func, select
 
-from pki.ca.tokens import parse_token
-from pki.errors import InvalidInput, Unauthenticated, Unavailable
+from pki.ca.tokens import TokenExpired, TokenRevoked, TokenUsed, parse_token
+from pki.errors import InvalidInput, RapkiError, Unauthenticated, Unavailable
 from pki.store.schema import certificates
 from pki.x509.crl import BuiltCrl
 from pki.x509.durations import parse_duration
@@ -20,6 +20,7 @@ from service.api.auth import Caller, certificate_caller, client_address, operato
 from service.api.context import ApiContext
 from service.api.errors import MalformedJson
 from service.api.openapi import spec
+from service.api.state import Limit
 
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
 ops = Blueprint("ops", __name__)
@@ -88,18 +89,26 @@ def serve_enroll(c: ApiContext, address: str, authorization: str,
     """``POST /v1/enroll``: rate limits, token (401/409), then ``body()`` (400/413), binding (403),
     policy (422), issuance; the JSON answer. Refusals raise before anything is written."""
     hits = [(f"addr:{address}", c.settings.per_address, f"from {address}")]
-    try:  # a request without a well-formed token still counts against its address (then 401)
+    # A token's own counter moves only once its secret matched: token ids are not secret, so
+    # counting guesses against the id would let anyone lock its holder out. Every attempt,
+    # failed or not, counts against the client address (both counters in one write).
+    try:
         token = require_bearer(authorization)
-        hits.append((f"enrollment-token:{parse_token(token, 'e')}", c.settings.per_identity,
-                     "with these credentials"))
-    except Unauthenticated:
+        record = c.tokens.authenticate(token)
+    except (TokenUsed, TokenExpired, TokenRevoked):  # the secret matched: the token's counter moves too
+        c.state.hit_all([*hits, _token_hit(c, token)])
+        raise
+    except RapkiError:
         c.state.hit_all(hits)
         raise
-    c.state.hit_all(hits)  # both counters in one write
-    record = c.tokens.authenticate(token)
+    c.state.hit_all([*hits, _token_hit(c, token)])
     issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, body(), address)
     metrics.ISSUED.labels(issued.profile).inc()
     return enrollment.answer(issued, req, profile)
+
+
+def _token_hit(c: ApiContext, token: str) -> tuple[str, Limit | None, str]:
+    return f"enrollment-token:{parse_token(token, 'e')}", c.settings.per_identity, "with these credentials"
 
 
 @v1.post("/renew")
