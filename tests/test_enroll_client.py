@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -10,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pki.ca.authority import CertificateAuthority
-from pki.errors import InvalidInput, Unauthenticated
+from pki.errors import InvalidInput, Unauthenticated, Unavailable
 from pki.workload.client import EnrollmentClient, make_csr, renewal_due, sign_request, verify_request_signature
 from pki.x509.issuance import load_csr, read_csr
 from pki.x509.keys import KeyType
@@ -77,3 +82,37 @@ def test_renew_refuses_expired_certificate_locally(ca: CertificateAuthority, tmp
     (tmp_path / "cert.pem").write_bytes(old.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(InvalidInput, match="expired"):
         renew("https://127.0.0.1:1", tmp_path, force=True)
+
+
+@pytest.fixture
+def tls_server(ca: CertificateAuthority, tmp_path: Path) -> Iterator[int]:
+    """A TLS listener on 127.0.0.1 presenting a server certificate of ``ca``; handshakes, then closes."""
+    issued = ca.issue_server_certificate(["127.0.0.1"])
+    paths = issued.write_to(tmp_path / "server")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(paths["certificate"]), str(paths["private_key"]))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True):
+                    pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def test_an_untrusted_server_says_to_pass_the_ca_bundle(tls_server: int, tmp_path: Path,
+                                                        passphrase_env: str) -> None:
+    client = EnrollmentClient(f"https://127.0.0.1:{tls_server}")
+    with pytest.raises(Unavailable, match=r"does not trust .*pass --ca-bundle with the rapki root CA"):
+        client.request("GET", "/healthz")
+    other = CertificateAuthority.init(tmp_path / "other", passphrase=b"x" * 16)
+    bundle = other.home.root_cert_path
+    client = EnrollmentClient(f"https://127.0.0.1:{tls_server}", ca_bundle=bundle)
+    with pytest.raises(Unavailable, match=rf"not trusted by --ca-bundle {bundle}"):
+        client.request("GET", "/healthz")

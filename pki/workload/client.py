@@ -154,13 +154,23 @@ class EnrollmentClient:
             conn.request(method, full_path, body=data or None, headers=all_headers)
             response = conn.getresponse()
             return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        except ssl.SSLCertVerificationError as exc:
+            raise Unavailable(self._untrusted(exc)) from exc
         except ssl.SSLError as exc:
-            raise Unavailable(f"TLS with {self.host}:{self.port} failed: {exc.reason or exc} "
-                              "(wrong --ca-bundle, or a client certificate the server refuses)") from exc
+            refused = " (is the client certificate one this CA issued, still valid?)" if self.client_cert else ""
+            raise Unavailable(f"TLS with {self.host}:{self.port} failed: {exc.reason or exc}{refused}") from exc
         except OSError as exc:
             raise Unavailable(f"cannot reach {self.url}: {exc}") from exc
         finally:
             conn.close()
+
+    def _untrusted(self, exc: ssl.SSLCertVerificationError) -> str:
+        why = exc.verify_message or exc.reason or str(exc)
+        if self.ca_bundle is None:
+            return (f"the server {self.host}:{self.port} presented a certificate this machine does not trust "
+                    f"({why}): pass --ca-bundle with the rapki root CA (the operator's 'rapki ca root', or "
+                    "GET /v1/ca/root fetched over a channel you trust)")
+        return f"the server {self.host}:{self.port} is not trusted by --ca-bundle {self.ca_bundle} ({why})"
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         status, _headers, data = self.request(method, path, body, **kwargs)
