@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -177,7 +177,7 @@ def _signature_valid(csr: x509.CertificateSigningRequest, public_key: object) ->
     ecdsa = _ECDSA_SIGNATURES.get(csr.signature_algorithm_oid)
     if ecdsa is not None and key_family(public_key) == "ec":
         try:
-            public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ecdsa)
+            cast(ec.EllipticCurvePublicKey, public_key).verify(csr.signature, csr.tbs_certrequest_bytes, ecdsa)
         except InvalidSignature:
             return False
         return True
@@ -291,7 +291,7 @@ class LeafSigner:
     issuer_aki: x509.AuthorityKeyIdentifier
     key: PrivateKey
     key_type: KeyType
-    hash: hashes.HashAlgorithm = field(init=False)
+    hash: hashes.SHA256 | hashes.SHA384 = field(init=False)
     shared: dict[x509.ObjectIdentifier, tuple[x509.Extension[x509.ExtensionType], ...]] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -7,8 +7,8 @@ CA keys are stored as encrypted PKCS#8 (``BestAvailableEncryption``) and never w
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,13 +20,20 @@ PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
-@functools.cache
+_FAMILIES: dict[type, str] = {}
+
+
 def _family_of_class(cls: type) -> str:
-    if issubclass(cls, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        return "ec"
-    if issubclass(cls, rsa.RSAPrivateKey | rsa.RSAPublicKey):
-        return "rsa"
-    return ""
+    family = _FAMILIES.get(cls)
+    if family is None:
+        if issubclass(cls, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+            family = "ec"
+        elif issubclass(cls, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+            family = "rsa"
+        else:
+            family = ""
+        _FAMILIES[cls] = family
+    return family
 
 
 def key_family(key: object) -> str:
@@ -52,18 +59,18 @@ class KeyType(enum.StrEnum):
             raise InvalidInput(f"unknown key type {text!r}: use one of {allowed}") from None
 
     @classmethod
-    def of(cls, key: PublicKey | PrivateKey) -> KeyType:
+    def of(cls, key: object) -> KeyType:
         """The KeyType of a key, or PolicyViolation when Roles Anywhere would refuse it."""
         family = key_family(key)
         if family == "ec":
-            name = key.curve.name  # type: ignore[union-attr]
+            name = cast(ec.EllipticCurvePublicKey, key).curve.name
             if name == "secp256r1":
                 return cls.EC_P256
             if name == "secp384r1":
                 return cls.EC_P384
             raise PolicyViolation(f"EC curve {name} is not accepted by Roles Anywhere: use P-256 or P-384")
         if family == "rsa":
-            size = key.key_size
+            size = cast(rsa.RSAPublicKey, key).key_size
             if size < 2048:
                 raise PolicyViolation(f"RSA-{size} keys are too weak: use at least 2048 bits")
             if size not in (2048, 3072, 4096):
@@ -85,7 +92,7 @@ class KeyType(enum.StrEnum):
             return ec.generate_private_key(ec.SECP384R1())
         return rsa.generate_private_key(public_exponent=65537, key_size=int(self.value[4:]))
 
-    def signature_hash(self) -> hashes.HashAlgorithm:
+    def signature_hash(self) -> hashes.SHA256 | hashes.SHA384:
         """The hash a CA of this type signs with: SHA-384 for P-384 (matched strength), else SHA-256."""
         return hashes.SHA384() if self is KeyType.EC_P384 else hashes.SHA256()
 
@@ -127,8 +134,8 @@ def load_private_key(data: bytes, passphrase: bytes | None = None, *, what: str 
         raise InvalidInput(f"the {what} could not be read: {exc}") from exc
     except Exception as exc:  # pragma: no cover - unexpected backend errors still become clear input errors
         raise InvalidInput(f"the {what} could not be read: {exc}") from exc
-    KeyType.of(key)
-    return key  # type: ignore[return-value]
+    KeyType.of(key)  # refuses every key that is not a PrivateKey
+    return cast(PrivateKey, key)
 
 
 def public_key_matches(private_key: PrivateKey, public_key: PublicKey) -> bool:
