@@ -14,6 +14,12 @@ parsed trust anchors, CRLs and verified issuer links cached. Several processes w
 state on disk re-read on every call, costing more than the extra cores would bring for a test
 double. Fault settings and counters are per process too, which one process keeps exact.
 
+The contract is the installed botocore's ``rolesanywhere`` model: routes, input members and their
+constraints (required, lengths, patterns, enums, ranges), status codes and output members follow
+it. ``tests/test_emulator_model.py`` walks every operation and member of that model against this
+package and fails on any difference not in its short, explained ``KNOWN_GAPS`` list, so a member a
+newer botocore adds is named there rather than silently ignored.
+
 In-process use for fast tests: ``create_app(state_path=..., clock=...)`` and Flask's test client.
 """
 

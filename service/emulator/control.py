@@ -101,19 +101,23 @@ def _check_duration(value: Any) -> int:
 def _check_tags(value: Any) -> dict[str, str]:
     if not isinstance(value, list):
         raise validation("tags must be a list")
-    if len(value) > MAX_TAGS:
-        raise too_many_tags(f"At most {MAX_TAGS} tags are allowed")
+    if len(value) > MAX_TAGS:  # the model's list bound: ValidationException (TooManyTags is per resource)
+        raise validation(f"At most {MAX_TAGS} tags are allowed in one request")
     tags: dict[str, str] = {}
     for tag in value:
         if not isinstance(tag, dict) or "key" not in tag or "value" not in tag:
             raise validation("each tag needs a key and a value")
         key, val = tag["key"], tag["value"]
-        if not isinstance(key, str) or not 1 <= len(key) <= 128 or not _TAG.fullmatch(key):
+        if not _is_tag_key(key):
             raise validation("tag keys must be 1-128 characters from [ a-zA-Z0-9_.:/=+@-]")
         if not isinstance(val, str) or len(val) > 256 or not _TAG.fullmatch(val):
             raise validation("tag values must be 0-256 characters from [ a-zA-Z0-9_.:/=+@-]")
         tags[key] = val
     return tags
+
+
+def _is_tag_key(value: Any) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= 128 and _TAG.fullmatch(value) is not None
 
 
 def _check_role_arns(value: Any) -> list[str]:
@@ -246,7 +250,7 @@ def _paginate(ctx: Ctx, items: list[dict[str, Any]], key: str) -> Result:
         raise validation(f"pageSize must be between 1 and {MAX_PAGE_SIZE}")
     token = ctx.args.get("nextToken")
     start = 0
-    if token:
+    if token is not None:  # an empty token is refused, not taken for the first page
         try:
             start = int(base64.urlsafe_b64decode(token.encode()).decode().removeprefix("offset:"))
         except (ValueError, binascii.Error):
@@ -608,8 +612,8 @@ class ControlPlane:
 
     def untag_resource(self, ctx: Ctx) -> Result:
         keys = ctx.body.get("tagKeys")
-        if not isinstance(keys, list) or len(keys) > MAX_TAGS or not all(isinstance(k, str) for k in keys):
-            raise validation("tagKeys must be a list of tag keys")
+        if not isinstance(keys, list) or len(keys) > MAX_TAGS or not all(map(_is_tag_key, keys)):
+            raise validation("tagKeys must be a list of tag keys of 1-128 characters from [ a-zA-Z0-9_.:/=+@-]")
         with self.state.writing():
             store, arn = self._resource_for_arn(ctx.body.get("resourceArn"))
             current = store["tags"].get(arn, {})
