@@ -14,6 +14,9 @@ parsed trust anchors, CRLs and verified issuer links cached. Several processes w
 state on disk re-read on every call, costing more than the extra cores would bring for a test
 double. Fault settings and counters are per process too, which one process keeps exact.
 
+ARNs, partitions, SigV4-X509 and the trust decision come from :mod:`pki.rolesanywhere`, the same
+model the signer and ``rapki doctor`` use; this package adds the HTTP surface, state and faults.
+
 In-process use for fast tests: ``create_app(state_path=..., clock=...)`` and Flask's test client.
 """
 

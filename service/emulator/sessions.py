@@ -6,9 +6,10 @@ signature first (nothing else is trusted before it), then the parameters, then t
 status, type and message; our own reason goes in ``detail`` (``X-Rapki-Emulator-Detail``), which
 is what makes the emulator useful for debugging an ``Untrusted Signing Certificate``.
 
-This is the hot path of load tests, so parsed anchor bundles, parsed CRLs (with their revoked
-serials as a set) and verified issuer links are cached, keyed by the immutable data they come
-from; the state lock is held only to copy the few fields needed.
+The trust decision itself is :func:`pki.rolesanywhere.trustpath.check`, the rule ``rapki doctor``
+explains. This is the hot path of load tests, so parsed anchor bundles and parsed CRLs (with their
+revoked serials as a set) are cached here, keyed by the immutable data they come from, and verified
+issuer links in the model; the state lock is held only to copy the few fields needed.
 """
 
 from __future__ import annotations
