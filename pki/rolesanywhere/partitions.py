@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pki.errors import InvalidInput
 
@@ -55,6 +56,7 @@ FIPS_REGIONS = frozenset({"us-east-1", "us-east-2", "us-west-1", "us-west-2", *G
 _REGION = re.compile(r"^[a-z]{2,4}(-[a-z]+)+-\d+$")
 
 
+@lru_cache(maxsize=256)  # the emulator asks on every call, for a handful of regions
 def partition_of(region: str) -> str:
     """``aws-us-gov`` for GovCloud, ``aws-cn`` for China, ``aws-iso-e`` for ``eu-isoe-*``, ..., else ``aws``.
 
