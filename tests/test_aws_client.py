@@ -1,5 +1,5 @@
-"""``pki.aws.client`` and ``pki.rolesanywhere.partitions`` without a server: botocore's Stubber for the cases the
-emulator cannot produce (an ImportCrl that happened although its answer was a 500; Retry-After),
+"""``pki.aws.client`` and ``pki.rolesanywhere`` (partitions, ARNs, endpoints) without a server: botocore's
+Stubber for the cases the emulator cannot produce (an ImportCrl that happened although its answer was a 500; Retry-After),
 and the region/partition/endpoint rules. The emulator covers everything else (tests/test_publish.py)."""
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ from pki.aws.client import AwsError, AwsOptions, RolesAnywhere
 from pki.aws.publish import CrlPublisher
 from pki.ca.authority import CertificateAuthority
 from pki.errors import InvalidInput
-from pki.rolesanywhere.partitions import (
-    RolesAnywhereArn,
-    check_role_arn,
-    endpoint_override,
-    normalize_region,
-    partition_of,
-)
+from pki.rolesanywhere.arns import RolesAnywhereArn, check_role_arn
+from pki.rolesanywhere.endpoints import endpoint_override
+from pki.rolesanywhere.partitions import normalize_region, partition_of
 from tests.emulator_fixture import pem_of
 
 ANCHOR = "arn:aws:rolesanywhere:us-east-1:111122223333:trust-anchor/11111111-2222-4333-8444-555555555555"

@@ -28,7 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from pki.signer import endpoints, material, session, update
+from pki.rolesanywhere import endpoints
+from pki.rolesanywhere.arns import IamRoleArn
+from pki.signer import material, session, update
 from pki.signer.serve import CredentialCache, make_server
 from tests.commands import signer_cmd, signer_serving
 
@@ -354,11 +356,11 @@ def test_endpoint_override_keeps_port_in_host() -> None:
 def test_region_from_trust_anchor() -> None:
     gov_anchor = ANCHOR.replace("arn:aws:", "arn:aws-us-gov:").replace("us-east-1", "us-gov-west-1")
     gov_profile = PROFILE.replace("arn:aws:", "arn:aws-us-gov:").replace("us-east-1", "us-gov-west-1")
-    assert endpoints.resolve_region(gov_anchor, gov_profile, None) == "us-gov-west-1"
-    assert endpoints.resolve_region(ANCHOR, PROFILE, "us-west-2") == "us-west-2"
+    assert endpoints.session_region(gov_anchor, gov_profile, None) == "us-gov-west-1"
+    assert endpoints.session_region(ANCHOR, PROFILE, "us-west-2") == "us-west-2"
     with pytest.raises(endpoints.InvalidInput, match="don't match"):
-        endpoints.resolve_region(ANCHOR, gov_profile, None)
-    assert endpoints.role_name(ROLE) == "app-role"
+        endpoints.session_region(ANCHOR, gov_profile, None)
+    assert IamRoleArn.parse(ROLE).name == "app-role"
 
 
 def test_fips_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

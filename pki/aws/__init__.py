@@ -12,6 +12,7 @@ its commands) stays cheap and the signer's path never loads boto3.
 """
 
 from pki.aws.client import AwsError, AwsOptions, RolesAnywhere
-from pki.rolesanywhere.partitions import RolesAnywhereArn, partition_of
+from pki.rolesanywhere.arns import RolesAnywhereArn
+from pki.rolesanywhere.partitions import partition_of
 
 __all__ = ["AwsError", "AwsOptions", "RolesAnywhere", "RolesAnywhereArn", "partition_of"]

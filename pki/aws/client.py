@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pki.errors import InvalidInput, RapkiError
-from pki.rolesanywhere.partitions import FIPS_REGIONS, endpoint_override, fips_requested, partition_of, resolve_region
+from pki.rolesanywhere.endpoints import endpoint_override, fips_requested, resolve_region
+from pki.rolesanywhere.partitions import FIPS_REGIONS, partition_of
 
 # Operations that change state: what "a run with nothing new makes no write call" counts.
 WRITE_OPERATIONS = frozenset({

@@ -18,9 +18,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from pki.errors import RapkiError
+from pki.rolesanywhere import trustpath
+from pki.rolesanywhere.sigv4x509 import MAX_CHAIN_CERTIFICATES
 from pki.x509.preflight import (
     STRONG_HASHES,
     common_name,
@@ -30,7 +31,6 @@ from pki.x509.preflight import (
     source_identity_problem,
 )
 
-MAX_CHAIN = 5  # X-Amz-X509-Chain: at most 5 certificates
 MAX_SKEW = timedelta(minutes=5)  # SigV4 requests outside +-5 minutes are refused
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skip"
 
@@ -80,20 +80,6 @@ def _subject(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string() or "(empty subject)"
 
 
-def _der(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.DER)
-
-
-def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    if child.issuer != parent.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(parent)
-    except Exception:  # InvalidSignature, unsupported key, mismatching names
-        return False
-    return True
-
-
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     if b"-----BEGIN" in data:
         return list(x509.load_pem_x509_certificates(data))
@@ -130,14 +116,14 @@ def diagnose(certificate: bytes, private_key: bytes | None = None, intermediates
         checks.append(Check("chain builds to the trust anchor", SKIP, "no trust anchor known",
                             "pass --trust-anchor-arn (or run it in a rapki home)"))
         return DoctorReport(checks, identity, None)
-    path_check, path = _path_check(leaf, chain, anchor, bool(intermediates))
+    path_check, path = _path_check(leaf, chain, anchor, bool(intermediates), now)
     checks.append(path_check)
     if anchor.enabled is False:
         checks.append(Check("trust anchor enabled", FAIL, f"{anchor.label} is disabled",
                             "enable it: 'rapki aws register' (or aws rolesanywhere enable-trust-anchor)"))
     elif anchor.enabled is True:
         checks.append(Check("trust anchor enabled", PASS))
-    checks.append(_revocation_check(leaf, path, anchor, now))
+    checks.append(_revocation_check(path, anchor, now))
     return DoctorReport(checks, identity, anchor.label)
 
 
@@ -226,8 +212,8 @@ def _chain_shape_check(chain: Sequence[x509.Certificate], now: datetime) -> Chec
     if not chain:
         return Check(name, PASS, "none given")
     problems = []
-    if len(chain) > MAX_CHAIN:
-        problems.append(f"{len(chain)} certificates: X-Amz-X509-Chain carries at most {MAX_CHAIN}")
+    if len(chain) > MAX_CHAIN_CERTIFICATES:
+        problems.append(f"{len(chain)} certificates: X-Amz-X509-Chain carries at most {MAX_CHAIN_CERTIFICATES}")
     for cert in chain:
         try:
             bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -252,75 +238,67 @@ def _chain_shape_check(chain: Sequence[x509.Certificate], now: datetime) -> Chec
 
 
 def _path_check(leaf: x509.Certificate, chain: list[x509.Certificate], anchor: AnchorView,
-                had_intermediates: bool) -> tuple[Check, list[x509.Certificate]]:
+                had_intermediates: bool, now: datetime) -> tuple[Check, tuple[x509.Certificate, ...]]:
+    """The model's path (every link's signature, every CA's rules), explained with a fix."""
     name = "chain builds to the trust anchor"
-    held = "; ".join(_subject(c) for c in anchor.certificates) or "no certificates"
-    anchor_ders = {_der(c) for c in anchor.certificates}
-    path = [leaf]
-    current = leaf
-    for _depth in range(MAX_CHAIN + 2):
-        if _der(current) in anchor_ders and current is not leaf:
-            return Check(name, PASS, " -> ".join(_subject(c) for c in path)), path
-        parent = next((a for a in anchor.certificates if issued_by(current, a)), None)
-        if parent is not None:
-            path.append(parent)
-            return Check(name, PASS, " -> ".join(_subject(c) for c in path) + " (anchor)"), path
-        parent = next((c for c in chain if c not in path and issued_by(current, c)), None)
-        if parent is None:
-            same_name = [c for c in [*anchor.certificates, *chain] if c.subject == current.issuer]
-            if same_name:
-                detail = (f"{_subject(current)} names {current.issuer.rfc4514_string()} as issuer, and a certificate "
-                          "with that name is there, but its key did not sign it: a different CA with the same name "
-                          "(re-initialised CA, or an old bundle)")
-                fix = "re-register the anchor with this CA's certificates ('rapki aws register'), or use matching files"
-            elif current is leaf and not had_intermediates:
-                detail = (f"the issuer {current.issuer.rfc4514_string()} is not in the trust anchor ({held}) and no "
-                          "--intermediates were given: this is 'Untrusted Signing Certificate'")
-                fix = ("send the chain: --intermediates chain.pem ('rapki ca chain'), or anchor on the issuing CA "
-                       "('rapki aws register --anchor issuing' or 'both')")
-            else:
-                detail = (f"nothing in the intermediates or the trust anchor ({held}) issued {_subject(current)} "
-                          f"(issuer {current.issuer.rfc4514_string()}): this is 'Untrusted Signing Certificate'")
-                fix = ("check the --trust-anchor-arn (is this the anchor of the CA that issued the certificate?), "
-                       "or update the anchor: 'rapki aws register'")
-            return Check(name, FAIL, detail, fix), path
-        path.append(parent)
-        current = parent
-    return Check(name, FAIL, "the chain is too long or loops", "send only the intermediates ('rapki ca chain')"), path
+    verdict = trustpath.build_path(leaf, chain, anchor.certificates, now)
+    path = verdict.path
+    if verdict.ok:
+        return Check(name, PASS, " -> ".join(_subject(c) for c in path) + " (anchor)"), path
+    current = path[-1]
+    if verdict.problem == trustpath.CA_RULE:
+        detail = f"{verdict.detail}: this is 'Untrusted Signing Certificate'"
+        fix = ("use CA certificates that are valid now, CA:TRUE with keyCertSign and a pathLen that allows the "
+               "chain ('rapki ca chain'), and re-register the anchor if it changed ('rapki aws register')")
+    elif verdict.problem == trustpath.FOREIGN_CA:
+        detail = (f"{_subject(current)} names {current.issuer.rfc4514_string()} as issuer, and a certificate "
+                  "with that name is there, but its key did not sign it: a different CA with the same name "
+                  "(re-initialised CA, or an old bundle)")
+        fix = "re-register the anchor with this CA's certificates ('rapki aws register'), or use matching files"
+    elif current is leaf and not had_intermediates:
+        held = "; ".join(_subject(c) for c in anchor.certificates) or "no certificates"
+        detail = (f"the issuer {current.issuer.rfc4514_string()} is not in the trust anchor ({held}) and no "
+                  "--intermediates were given: this is 'Untrusted Signing Certificate'")
+        fix = ("send the chain: --intermediates chain.pem ('rapki ca chain'), or anchor on the issuing CA "
+               "('rapki aws register --anchor issuing' or 'both')")
+    else:
+        held = "; ".join(_subject(c) for c in anchor.certificates) or "no certificates"
+        detail = (f"nothing in the intermediates or the trust anchor ({held}) issued {_subject(current)} "
+                  f"(issuer {current.issuer.rfc4514_string()}): this is 'Untrusted Signing Certificate'")
+        fix = ("check the --trust-anchor-arn (is this the anchor of the CA that issued the certificate?), "
+               "or update the anchor: 'rapki aws register'")
+    return Check(name, FAIL, detail, fix), path
 
 
-def _revocation_check(leaf: x509.Certificate, path: list[x509.Certificate], anchor: AnchorView,
-                      now: datetime) -> Check:
+def _revocation_check(path: tuple[x509.Certificate, ...], anchor: AnchorView, now: datetime) -> Check:
+    """The model's revocation rule (an enabled CRL signed by the CA above any link), plus warnings
+    when the leaf's issuer has no enabled CRL or its CRL is past nextUpdate."""
     name = "not revoked in the published CRL"
-    issuer = path[1] if len(path) > 1 else None
-    if issuer is None:
+    if len(path) < 2:
         return Check(name, SKIP, "the issuer is unknown (see the chain check)")
-    relevant = [(n, enabled, crl) for n, enabled, crl in anchor.crls
-                if crl.issuer == issuer.subject and _crl_signed_by(crl, issuer)]
-    for crl_name, enabled, crl in relevant:
-        entry = crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
-        if entry is not None and enabled:
-            return Check(name, FAIL, f"revoked on {entry.revocation_date_utc:%Y-%m-%dT%H:%M:%SZ} in CRL "
-                         f"{crl_name!r}: the service answers 'Certificate revoked'",
-                         "a revocation is final: issue a new certificate ('rapki issue')")
+    enabled = [(crl_name, trustpath.ParsedCrl.of(crl)) for crl_name, is_enabled, crl in anchor.crls if is_enabled]
+    hit = trustpath.find_revocation(path, [parsed for _, parsed in enabled])
+    if hit is not None:
+        crl_name = next(n for n, parsed in enabled if parsed is hit.crl)
+        entry = hit.crl.crl.get_revoked_certificate_by_serial_number(hit.certificate.serial_number)
+        when = f" on {entry.revocation_date_utc:%Y-%m-%dT%H:%M:%SZ}" if entry is not None else ""
+        which = "" if hit.certificate is path[0] else f"the CA certificate {_subject(hit.certificate)} is "
+        return Check(name, FAIL, f"{which}revoked{when} in CRL {crl_name!r}: the service answers "
+                     "'Certificate revoked'", "a revocation is final: issue a new certificate ('rapki issue')")
+    issuer = path[1]
+    relevant = [(n, is_enabled, crl) for n, is_enabled, crl in anchor.crls
+                if trustpath.ParsedCrl.of(crl).signature_valid_for(issuer)]
     enabled_ones = [r for r in relevant if r[1]]
     if not enabled_ones:
         what = "only disabled CRLs" if relevant else "no CRL"
         return Check(name, WARN, f"the anchor holds {what} from {_subject(issuer)}: revocations are not enforced",
                      "publish it: 'rapki crl publish'")
-    _, _, crl = enabled_ones[0]
-    detail = f"not listed in {enabled_ones[0][0]!r}"
+    crl_name, _, crl = enabled_ones[0]
+    detail = f"not listed in {crl_name!r}"
     if crl.next_update_utc is not None and crl.next_update_utc < now:
         return Check(name, WARN, detail + f", but that CRL's nextUpdate ({crl.next_update_utc:%Y-%m-%d}) has passed",
                      "publish from cron: 'rapki crl publish' (see scripts/publish-crl)")
     return Check(name, PASS, detail)
-
-
-def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
-    try:
-        return bool(crl.is_signature_valid(issuer.public_key()))  # type: ignore[arg-type]
-    except Exception:
-        return False
 
 
 # --- where the anchor view comes from -------------------------------------------------------------

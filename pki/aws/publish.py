@@ -258,7 +258,7 @@ class CrlPublisher:
         self._listed: list[dict[str, Any]] | None = None
 
     def publish(self, trust_anchor_arn: str, *, dry_run: bool = False) -> PublishReport:
-        from pki.rolesanywhere.partitions import RolesAnywhereArn
+        from pki.rolesanywhere.arns import RolesAnywhereArn
 
         anchor_arn = str(RolesAnywhereArn.parse(trust_anchor_arn, "trust anchor ARN", expected_type="trust-anchor"))
         started = time.monotonic()

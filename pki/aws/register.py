@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from pki.aws.client import AwsError, RolesAnywhere
 from pki.aws.publish import SECTION, CrlPublisher, PublishReport, settings
 from pki.errors import InvalidInput
-from pki.rolesanywhere.partitions import check_role_arn
+from pki.rolesanywhere.arns import check_role_arn
 
 if TYPE_CHECKING:
     from pki.ca.authority import CertificateAuthority

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pki.rolesanywhere.partitions import RolesAnywhereArn
+from pki.rolesanywhere.arns import RolesAnywhereArn
 
 if TYPE_CHECKING:
     from pki.x509.profiles import Profile

@@ -4,12 +4,13 @@ A drop-in for AWS's ``aws_signing_helper``: same commands, flags and outputs. Th
 that ``credential-process`` (started by the SDK on every refresh) imports only what it needs:
 
 - :mod:`pki.signer.material`  certificate, key, intermediates and PKCS#12 loading
-- :mod:`pki.signer.endpoints` region, partition and endpoint resolution
 - :mod:`pki.signer.session`   one CreateSession call with retries and actionable errors
 - :mod:`pki.signer.serve`     the IMDSv2-compatible credentials endpoint
 - :mod:`pki.signer.update`    the shared credentials file writer
 - :mod:`pki.signer.boto`      a ``boto3.Session`` factory (the only module importing boto3)
 - :mod:`pki.signer.cli`       the command line
 
-Nothing is imported here on purpose: ``import pki.signer`` must stay free.
+Region, partition and endpoint resolution, ARNs and signing come from :mod:`pki.rolesanywhere`.
+May import: ``pki.errors``, ``pki.x509`` (keys, pem), ``pki.rolesanywhere``; boto3 only in
+:mod:`pki.signer.boto`. Nothing is imported here on purpose: ``import pki.signer`` must stay free.
 """

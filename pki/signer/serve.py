@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pki.errors import InvalidInput, RapkiError
-from pki.signer.endpoints import role_name as role_name_of
+from pki.rolesanywhere.arns import IamRoleArn
 from pki.signer.material import Material, file_fingerprint
 from pki.signer.session import Credentials, SessionOptions, create_session, go_json
 
@@ -378,7 +378,7 @@ def make_server(
 ) -> ImdsServer:
     """Check the options, fetch the first credentials (a failure is logged, not fatal) and bind."""
     opts.check()
-    role = role_name_of(opts.role_arn)
+    role = IamRoleArn.parse(opts.role_arn, "--role-arn").name
     if not 1 <= hop_limit <= 255:
         raise InvalidInput("--hop-limit must be 1-255")
     cache = cache or CredentialCache(opts)

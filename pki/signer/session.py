@@ -22,13 +22,8 @@ from typing import Any
 
 from pki import __version__
 from pki.errors import InvalidInput, RapkiError
-from pki.signer.endpoints import (
-    Endpoint,
-    env_flag,
-    normalize_region,
-    resolve_endpoint,
-    resolve_region,
-)
+from pki.rolesanywhere.endpoints import Endpoint, env_flag, resolve_endpoint, session_region
+from pki.rolesanywhere.partitions import split_fips
 from pki.signer.material import Material, describe_certificate, load_material
 
 DEFAULT_DURATION = 3600
@@ -433,7 +428,7 @@ def create_session(
     from pki.rolesanywhere.sigv4x509 import sign_create_session
 
     opts.check()
-    region, fips_region = normalize_region(resolve_region(opts.trust_anchor_arn, opts.profile_arn, opts.region))
+    region, fips_region = split_fips(session_region(opts.trust_anchor_arn, opts.profile_arn, opts.region))
     endpoint = resolve_endpoint(
         region,
         opts.endpoint,

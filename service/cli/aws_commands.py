@@ -195,7 +195,7 @@ def aws_register(home: Path | None, region: str | None, endpoint_url: str | None
     from pki.aws.client import RolesAnywhere
     from pki.aws.publish import settings
     from pki.aws.register import register
-    from pki.rolesanywhere.partitions import endpoint_override
+    from pki.rolesanywhere.endpoints import endpoint_override
 
     authority = open_ca(home)
     aws = RolesAnywhere.connect(make_options(region, endpoint_url, ca_bundle, aws_profile, fips),

@@ -20,6 +20,9 @@ it. ``tests/test_emulator_model.py`` walks every operation and member of that mo
 package and fails on any difference not in its short, explained ``KNOWN_GAPS`` list, so a member a
 newer botocore adds is named there rather than silently ignored.
 
+ARNs, partitions, SigV4-X509 and the trust decision come from :mod:`pki.rolesanywhere`, the same
+model the signer and ``rapki doctor`` use; this package adds the HTTP surface, state and faults.
+
 In-process use for fast tests: ``create_app(state_path=..., clock=...)`` and Flask's test client.
 """
 

@@ -20,10 +20,11 @@ from typing import Any
 
 from flask import Flask, Response, request
 
+from pki.rolesanywhere.partitions import region_from_host
 from service.emulator.control import ROUTES, ControlPlane, Ctx
 from service.emulator.errors import ServiceError, missing_authentication, validation
 from service.emulator.faults import FaultInjector, FaultSettings
-from service.emulator.sessions import SessionInput, create_session, region_from_host
+from service.emulator.sessions import SessionInput, create_session
 from service.emulator.state import EmulatorState
 
 DEFAULT_ACCOUNT = "123456789012"

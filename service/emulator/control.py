@@ -25,8 +25,11 @@ from typing import Any
 
 from cryptography import x509
 
+from pki.errors import InvalidInput
+from pki.rolesanywhere.arns import RolesAnywhereArn
+from pki.rolesanywhere.partitions import partition_of
 from service.emulator.errors import ServiceError, not_found, too_many_tags, validation
-from service.emulator.state import Arn, EmulatorState, iso_now, partition_for
+from service.emulator.state import EmulatorState, iso_now
 
 MAX_CRL_BYTES = 300_000
 MAX_CRLS_PER_ANCHOR = 2
@@ -66,7 +69,7 @@ class Ctx:
 
     @property
     def partition(self) -> str:
-        return partition_for(self.region)
+        return partition_of(self.region)
 
     @property
     def caller(self) -> str:
@@ -127,6 +130,13 @@ def _check_role_arns(value: Any) -> list[str]:
         if not isinstance(arn, str) or not 1 <= len(arn) <= 1011 or not _ROLE_ARN.match(arn):
             raise validation(f"{arn!r} is not a role ARN")
     return list(value)
+
+
+def _parse_arn(text: str) -> RolesAnywhereArn | None:
+    try:
+        return RolesAnywhereArn.parse(text)
+    except InvalidInput:
+        return None
 
 
 def _check_managed_policies(value: Any) -> list[str]:
@@ -292,11 +302,11 @@ class ControlPlane:
     def _resource_for_arn(self, arn_text: Any) -> tuple[dict[str, Any], str]:
         if not isinstance(arn_text, str) or not 1 <= len(arn_text) <= 1011:
             raise validation("resourceArn is required")
-        arn = Arn.parse(arn_text)
+        arn = _parse_arn(arn_text)
         if arn is None or arn.type == "subject":
             raise validation(f"{arn_text} is not a Roles Anywhere resource ARN")
         store = self.state.data["accounts"].get(arn.account, {}).get(arn.region)
-        if store is None or arn.id not in store[arn.kind]:
+        if store is None or arn.id not in store[arn.collection]:
             raise not_found("Resource not found")
         return store, str(arn)
 
@@ -313,7 +323,8 @@ class ControlPlane:
         id_ = str(uuid.uuid4())
         now = iso_now(ctx.now)
         detail = {
-            "trustAnchorId": id_, "trustAnchorArn": str(Arn.make(ctx.region, ctx.account, "trust-anchor", id_)),
+            "trustAnchorId": id_,
+            "trustAnchorArn": str(RolesAnywhereArn.make(ctx.region, ctx.account, "trust-anchor", id_)),
             "name": name, "source": source, "enabled": enabled, "createdAt": now, "updatedAt": now,
             "notificationSettings": notifications,
         }  # fmt: skip
@@ -427,7 +438,7 @@ class ControlPlane:
         if "sessionPolicy" in b:
             detail["sessionPolicy"] = _check_session_policy(b["sessionPolicy"])
         tags = _check_tags(b.get("tags", []))
-        detail["profileArn"] = str(Arn.make(ctx.region, ctx.account, "profile", detail["profileId"]))
+        detail["profileArn"] = str(RolesAnywhereArn.make(ctx.region, ctx.account, "profile", detail["profileId"]))
         detail["createdAt"] = detail["updatedAt"] = iso_now(ctx.now)
         with self.state.writing():
             store = self._store(ctx)
@@ -523,7 +534,7 @@ class ControlPlane:
         name = _check_name(b.get("name"))
         data = _check_crl_data(b.get("crlData"))
         anchor_arn = b.get("trustAnchorArn")
-        parsed = Arn.parse(anchor_arn) if isinstance(anchor_arn, str) else None
+        parsed = _parse_arn(anchor_arn) if isinstance(anchor_arn, str) else None
         if parsed is None or parsed.type != "trust-anchor":
             raise validation("trustAnchorArn must be a trust anchor ARN")
         enabled = _check_bool(b.get("enabled", False), "enabled")  # imported CRLs start disabled
@@ -538,7 +549,7 @@ class ControlPlane:
             id_ = str(uuid.uuid4())
             now = iso_now(ctx.now)
             detail = {
-                "crlId": id_, "crlArn": str(Arn.make(ctx.region, ctx.account, "crl", id_)), "name": name,
+                "crlId": id_, "crlArn": str(RolesAnywhereArn.make(ctx.region, ctx.account, "crl", id_)), "name": name,
                 "enabled": enabled, "crlData": data, "trustAnchorArn": anchor_arn,
                 "createdAt": now, "updatedAt": now,
             }  # fmt: skip

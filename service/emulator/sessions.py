@@ -6,9 +6,10 @@ signature first (nothing else is trusted before it), then the parameters, then t
 status, type and message; our own reason goes in ``detail`` (``X-Rapki-Emulator-Detail``), which
 is what makes the emulator useful for debugging an ``Untrusted Signing Certificate``.
 
-This is the hot path of load tests, so parsed anchor bundles, parsed CRLs (with their revoked
-serials as a set) and verified issuer links are cached, keyed by the immutable data they come
-from; the state lock is held only to copy the few fields needed.
+The trust decision itself is :func:`pki.rolesanywhere.trustpath.check`, the rule ``rapki doctor``
+explains. This is the hot path of load tests, so parsed anchor bundles and parsed CRLs (with their
+revoked serials as a set) are cached here, keyed by the immutable data they come from, and verified
+issuer links in the model; the state lock is held only to copy the few fields needed.
 """
 
 from __future__ import annotations
@@ -20,20 +21,21 @@ import re
 import secrets
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from itertools import pairwise
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from pki.rolesanywhere import sigv4x509
-from pki.x509.preflight import common_name, leaf_problems, source_identity
+from pki.errors import InvalidInput
+from pki.rolesanywhere import sigv4x509, trustpath
+from pki.rolesanywhere.arns import IamRoleArn, RolesAnywhereArn
+from pki.rolesanywhere.partitions import region_from_host
+from pki.x509.preflight import common_name, source_identity
 from service.emulator.errors import ServiceError, access_denied, validation
-from service.emulator.state import Arn, EmulatorState, iso_now
+from service.emulator.state import EmulatorState, iso_now
 
 UNTRUSTED = "Untrusted Signing Certificate"
 REVOKED = "Certificate revoked"
@@ -41,20 +43,10 @@ MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 900, 43200, 3600
 MAX_INSTANCE_PROPERTIES = 50
 # STS RoleSessionName rules.
 _ROLE_SESSION_NAME = re.compile(r"^[\w+=,.@-]{2,64}$")
-_ROLE_ARN = re.compile(r"^arn:aws(-[^:]+)?:iam::(?P<account>\d{12}):role/(?P<path>(?:.*/)?)(?P<name>[^/]+)$")
-_HOST_REGION = re.compile(
-    r"^rolesanywhere(?:-fips)?\.(?P<region>[a-z0-9-]+)\.(?:amazonaws\.com(?:\.cn)?|api\.aws)(?::\d+)?$"
-)
-
-
-def region_from_host(host: str) -> str | None:
-    """The region of a real Roles Anywhere endpoint name; None for loopback and other hosts."""
-    match = _HOST_REGION.match(host.strip().lower())
-    return match["region"] if match else None
 
 
 # --------------------------------------------------------------------------------------------
-# Caches of parsed, immutable inputs
+# Caches of parsed, immutable inputs (verified issuer links are cached in pki.rolesanywhere.trustpath)
 
 
 @lru_cache(maxsize=512)
@@ -66,122 +58,12 @@ def anchor_certificates(pem: str) -> tuple[x509.Certificate, ...]:
         return ()
 
 
-@dataclass
-class ParsedCrl:
-    crl: x509.CertificateRevocationList
-    revoked: frozenset[int]
-    # Issuer certificate -> does the CRL's signature verify with its key. Filled lazily.
-    signed_by: dict[x509.Certificate, bool] = field(default_factory=dict)
-
-    def signature_valid_for(self, issuer: x509.Certificate) -> bool:
-        known = self.signed_by.get(issuer)
-        if known is None:
-            known = self.crl.issuer == issuer.subject and _crl_signature_ok(self.crl, issuer)
-            self.signed_by[issuer] = known
-        return known
-
-
-def _crl_signature_ok(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
-    try:
-        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
-
-
 @lru_cache(maxsize=256)
-def parsed_crl(crl_b64: str) -> ParsedCrl | None:
+def parsed_crl(crl_b64: str) -> trustpath.ParsedCrl | None:
     try:
-        crl = x509.load_pem_x509_crl(base64.b64decode(crl_b64))
+        return trustpath.ParsedCrl.of(x509.load_pem_x509_crl(base64.b64decode(crl_b64)))
     except ValueError:
         return None
-    return ParsedCrl(crl, frozenset(r.serial_number for r in crl))
-
-
-@lru_cache(maxsize=8192)
-def issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """True when ``issuer``'s subject names ``child``'s issuer and its key verifies the signature."""
-    if child.issuer != issuer.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError):  # bad signature, unsupported algorithm or key
-        return False
-    return True
-
-
-# --------------------------------------------------------------------------------------------
-# Path validation
-
-
-def _ca_problem(cert: x509.Certificate, below: int, now: datetime) -> str | None:
-    """Why ``cert`` cannot act as a CA with ``below`` intermediate CAs under it, or None."""
-    name = cert.subject.rfc4514_string()
-    if now < cert.not_valid_before_utc or now > cert.not_valid_after_utc:
-        return f"CA certificate {name} is not valid at {now:%Y-%m-%dT%H:%M:%SZ}"
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return f"CA certificate {name} has no basicConstraints"
-    if not bc.ca:
-        return f"certificate {name} is not a CA (basicConstraints CA:FALSE)"
-    if bc.path_length is not None and below > bc.path_length:
-        return f"CA certificate {name} has pathLen {bc.path_length} but {below} CA(s) below it"
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not ku.key_cert_sign:
-            return f"CA certificate {name} lacks keyUsage keyCertSign"
-    except x509.ExtensionNotFound:
-        pass
-    return None
-
-
-def build_path(
-    leaf: x509.Certificate,
-    chain: tuple[x509.Certificate, ...],
-    anchors: tuple[x509.Certificate, ...],
-    now: datetime,
-) -> list[x509.Certificate]:
-    """leaf -> chain certificates -> one anchor certificate, every link and CA rule checked."""
-    path = [leaf]
-    remaining = list(chain)
-    current = leaf
-    for _ in range(len(chain) + 1):  # bounded: each round consumes one chain certificate
-        anchor = next((a for a in anchors if issued_by(current, a)), None)
-        if anchor is not None:
-            path.append(anchor)
-            break
-        nxt = next((c for c in remaining if issued_by(current, c)), None)
-        if nxt is None:
-            raise access_denied(
-                UNTRUSTED,
-                detail=f"no path from {current.subject.rfc4514_string()} to a trust anchor certificate "
-                f"(issuer {current.issuer.rfc4514_string()} not found or signature mismatch)",
-            )
-        remaining.remove(nxt)
-        path.append(nxt)
-        current = nxt
-    else:
-        raise access_denied(UNTRUSTED, detail="the chain does not end at a trust anchor certificate")
-    for index, ca in enumerate(path[1:], start=1):
-        if (problem := _ca_problem(ca, index - 1, now)) is not None:
-            raise access_denied(UNTRUSTED, detail=problem)
-    return path
-
-
-def check_revocation(path: list[x509.Certificate], crls: list[str]) -> None:
-    """Refuse when an enabled CRL, validly signed by the CA above, lists a certificate of the path."""
-    for crl_b64 in crls:
-        parsed = parsed_crl(crl_b64)
-        if parsed is None:
-            continue
-        for child, parent in pairwise(path):
-            if child.issuer != parsed.crl.issuer or not parsed.signature_valid_for(parent):
-                continue
-            if child.serial_number in parsed.revoked:
-                raise access_denied(
-                    REVOKED,
-                    detail=f"serial {child.serial_number:x} of {child.subject.rfc4514_string()} is on a CRL",
-                )
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,14 +119,18 @@ def create_session(state: EmulatorState, request: SessionInput, now: datetime) -
     anchor_arn_text = _param("trustAnchorArn", request.query, body)
     profile_arn_text = _param("profileArn", request.query, body)
     role_arn = _param("roleArn", request.query, body)
-    anchor_arn, profile_arn = Arn.parse(anchor_arn_text), Arn.parse(profile_arn_text)
-    if anchor_arn is None or anchor_arn.type != "trust-anchor":
-        raise validation("trustAnchorArn is not a valid trust anchor ARN")
-    if profile_arn is None or profile_arn.type != "profile":
-        raise validation("profileArn is not a valid profile ARN")
-    role_match = _ROLE_ARN.match(role_arn)
-    if role_match is None:
-        raise validation("roleArn is not a valid role ARN")
+    try:
+        anchor_arn = RolesAnywhereArn.parse(anchor_arn_text, "trustAnchorArn", expected_type="trust-anchor")
+    except InvalidInput as exc:
+        raise validation("trustAnchorArn is not a valid trust anchor ARN", detail=str(exc)) from None
+    try:
+        profile_arn = RolesAnywhereArn.parse(profile_arn_text, "profileArn", expected_type="profile")
+    except InvalidInput as exc:
+        raise validation("profileArn is not a valid profile ARN", detail=str(exc)) from None
+    try:
+        role = IamRoleArn.parse(role_arn, "roleArn")
+    except InvalidInput as exc:
+        raise validation("roleArn is not a valid role ARN", detail=str(exc)) from None
 
     host = next((v for k, v in request.headers if k.lower() == "host"), "")
     region = region_from_host(host) or anchor_arn.region
@@ -292,20 +178,18 @@ def create_session(state: EmulatorState, request: SessionInput, now: datetime) -
         profile_copy = dict(profile) if profile else None
 
     leaf, chain = verified.certificate, verified.chain
-    if len(chain) > sigv4x509.MAX_CHAIN_CERTIFICATES:
-        raise access_denied(UNTRUSTED, detail=f"X-Amz-X509-Chain has {len(chain)} certificates: at most 5")
     if anchor is None:
         raise access_denied(UNTRUSTED, detail=f"trust anchor {anchor_arn_text} does not exist")
     if not anchor_enabled:
         raise access_denied(UNTRUSTED, detail=f"trust anchor {anchor_arn_text} is disabled")
-    if problems := leaf_problems(leaf, now=now):
-        raise access_denied(UNTRUSTED, detail="; ".join(problems))
     pem = (anchor_source.get("sourceData") or {}).get("x509CertificateData") or ""
     anchors = anchor_certificates(pem)
     if not anchors:
         raise access_denied(UNTRUSTED, detail="the trust anchor has no certificate the emulator can use")
-    path = build_path(leaf, chain, anchors, now)
-    check_revocation(path, crl_data)
+    crls = [parsed for parsed in map(parsed_crl, crl_data) if parsed is not None]
+    verdict = trustpath.check(leaf, chain, anchors, crls, now)
+    if not verdict.ok:
+        raise access_denied(REVOKED if verdict.problem == trustpath.REVOKED else UNTRUSTED, detail=verdict.detail)
 
     if profile_copy is None:
         raise access_denied("Profile not found", detail=f"profile {profile_arn_text} does not exist")
@@ -330,8 +214,7 @@ def create_session(state: EmulatorState, request: SessionInput, now: datetime) -
         "credentialSet": [
             {
                 "assumedRoleUser": {
-                    "arn": f"arn:{anchor_arn.partition}:sts::{role_match['account']}:assumed-role/"
-                    f"{role_match['name']}/{name}",
+                    "arn": f"arn:{anchor_arn.partition}:sts::{role.account}:assumed-role/{role.name}/{name}",
                     "assumedRoleId": f"{_role_id(role_arn)}:{name}",
                 },
                 "credentials": _random_credentials(now, seconds),
@@ -370,7 +253,7 @@ def record_subject(
             subject_id = str(uuid.uuid4())
             index[subject_dn] = subject_id
             subjects[subject_id] = {
-                "subjectArn": str(Arn.make(region, account, "subject", subject_id)),
+                "subjectArn": str(RolesAnywhereArn.make(region, account, "subject", subject_id)),
                 "subjectId": subject_id, "enabled": True, "x509Subject": subject_dn,
                 "createdAt": seen, "updatedAt": seen, "lastSeenAt": seen,
                 "credentials": [], "instanceProperties": [],

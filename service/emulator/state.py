@@ -16,11 +16,9 @@ the same lock only for the short time needed to copy what they return.
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,54 +27,10 @@ from pki.files import atomic_write
 
 STATE_VERSION = 1
 RESOURCE_KINDS = ("trustAnchors", "profiles", "crls", "subjects")
-# ARN resource types and the state collection each lives in.
-ARN_KINDS = {"trust-anchor": "trustAnchors", "profile": "profiles", "crl": "crls", "subject": "subjects"}
-_ARN_RE = re.compile(
-    r"^arn:(?P<partition>aws(?:-[a-z-]+)?):rolesanywhere:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
-    r"(?P<type>trust-anchor|profile|crl|subject)/(?P<id>[0-9a-f-]{36})$"
-)
-
-
-def partition_for(region: str) -> str:
-    """``aws-us-gov`` for GovCloud, ``aws-cn`` for China, ``aws`` elsewhere."""
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    if region.startswith("cn-"):
-        return "aws-cn"
-    return "aws"
-
-
 def iso_now(now: datetime | None = None) -> str:
     """The service's timestamp form: ISO 8601, UTC, milliseconds, ``Z``."""
     value = (now or datetime.now(UTC)).astimezone(UTC)
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class Arn:
-    partition: str
-    region: str
-    account: str
-    type: str
-    id: str
-
-    @property
-    def kind(self) -> str:
-        return ARN_KINDS[self.type]
-
-    def __str__(self) -> str:
-        return f"arn:{self.partition}:rolesanywhere:{self.region}:{self.account}:{self.type}/{self.id}"
-
-    @classmethod
-    def parse(cls, text: str) -> Arn | None:
-        match = _ARN_RE.match(text or "")
-        if match is None:
-            return None
-        return cls(match["partition"], match["region"], match["account"], match["type"], match["id"])
-
-    @classmethod
-    def make(cls, region: str, account: str, type_: str, id_: str) -> Arn:
-        return cls(partition_for(region), region, account, type_, id_)
 
 
 def _empty_region() -> dict[str, Any]:
