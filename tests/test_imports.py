@@ -118,6 +118,17 @@ def test_layers(who: str, kind: str, targets: tuple[str, ...]) -> None:
     assert not broken, f"{who} may {kind} import {', '.join(targets)}:\n" + "\n".join(broken)
 
 
+def test_only_command_modules_import_command_modules() -> None:
+    """The lazy-loading rule of service.cli: ``main`` reaches them through its table, by name."""
+    def is_command_module(module: str) -> bool:
+        return module.startswith("service.cli.") and module.endswith("_commands")
+
+    broken = [f"{modules()[module].relative_to(ROOT)}:{line} imports {target}"
+              for module in modules() if not is_command_module(module)
+              for target, line in imports_of(module) if is_command_module(target)]
+    assert not broken, "\n".join(broken)
+
+
 def test_no_import_cycle() -> None:
     sorter = graphlib.TopologicalSorter(import_graph())
     try:

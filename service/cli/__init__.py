@@ -1,14 +1,14 @@
 """Entry point of the ``rapki`` operator CLI: the ``main`` group and the table of its commands.
 
-Lazy-loading rule: a command's module is imported only when that command runs (or shows its own
-``--help``). ``COMMANDS`` names every command by import path, with the first paragraph of its help,
-so ``rapki --help`` lists them importing only click, ``service.cli.base`` and ``pki.errors``.
-Each command module imports at its top what all of its commands need; what one command needs
-(the CA and SQLAlchemy, boto3, Flask, gunicorn, the emulator) is imported where possible inside
-that command. ``rapki enroll`` and ``rapki renew`` (``workload_commands``) load
-``pki.workload.client`` and nothing of the CA, the store, AWS or the API.
-A new command goes into ``COMMANDS``; ``tests/test_imports.py`` checks the table against the
-commands and pins what ``rapki --help``, ``rapki enroll`` and ``rapki renew`` import.
+Lazy-loading rule: a command's module is imported when that command is chosen, never before.
+``COMMANDS`` names each command by import path (``"module:attribute"``) with the first paragraph of
+its help, so ``rapki --help`` lists them importing only click, ``service.cli.base`` and ``pki.errors``;
+only command modules import command modules. A command module imports at its top what its commands
+share, and inside a command what only that command needs (boto3, Flask, gunicorn, the emulator).
+``rapki enroll`` and ``rapki renew`` live apart (``workload_commands``): they load
+``pki.workload.client`` and nothing of the CA, its store, AWS or the API.
+A new command gets a row here; ``tests/test_imports.py`` checks the rows against the commands and
+pins what ``rapki --help``, ``rapki enroll`` and ``rapki renew`` load.
 """
 
 from __future__ import annotations
