@@ -1,25 +1,88 @@
-"""The ``rapki`` command group and the conventions every command shares.
+"""The ``rapki`` group classes and the conventions every command shares.
 
 Conventions: ``--help`` everywhere; ``--json`` for scripting; exit 0 ok, 1 failure, 2 bad usage or
 input with one line on stderr and no traceback (``RapkiError.exit_code`` decides).
+Every ``rapki`` run loads this module, so it imports only the standard library, click and ``pki.errors``.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
+from collections.abc import Mapping
+from gettext import gettext
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
+from click.utils import make_default_short_help
 
 from pki.errors import Conflict, RapkiError
 
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
-class RapkiGroup(click.Group):
+class LazyCommand(NamedTuple):
+    """A subcommand named by where it lives (``"package.module:attribute"``), with the first
+    paragraph of its help, which the group lists without importing the module."""
+
+    target: str
+    help: str
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use (the lazy group of click's
+    documentation). Its help lists them from the short help kept in ``lazy_commands``."""
+
+    def __init__(self, *args: Any, lazy_commands: Mapping[str, LazyCommand] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = self.lazy_commands.get(cmd_name)
+        if entry is None:
+            return super().get_command(ctx, cmd_name)
+        return load_command(entry.target)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click's, with the short help of a command not loaded yet taken from the table."""
+        listed: list[tuple[str, str | click.Command]] = []
+        for name in self.list_commands(ctx):
+            entry = self.lazy_commands.get(name)
+            if entry is not None:
+                listed.append((name, entry.help))
+            elif (command := super().get_command(ctx, name)) is not None and not command.hidden:
+                listed.append((name, command))
+        if not listed:
+            return
+        limit = formatter.width - 6 - max(len(name) for name, _ in listed)  # click's spacing
+        rows = [(name, short_help(about, limit)) for name, about in listed]
+        with formatter.section(gettext("Commands")):
+            formatter.write_dl(rows)
+
+
+def short_help(about: str | click.Command, limit: int) -> str:
+    """What a group's help lists beside a command: click's shortening of its help to ``limit``."""
+    if isinstance(about, click.Command):
+        return about.get_short_help_str(limit)
+    return make_default_short_help(about, limit).strip()
+
+
+def load_command(target: str) -> click.Command:
+    """The click command at ``"package.module:attribute"``."""
+    module_name, _, attribute = target.partition(":")
+    command = getattr(importlib.import_module(module_name), attribute)
+    if not isinstance(command, click.Command):
+        raise TypeError(f"{target} is not a click command")
+    return command
+
+
+class RapkiGroup(LazyGroup):
     """A click group that turns library errors, and click's own usage errors (unknown option, bad
     value, missing argument), into one stderr line and the right exit code."""
 
@@ -50,12 +113,6 @@ class RapkiGroup(click.Group):
         except RapkiError as exc:
             click.echo(f"rapki: error: {exc}", err=True)
             sys.exit(exc.exit_code)
-
-
-@click.group(cls=RapkiGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="rapki", prog_name="rapki")
-def main() -> None:
-    """rapki: a private CA for AWS IAM Roles Anywhere."""
 
 
 def default_home() -> Path:

@@ -13,7 +13,7 @@ from pki.x509.durations import format_duration, parse_duration
 from pki.x509.keys import KeyType
 from pki.x509.pem import Pem
 from pki.x509.profiles import Profile, RolesAnywhereBinding
-from service.cli.base import echo_json, home_option, json_option, main, resolve_home
+from service.cli.base import echo_json, home_option, json_option, resolve_home
 
 KEY_TYPES = [k.value for k in KeyType]
 
@@ -26,7 +26,7 @@ def progress(message: str) -> None:
     click.echo(message, err=True)
 
 
-@main.command()
+@click.command()
 @home_option
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default="ec-p256", show_default=True,
               help="Key type of the root and issuing CA.")
@@ -93,7 +93,7 @@ def init(home: Path | None, key_type: str, organization: str, country: str | Non
     click.echo("Next: rapki profile add NAME --cn-pattern REGEX")
 
 
-@main.group()
+@click.group()
 def ca() -> None:
     """The CA hierarchy: chain, root, issuing CAs and rotation."""
 
@@ -154,7 +154,7 @@ def ca_sign_intermediate(home: Path | None, root_key: Path | None, key_type: str
 
 
 # --- profiles ---------------------------------------------------------------------------------
-@main.group()
+@click.group()
 def profile() -> None:
     """Issuance profiles: which names, key types and lifetimes are allowed (deny by default)."""
 

@@ -1,4 +1,4 @@
-"""``rapki issue``, ``revoke``, ``list``, ``show``, ``audit`` and ``crl build``."""
+"""``rapki issue``, ``revoke``, ``list``, ``show`` and ``audit``."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from pki.errors import InvalidInput
 from pki.x509.crl import REASON_NAMES
 from pki.x509.durations import parse_duration
 from pki.x509.keys import KeyType
-from service.cli.base import echo_json, home_option, json_option, main
+from service.cli.base import echo_json, home_option, json_option
 from service.cli.ca_commands import KEY_TYPES, open_ca
+from service.cli.crl_commands import publish_after_revoke
 
 
-@main.command()
+@click.command()
 @home_option
 @click.option("--profile", "profile_name", required=True, help="Issuance profile.")
 @click.option("--cn", default=None, help="Subject CN (the STS source identity). Taken from the CSR if omitted.")
@@ -52,7 +53,7 @@ def issue(home: Path | None, profile_name: str, cn: str | None, san: tuple[str, 
         click.echo(f"  {kind}: {path}")
 
 
-@main.command()
+@click.command()
 @home_option
 @click.argument("serial")
 @click.option("--reason", type=click.Choice(REASON_NAMES, case_sensitive=False), default=None,
@@ -62,8 +63,6 @@ def issue(home: Path | None, profile_name: str, cn: str | None, san: tuple[str, 
 @json_option
 def revoke(home: Path | None, serial: str, reason: str | None, publish_crl: bool | None, as_json: bool) -> None:
     """Revoke certificate SERIAL (hex as 'rapki list' shows, or decimal)."""
-    from service.cli.aws_commands import publish_after_revoke
-
     authority = open_ca(home)
     result = authority.revoke(serial, reason=reason)
     record = result.record
@@ -78,7 +77,7 @@ def revoke(home: Path | None, serial: str, reason: str | None, publish_crl: bool
         click.echo(f"revoked {record.serial} ({record.common_name}); {done}")
 
 
-@main.command("list")
+@click.command("list")
 @home_option
 @click.option("--status", type=click.Choice(["active", "revoked", "expired"]), default=None)
 @click.option("--profile", "profile_name", default=None)
@@ -99,7 +98,7 @@ def list_certificates(home: Path | None, status: str | None, profile_name: str |
         click.echo(f"{r.serial:<40} {r.status():<10} {r.not_after:%Y-%m-%d %H:%M}Z {r.profile:<16} {r.common_name}")
 
 
-@main.command()
+@click.command()
 @home_option
 @click.argument("serial")
 @click.option("--pem", "as_pem", is_flag=True, help="Print the certificate PEM.")
@@ -118,48 +117,7 @@ def show(home: Path | None, serial: str, as_pem: bool, as_json: bool) -> None:
             click.echo(f"{key + ':':<20} {value}")
 
 
-@main.group()
-def crl() -> None:
-    """Certificate revocation lists."""
-
-
-@crl.command("build")
-@home_option
-@click.option("--issuer", default=None, help="Issuing CA name (default: the active one).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write here (default: stdout).")
-@click.option("--format", "fmt", type=click.Choice(["pem", "der"]), default="pem", show_default=True)
-@click.option("--validity", default=None, help="nextUpdate - thisUpdate (default: [crl].validity, 7d).")
-@json_option
-def crl_build(home: Path | None, issuer: str | None, out: Path | None, fmt: str, validity: str | None,
-              as_json: bool) -> None:
-    """Sign a new CRL (next CRLNumber) with the revoked, unexpired certificates."""
-    from pki.x509.crl import ROLES_ANYWHERE_CRL_LIMIT
-
-    built = open_ca(home).build_crl(issuer, validity=parse_duration(validity) if validity else None)
-    data = built.pem if fmt == "pem" else built.der
-    pem_size = len(built.pem)
-    report = {
-        "crl_number": built.number, "entries": built.entries, "pem_bytes": pem_size,
-        "limit_bytes": ROLES_ANYWHERE_CRL_LIMIT, "budget_used": round(pem_size / ROLES_ANYWHERE_CRL_LIMIT, 4),
-        "this_update": built.this_update.isoformat(), "next_update": built.next_update.isoformat(),
-    }
-    if out is not None:
-        from pki.x509.pem import Pem
-
-        Pem(data).write_to_path(out)
-        report["out"] = str(out)
-    elif not as_json:
-        click.get_binary_stream("stdout").write(data)
-    message = (f"CRL #{built.number}: {built.entries} entries, {pem_size:,} bytes PEM "
-               f"({report['budget_used']:.1%} of the Roles Anywhere limit)")
-    if as_json:
-        echo_json(report)
-    else:
-        click.echo(message, err=True)
-
-
-@main.command()
+@click.command()
 @home_option
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="Newest entries first.")
 @click.option("--action", default=None, help="e.g. certificate.issue, or a prefix ending in a dot: certificate.")

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from pki.errors import InvalidInput
-from service.cli.base import default_home, ensure_port_free, main
+from service.cli.base import default_home, ensure_port_free
 
 
-@main.command("emulator")
+@click.command("emulator")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8443, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option(

@@ -1,4 +1,4 @@
-"""``rapki serve``, ``rapki token ...``, ``rapki operator token ...``, ``rapki enroll``, ``rapki renew``."""
+"""``rapki serve``, ``rapki token ...``, ``rapki operator token ...``."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import click
 
 from pki.errors import InvalidInput
 from pki.x509.durations import format_duration, parse_duration
-from service.cli.base import echo_json, ensure_port_free, home_option, json_option, main, resolve_home
-from service.cli.ca_commands import KEY_TYPES, open_ca, progress
+from service.cli.base import echo_json, ensure_port_free, home_option, json_option, resolve_home
+from service.cli.ca_commands import open_ca, progress
 
 
 # --- serve -----------------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @home_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True)
@@ -81,7 +81,7 @@ def _prepare_metrics_dir(home: Path) -> Path:
 
 
 # --- enrollment tokens -----------------------------------------------------------------------------
-@main.group()
+@click.group()
 def token() -> None:
     """Enrollment tokens: one-time (or N-time) credentials a workload trades for a certificate."""
 
@@ -146,7 +146,7 @@ def token_revoke(home: Path | None, token_id: str, as_json: bool) -> None:
 
 
 # --- operator tokens -------------------------------------------------------------------------------
-@main.group()
+@click.group()
 def operator() -> None:
     """Operator access to the API."""
 
@@ -199,70 +199,3 @@ def operator_token_revoke(home: Path | None, token_id: str) -> None:
 
     TokenStore(open_ca(home)).revoke_operator(token_id)
     click.echo(f"revoked operator token {token_id}")
-
-
-# --- client ----------------------------------------------------------------------------------------
-url_option = click.option("--url", required=True, envvar="RAPKI_URL", help="https://host:port of 'rapki serve'.")
-ca_bundle_option = click.option("--ca-bundle", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-                                default=None, help="Root certificate(s) to verify the server (e.g. root.pem).")
-
-
-@main.command()
-@url_option
-@click.option("--token", "token_value", required=True, envvar="RAPKI_TOKEN",
-              help="The enrollment token (or $RAPKI_TOKEN, which keeps it out of the process list).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for cert.pem, key.pem (0600) and chain.pem.")
-@click.option("--key-type", type=click.Choice(KEY_TYPES), default=None, help="Default: ec-p256.")
-@click.option("--csr-mode", is_flag=True, help="Make the key here and send only a CSR (the key never leaves).")
-@click.option("--cn", default=None, help="CN to ask for (needed when the token allows a CN pattern).")
-@click.option("--san", multiple=True, help="dns:NAME or uri:URI (repeatable).")
-@click.option("--ttl", default=None)
-@ca_bundle_option
-@json_option
-def enroll(url: str, token_value: str, out: Path, key_type: str | None, csr_mode: bool, cn: str | None,
-           san: tuple[str, ...], ttl: str | None, ca_bundle: Path | None, as_json: bool) -> None:
-    """Redeem an enrollment token: writes cert.pem, key.pem (0600) and chain.pem to --out."""
-    from pki.workload.client import EnrollmentClient
-    from pki.workload.client import enroll as do_enroll
-
-    result = do_enroll(EnrollmentClient(url, ca_bundle), token_value, out, key_type=key_type, csr_mode=csr_mode,
-                       cn=cn, sans=list(san), ttl=ttl)
-    _print_result(result, as_json, "enrolled")
-
-
-@main.command()
-@url_option
-@click.option("--cert-dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
-              help="Directory with cert.pem and key.pem (as 'rapki enroll' wrote it).")
-@click.option("--force", is_flag=True, help="Renew now, even before two thirds of the lifetime has passed.")
-@click.option("--signed", is_flag=True,
-              help="Authenticate with a RAPKI-SIG-V1 request signature instead of mutual TLS (TLS ends at a proxy).")
-@click.option("--ttl", default=None)
-@ca_bundle_option
-@json_option
-def renew(url: str, cert_dir: Path, force: bool, signed: bool, ttl: str | None, ca_bundle: Path | None,
-          as_json: bool) -> None:
-    """Renew the certificate in --cert-dir when due (two thirds of its lifetime), replacing the files atomically."""
-    from pki.workload.client import renew as do_renew
-
-    result = do_renew(url, cert_dir, ca_bundle=ca_bundle, force=force, signed=signed, ttl=ttl)
-    if not result["renewed"]:
-        if as_json:
-            echo_json(result)
-        else:
-            click.echo(f"not due: {result['serial']} renews after {result['renew_after']} "
-                       f"(expires {result['not_after']}); --force renews now")
-        return
-    _print_result(result, as_json, f"renewed {result['replaced']} ->")
-
-
-def _print_result(result: dict[str, object], as_json: bool, verb: str) -> None:
-    if as_json:
-        echo_json(result)
-        return
-    click.echo(f"{verb} {result['serial']} (profile {result['profile']}) until {result['not_after']}")
-    for kind, path in result["files"].items():  # type: ignore[attr-defined]
-        click.echo(f"  {kind}: {path}")
-    if result.get("credential_process"):
-        click.echo(f"  credential_process = {result['credential_process']}")
