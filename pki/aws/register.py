@@ -116,7 +116,8 @@ class Registrar:
         }[kind]
         if stored_arn and stored_arn.split(":")[3] == self.aws.region:
             try:
-                return dict(self.aws.call(get_op, **{id_key: stored_arn.rsplit("/", 1)[1]})[key])
+                by_id: dict[str, Any] = {id_key: stored_arn.rsplit("/", 1)[1]}
+                return dict(self.aws.call(get_op, **by_id)[key])
             except AwsError as exc:
                 if not exc.not_found:
                     raise
@@ -154,7 +155,8 @@ class Registrar:
     def profile(self, name: str, role_arns: list[str], duration: int, accept_session_name: bool) -> str:
         stored = settings(self.ca).get("profile_arn") if settings(self.ca).get("name") == name else None
         detail = self._find("profile", stored, name)
-        wanted = {"roleArns": role_arns, "durationSeconds": duration, "acceptRoleSessionName": accept_session_name}
+        wanted: dict[str, Any] = {"roleArns": role_arns, "durationSeconds": duration,
+                                  "acceptRoleSessionName": accept_session_name}
         if detail is None:
             detail = dict(self.aws.call("CreateProfile", name=name, enabled=True, tags=TAGS, **wanted)["profile"])
             self.actions.append(f"created profile {name!r}")

@@ -396,7 +396,8 @@ def serve(
     """Run until SIGINT/SIGTERM."""
     server = make_server(opts, port=port, bind=bind, hop_limit=hop_limit)
     host, actual_port = server.server_address[:2]
-    shown = f"[{host}]" if ":" in str(host) else host
+    host = host.decode() if isinstance(host, bytes) else str(host)
+    shown = f"[{host}]" if ":" in host else host
     server.cache.start()
     if bind not in ("127.0.0.1", "::1", "localhost"):
         log(f"warning: listening on {bind}: anyone who can reach it gets these credentials")

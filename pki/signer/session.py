@@ -221,7 +221,8 @@ def _connection(endpoint: Endpoint, opts: SessionOptions) -> tuple[http.client.H
 
 def _proxy_for(endpoint: Endpoint) -> str | None:
     """HTTPS_PROXY/HTTP_PROXY/NO_PROXY, read only when --with-proxy asks (as the helper does)."""
-    from urllib.request import getproxies_environment, proxy_bypass_environment
+    # proxy_bypass_environment is public in urllib.request but missing from typeshed.
+    from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
     proxies = getproxies_environment()
     proxy = proxies.get(endpoint.scheme)

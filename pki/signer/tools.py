@@ -20,7 +20,8 @@ from pki.x509.keys import PrivateKey
 
 FIXED_STRING_PREFIX = b"AWS Roles Anywhere Credential Helper Signing Test"
 SIGN_STRING_TEST_VERSION = 1
-_DIGESTS = {"SHA256": hashes.SHA256, "SHA384": hashes.SHA384, "SHA512": hashes.SHA512}
+_DIGESTS: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+    "SHA256": hashes.SHA256, "SHA384": hashes.SHA384, "SHA512": hashes.SHA512}
 
 
 def fixed_string_to_sign(public_key: object) -> bytes:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -117,7 +119,7 @@ def ca_root(home: Path | None) -> None:
 @json_option
 def ca_list(home: Path | None, as_json: bool) -> None:
     """List the issuing CAs (the active one signs new certificates)."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": i.name, "subject": i.certificate.subject.rfc4514_string(), "key_type": i.key_type.value,
          "not_after": i.not_after.isoformat(), "active": i.active}
         for i in open_ca(home).issuers()
@@ -159,7 +161,7 @@ def profile() -> None:
     """Issuance profiles: which names, key types and lifetimes are allowed (deny by default)."""
 
 
-def _profile_options(func):  # type: ignore[no-untyped-def]
+def _profile_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--cn-pattern", required=True, help="Regular expression every CN must fully match."),
         click.option("--san-dns-pattern", multiple=True, help="Regex a DNS SAN must fully match (repeatable)."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -39,7 +40,7 @@ def issue(home: Path | None, profile_name: str, cn: str | None, san: tuple[str, 
         key_type=KeyType(key_type) if key_type else None, ttl=parse_duration(ttl) if ttl else None,
     )
     written = issued.write_to(out)
-    info = {
+    info: dict[str, Any] = {
         "serial": issued.serial_hex,
         "subject": issued.subject,
         "not_after": issued.certificate.not_valid_after_utc.isoformat(),

@@ -97,7 +97,7 @@ def token() -> None:
 def token_create(home: Path | None, profile_name: str, cn: str | None, cn_pattern: str | None, ttl: str,
                  uses: int, as_json: bool) -> None:
     """Create an enrollment token; it is printed once and only its hash is stored."""
-    from pki.ca.tokens import TokenStore
+    from pki.ca.tokens import EnrollmentToken, TokenStore
 
     created = TokenStore(open_ca(home)).create(profile_name, cn=cn, cn_pattern=cn_pattern,
                                                ttl=parse_duration(ttl), uses=uses)
@@ -106,6 +106,7 @@ def token_create(home: Path | None, profile_name: str, cn: str | None, cn_patter
         return
     click.echo(created.token)
     record = created.record
+    assert isinstance(record, EnrollmentToken)
     progress(f"token {record.id}: profile {record.profile}, {'CN pattern' if cn_pattern else 'CN'} "
              f"{record.cn!r}, {uses} use(s), expires {record.expires_at:%Y-%m-%d %H:%M:%S}Z (shown once)")
 

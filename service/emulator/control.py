@@ -322,7 +322,7 @@ class ControlPlane:
         _apply_notifications(notifications, _check_notifications(b.get("notificationSettings", [])), ctx.caller)
         id_ = str(uuid.uuid4())
         now = iso_now(ctx.now)
-        detail = {
+        detail: dict[str, Any] = {
             "trustAnchorId": id_,
             "trustAnchorArn": str(RolesAnywhereArn.make(ctx.region, ctx.account, "trust-anchor", id_)),
             "name": name, "source": source, "enabled": enabled, "createdAt": now, "updatedAt": now,
@@ -548,7 +548,7 @@ class ControlPlane:
                 raise validation(f"A trust anchor can have at most {MAX_CRLS_PER_ANCHOR} CRLs")
             id_ = str(uuid.uuid4())
             now = iso_now(ctx.now)
-            detail = {
+            detail: dict[str, Any] = {
                 "crlId": id_, "crlArn": str(RolesAnywhereArn.make(ctx.region, ctx.account, "crl", id_)), "name": name,
                 "enabled": enabled, "crlData": data, "trustAnchorArn": anchor_arn,
                 "createdAt": now, "updatedAt": now,

@@ -121,7 +121,7 @@ def _generate(cert_path: Path, key_path: Path, host: str) -> None:
     atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
 
-class EmulatorServer(BaseApplication):  # type: ignore[misc]
+class EmulatorServer(BaseApplication):
     """gunicorn embedded: our options, our application factory, no gunicorn command line."""
 
     def __init__(self, app_factory: Callable[[], Any], options: dict[str, Any]) -> None:
