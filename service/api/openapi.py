@@ -146,9 +146,9 @@ def _resp(*statuses: int) -> dict[str, Any]:
 
 @cache
 def spec() -> dict[str, Any]:
-    bearer = [{"enrollmentToken": []}]
-    cert_auth = [{"mutualTLS": []}, {"requestSignature": []}]
-    operator = [{"operatorToken": []}, {"mutualTLS": []}, {"requestSignature": []}]
+    bearer: list[dict[str, list[str]]] = [{"enrollmentToken": []}]
+    cert_auth: list[dict[str, list[str]]] = [{"mutualTLS": []}, {"requestSignature": []}]
+    operator: list[dict[str, list[str]]] = [{"operatorToken": []}, {"mutualTLS": []}, {"requestSignature": []}]
     pem_file = {"description": "PEM", "content": {"application/x-pem-file": {"schema": {"type": "string"}}}}
     return {
         "openapi": "3.1.0",

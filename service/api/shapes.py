@@ -32,6 +32,11 @@ MIN_PKCS12_PASSWORD = 8
 JSON_TYPES: dict[type, str] = {str: "string", int: "integer", list: "array"}
 
 
+def _is_a(value: Any, kind: type) -> bool:
+    """``isinstance``, except that JSON true and false are not integers."""
+    return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+
 @dataclass(frozen=True)
 class Field:
     """One member of a JSON object body. ``kind`` is the Python type of its value (str, int or list;
@@ -50,9 +55,9 @@ class Field:
 
     def check(self, value: Any) -> None:
         """400 (``InvalidInput``) unless ``value`` (not None) fits this field."""
-        if not isinstance(value, self.kind) or (isinstance(value, bool) and self.kind is not bool):
+        if not _is_a(value, self.kind):
             raise InvalidInput(f'"{self.name}" must be a {self.kind.__name__}')
-        if self.items is not None and not all(isinstance(v, self.items) for v in value):
+        if self.items is not None and not all(_is_a(v, self.items) for v in value):
             hint = f" ({self.description})" if self.description else ""
             raise InvalidInput(f'"{self.name}" must be a list of {JSON_TYPES[self.items]}s{hint}')
         if self.choices and value not in self.choices:
