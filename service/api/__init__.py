@@ -2,6 +2,9 @@
 
 ``create_app(home)`` builds it; ``rapki serve`` (``service.api.server``) runs it under gunicorn
 with TLS. The Flask development server is never used to serve it.
+
+Request bodies are declared once in ``service.api.shapes``; both the OpenAPI document
+(``service.api.openapi``) and the endpoints' validation are derived from those declarations.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
         if home is None:
             raise ValueError("create_app needs a home or a CertificateAuthority")
         ca = CertificateAuthority.open(home)
-    app = Flask("rapki")
+    app = Flask("rapki", static_folder=None)  # no /static/<path> route: the API serves no files
     app.config["MAX_CONTENT_LENGTH"] = errors.MAX_BODY
     app.json = JsonProvider(app)
     settings = Settings.from_config(ca.config.extra.get("api", {}))

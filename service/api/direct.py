@@ -6,7 +6,8 @@ cost about as much CPU as the token look-up and the certificate's recording toge
 middleware serves that one route itself and hands every other request to Flask unchanged.
 
 It does exactly what the Flask view does (``routes.serve_enroll``, shared by both), with the same
-answers: the body read under the same 64 KiB limit (413), the same JSON bytes (the app's JSON
+answers: the body read under the same 64 KiB limit (413) and checked against the same declaration
+(``service.api.shapes.ENROLL_REQUEST``, in ``enrollment.enroll``), the same JSON bytes (the app's JSON
 provider, ``service.api.jsonio``), the same errors (``errors.describe``), ``Cache-Control:
 no-store``, and the same metrics (``rapki_http_request_duration_seconds``,
 ``rapki_requests_refused_total``).

@@ -1,9 +1,11 @@
 """Enroll, renew and revoke: the request bodies read and checked, then handed to ``pki``.
 
 Policy lives in ``pki`` (profiles, CSR rules, Roles Anywhere preflight in
-``CertificateAuthority.issue``; token binding and redemption in ``pki.ca.tokens``). This module
-validates the shape of the JSON, orders the checks so that every refusal happens before anything
-is written, and shapes the answer (PEM or PKCS#12, Roles Anywhere binding).
+``CertificateAuthority.issue``; token binding and redemption in ``pki.ca.tokens``). The shapes of
+the bodies are declared once, in ``service.api.shapes``: the OpenAPI document and the checks are
+both derived from them. This module reads the bodies through them, checks what spans several
+fields (``csr`` or ``key_type``, the PKCS#12 password), orders the checks so that every refusal
+happens before anything is written, and shapes the answer (PEM or PKCS#12, Roles Anywhere binding).
 
 Order for ``/v1/enroll``: token known and redeemable (401/409) -> body shape (400/413) -> token
 bound to this profile and CN (403) -> CSR content and profile policy (422, inside ``issue`` before
@@ -32,54 +34,30 @@ from pki.x509.keys import KeyType
 from pki.x509.pem import Pem
 from pki.x509.profiles import Profile
 from service.api.auth import Caller
-
-FORMATS = ("pem", "pkcs12")
-MIN_PKCS12_PASSWORD = 8
-
-
-def _field(body: dict[str, Any], name: str, kind: type, *, required: bool = False) -> Any:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise InvalidInput(f'"{name}" is required')
-        return None
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise InvalidInput(f'"{name}" must be a {kind.__name__}')
-    return value
-
-
-def _check_keys(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise InvalidInput(f"unknown field(s) {', '.join(unknown)}: allowed are {', '.join(sorted(allowed))}")
+from service.api.shapes import ENROLL_REQUEST, MIN_PKCS12_PASSWORD, RENEW_REQUEST, REVOKE_REQUEST, Shape
 
 
 class Request:
-    """The common fields of /v1/enroll and /v1/renew, checked for shape."""
+    """The fields of /v1/enroll and /v1/renew (``shape``), checked, then read into what ``issue`` takes."""
 
-    def __init__(self, body: dict[str, Any], *, allowed: set[str]) -> None:
-        _check_keys(body, allowed)
-        csr_text = _field(body, "csr", str)
-        key_type = _field(body, "key_type", str)
+    def __init__(self, body: dict[str, Any], shape: Shape) -> None:
+        fields = shape.read(body)
+        csr_text = fields["csr"]
+        key_type = fields["key_type"]
         if csr_text is not None and key_type is not None:
             raise InvalidInput('give "csr" (your own key) or "key_type" (key made by the server), not both')
         self.csr = load_csr(csr_text.encode()) if csr_text is not None else None
         self.csr_content: CsrContent | None = None  # read by check_csr(), after authentication
         self.key_type = KeyType.parse(key_type) if key_type is not None else None
-        ttl = _field(body, "ttl", str)
+        ttl = fields["ttl"]
         self.ttl: timedelta | None = parse_duration(ttl) if ttl is not None else None
-        self.format = _field(body, "format", str) or "pem"
-        if self.format not in FORMATS:
-            raise InvalidInput(f'"format" must be one of {", ".join(FORMATS)}')
-        self.password = _field(body, "password", str)
+        self.format: str = fields["format"]
+        self.password: str | None = fields["password"]
         if self.format == "pkcs12" and (self.password is None or len(self.password) < MIN_PKCS12_PASSWORD):
             raise InvalidInput(f'"format": "pkcs12" needs a "password" of at least {MIN_PKCS12_PASSWORD} characters')
-        sans = _field(body, "sans", list) or []
-        if not all(isinstance(s, str) for s in sans):
-            raise InvalidInput('"sans" must be a list of strings (dns:NAME or uri:URI)')
-        self.sans = SubjectAltNames.parse(sans)
-        self.cn = _field(body, "cn", str)
-        self.profile = _field(body, "profile", str)
+        self.sans = SubjectAltNames.parse(fields.get("sans") or [])  # renewal keeps the names: no "sans"
+        self.cn: str | None = fields.get("cn")
+        self.profile: str | None = fields.get("profile")
 
     def check_csr(self) -> None:
         """What the CSR asks for; 422 for what a workload certificate never gets (CA:TRUE...)."""
@@ -99,7 +77,7 @@ def enroll(ca: CertificateAuthority, tokens: TokenStore, token: str, record: Enr
            body: dict[str, Any], caller_address: str) -> tuple[IssuedCertificate, Request, Profile]:
     """``record`` is the token already authenticated (``TokenStore.authenticate``); one use of it
     is redeemed in the transaction that records the certificate."""
-    req = Request(body, allowed={"csr", "key_type", "ttl", "format", "password", "sans", "cn", "profile"})
+    req = Request(body, ENROLL_REQUEST)
     if req.csr is None and req.key_type is None:
         raise InvalidInput('give "csr" (a PEM CSR, your own key) or "key_type" (e.g. "ec-p256", key made here)')
     csr_cn = req.csr_common_name()
@@ -120,7 +98,7 @@ def renew(ca: CertificateAuthority, caller: Caller, body: dict[str, Any]) -> tup
     """A new certificate for the same subject and profile; the current one is marked superseded."""
     assert caller.certificate is not None
     current = caller.certificate
-    req = Request(body, allowed={"csr", "key_type", "ttl", "format", "password"})
+    req = Request(body, RENEW_REQUEST)
     req.check_csr()
     old_sans = SubjectAltNames.parse(current.sans)
     if req.csr_content is not None:
@@ -141,9 +119,9 @@ def renew(ca: CertificateAuthority, caller: Caller, body: dict[str, Any]) -> tup
 
 def revoke_request(body: dict[str, Any], caller: Caller) -> tuple[str, Any]:
     """The serial and reason to revoke; a certificate holder may revoke only its own certificate."""
-    _check_keys(body, {"serial", "reason"})
-    serial = _field(body, "serial", str)
-    reason = parse_reason(_field(body, "reason", str))
+    fields = REVOKE_REQUEST.read(body)
+    serial: str | None = fields["serial"]
+    reason = parse_reason(fields["reason"])
     if not caller.is_operator:
         assert caller.certificate is not None
         own = caller.certificate.serial

@@ -1,7 +1,12 @@
 """The OpenAPI 3.1 document of the enrollment API (``GET /v1/openapi.json``).
 
-Written by hand next to the routes; ``tests/test_api.py`` validates it with
-openapi-spec-validator and checks real answers against its response schemas.
+The request bodies' schemas are not written here: they are derived from the declarations in
+``service.api.shapes``, the same ones the endpoints check requests with, so the document and
+the validation cannot disagree. The paths, responses and answer schemas are written here, next
+to the routes. ``tests/test_api_shapes.py`` checks that every Flask route is documented and
+every documented path is a route, that the document validates (openapi-spec-validator), and that
+each request schema accepts and refuses what the endpoint does; ``tests/test_api.py`` checks real
+answers against the response schemas.
 """
 
 from __future__ import annotations
@@ -9,7 +14,14 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from pki.x509.keys import KeyType
+from service.api.shapes import (
+    ENROLL_REQUEST,
+    RENEW_REQUEST,
+    REQUEST_SHAPES,
+    REVOKE_REQUEST,
+    TOKEN_CREATE_REQUEST,
+    Shape,
+)
 
 VERSION = "1.0.0"
 
@@ -20,6 +32,10 @@ def _ref(name: str) -> dict[str, str]:
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _body(shape: Shape, *, required: bool) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(shape.name)}}}
 
 
 _ERROR_TEXT = {
@@ -42,37 +58,12 @@ def _schemas() -> dict[str, Any]:
     nullable_ts = {"type": ["string", "null"], "format": "date-time"}
     pem = {"type": "string", "description": "PEM text"}
     return {
+        **{shape.name: shape.schema() for shape in REQUEST_SHAPES},
         "Error": {
             "type": "object", "required": ["error", "message"], "additionalProperties": False,
             "properties": {
                 "error": {"type": "string", "description": "machine-readable code, e.g. token_used"},
                 "message": {"type": "string", "description": "what was wrong and what to do"},
-            },
-        },
-        "EnrollRequest": {
-            "type": "object", "additionalProperties": False,
-            "description": "Exactly one of csr (your key, never sent) or key_type (key made by the server).",
-            "properties": {
-                "csr": pem,
-                "key_type": {"type": "string", "enum": [k.value for k in KeyType]},
-                "cn": {"type": "string", "description": "needed when the token allows a CN pattern and the CSR "
-                                                        "has no CN"},
-                "sans": {"type": "array", "items": {"type": "string"}, "description": "dns:NAME or uri:URI"},
-                "profile": {"type": "string", "description": "optional check: must be the token's profile"},
-                "ttl": {"type": "string", "examples": ["24h"]},
-                "format": {"type": "string", "enum": ["pem", "pkcs12"], "default": "pem"},
-                "password": {"type": "string", "minLength": 8, "description": "required with pkcs12"},
-            },
-        },
-        "RenewRequest": {
-            "type": "object", "additionalProperties": False,
-            "description": "Optional new CSR (same CN, no new names); else a new key of the same type is made.",
-            "properties": {
-                "csr": pem,
-                "key_type": {"type": "string", "enum": [k.value for k in KeyType]},
-                "ttl": {"type": "string"},
-                "format": {"type": "string", "enum": ["pem", "pkcs12"], "default": "pem"},
-                "password": {"type": "string", "minLength": 8},
             },
         },
         "RolesAnywhere": {
@@ -104,13 +95,6 @@ def _schemas() -> dict[str, Any]:
                 "roles_anywhere": _ref("RolesAnywhere"),
             },
         },
-        "RevokeRequest": {
-            "type": "object", "additionalProperties": False,
-            "properties": {
-                "serial": {"type": "string", "description": "hex; optional for self-revocation"},
-                "reason": {"type": "string", "examples": ["keyCompromise", "superseded"]},
-            },
-        },
         "CertificateRecord": {
             "type": "object",
             "required": ["serial", "issuer", "subject", "common_name", "sans", "profile", "key_type", "not_before",
@@ -127,14 +111,6 @@ def _schemas() -> dict[str, Any]:
                 "fingerprint_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                 "certificate": pem,
                 "already_revoked": {"type": "boolean"},
-            },
-        },
-        "TokenCreateRequest": {
-            "type": "object", "additionalProperties": False, "required": ["profile"],
-            "description": "Exactly one of cn or cn_pattern.",
-            "properties": {
-                "profile": {"type": "string"}, "cn": {"type": "string"}, "cn_pattern": {"type": "string"},
-                "ttl": {"type": "string", "default": "15m"}, "uses": {"type": "integer", "minimum": 1, "default": 1},
             },
         },
         "Token": {
@@ -170,9 +146,9 @@ def _resp(*statuses: int) -> dict[str, Any]:
 
 @cache
 def spec() -> dict[str, Any]:
-    bearer = [{"enrollmentToken": []}]
-    cert_auth = [{"mutualTLS": []}, {"requestSignature": []}]
-    operator = [{"operatorToken": []}, {"mutualTLS": []}, {"requestSignature": []}]
+    bearer: list[dict[str, list[str]]] = [{"enrollmentToken": []}]
+    cert_auth: list[dict[str, list[str]]] = [{"mutualTLS": []}, {"requestSignature": []}]
+    operator: list[dict[str, list[str]]] = [{"operatorToken": []}, {"mutualTLS": []}, {"requestSignature": []}]
     pem_file = {"description": "PEM", "content": {"application/x-pem-file": {"schema": {"type": "string"}}}}
     return {
         "openapi": "3.1.0",
@@ -203,21 +179,21 @@ def spec() -> dict[str, Any]:
             "/v1/enroll": {"post": {
                 "summary": "Redeem an enrollment token for a certificate", "operationId": "enroll",
                 "security": bearer,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("EnrollRequest")}}},
+                "requestBody": _body(ENROLL_REQUEST, required=True),
                 "responses": {"201": _json(_ref("IssuedCertificate"), "Issued"),
                               **_resp(400, 401, 403, 409, 413, 422, 429, 503)},
             }},
             "/v1/renew": {"post": {
                 "summary": "Renew the calling certificate (same subject and profile)", "operationId": "renew",
                 "security": cert_auth,
-                "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("RenewRequest")}}},
+                "requestBody": _body(RENEW_REQUEST, required=False),
                 "responses": {"201": _json(_ref("IssuedCertificate"), "Renewed; the old certificate is superseded"),
                               **_resp(400, 401, 403, 413, 422, 429, 503)},
             }},
             "/v1/revoke": {"post": {
                 "summary": "Revoke a certificate (operator) or the calling certificate (self-revocation)",
                 "operationId": "revoke", "security": operator,
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RevokeRequest")}}},
+                "requestBody": _body(REVOKE_REQUEST, required=True),
                 "responses": {"200": _json(_ref("CertificateRecord"), "Revoked (or already revoked)"),
                               **_resp(400, 401, 403, 404, 413, 429, 503)},
             }},
@@ -231,8 +207,7 @@ def spec() -> dict[str, Any]:
                 "post": {
                     "summary": "Create an enrollment token (operator); the token is shown once",
                     "operationId": "createToken", "security": operator,
-                    "requestBody": {"required": True,
-                                    "content": {"application/json": {"schema": _ref("TokenCreateRequest")}}},
+                    "requestBody": _body(TOKEN_CREATE_REQUEST, required=True),
                     "responses": {"201": _json(_ref("Token"), "Created"), **_resp(*_WRITE_ERRORS, 404)},
                 },
                 "get": {

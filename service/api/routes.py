@@ -1,4 +1,9 @@
-"""The HTTP endpoints. Thin: read the request, authenticate, call ``pki``, shape the answer."""
+"""The HTTP endpoints. Thin: read the request, authenticate, call ``pki``, shape the answer.
+
+Request bodies are read through their declarations in ``service.api.shapes`` (the OpenAPI
+document, ``service.api.openapi``, is derived from the same ones); a route added here belongs in
+that document too (``tests/test_api_shapes.py`` checks both ways).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from service.api.auth import Caller, certificate_caller, client_address, operato
 from service.api.context import ApiContext
 from service.api.errors import MalformedJson
 from service.api.openapi import spec
+from service.api.shapes import TOKEN_CREATE_REQUEST
 from service.api.state import Limit
 
 v1 = Blueprint("v1", __name__, url_prefix="/v1")
@@ -156,14 +162,9 @@ def certificate(serial: str) -> Response:
 def create_token() -> tuple[Response, int]:
     _limit_address()
     caller = _operator()
-    body = json_body()
-    enrollment._check_keys(body, {"profile", "cn", "cn_pattern", "ttl", "uses"})
-    profile = enrollment._field(body, "profile", str, required=True)
-    uses = enrollment._field(body, "uses", int) or 1
-    ttl = parse_duration(enrollment._field(body, "ttl", str) or "15m")
-    created = ctx().tokens.create(profile, cn=enrollment._field(body, "cn", str),
-                                  cn_pattern=enrollment._field(body, "cn_pattern", str), ttl=ttl, uses=uses,
-                                  actor=caller.actor)
+    fields = TOKEN_CREATE_REQUEST.read(json_body())
+    created = ctx().tokens.create(fields["profile"], cn=fields["cn"], cn_pattern=fields["cn_pattern"],
+                                  ttl=parse_duration(fields["ttl"]), uses=fields["uses"], actor=caller.actor)
     return jsonify({**created.record.to_dict(), "token": created.token}), 201
 
 
