@@ -486,6 +486,7 @@ class CrlPublisher:
 
     def _record(self, anchor_arn: str, issuer: Issuer, result: IssuerPublication, sha: str) -> None:
         now = datetime.now(UTC)
+        assert result.crl_id is not None  # set from the import, the update or the CRL found on the anchor
         with self.ca.db.engine.begin() as conn:
             publication_rows.add(
                 conn, issuer_id=issuer.id, anchor_arn=anchor_arn, crl_id=result.crl_id, crl_arn=result.crl_arn,
