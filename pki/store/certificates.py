@@ -63,10 +63,10 @@ def mark_revoked(conn: Connection, certificate_id: int, *, at: datetime, reason:
     return bool(changed)
 
 
-def revoked_unexpired(conn: Connection, issuer_id: int, now: datetime) -> Sequence[tuple[str, datetime, str]]:
+def revoked_unexpired(conn: Connection, issuer_id: int, now: datetime) -> Sequence[Row[str, datetime, str]]:
     """(serial, revoked_at, revocation_reason) of the issuer's revoked certificates still valid at ``now``."""
     return conn.execute(
         select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason)
         .where(and_(certificates.c.issuer_id == issuer_id, certificates.c.revoked_at.is_not(None),
                     certificates.c.not_after > now))
-    ).tuples().all()
+    ).all()
