@@ -79,7 +79,7 @@ def test_wrong_passphrase_is_refused(ca: CertificateAuthority, monkeypatch: pyte
     reopened = CertificateAuthority.open(ca.home.path)
     with pytest.raises(WrongPassphrase):
         reopened.issue("web", cn="web-1")
-    assert reopened.list() == []
+    assert reopened.list_certificates() == []
 
 
 def test_rotation_keeps_the_old_issuer_signing_crls(ca: CertificateAuthority) -> None:

@@ -169,16 +169,16 @@ def test_list_filters(ca: CertificateAuthority) -> None:
     a = ca.issue("web", cn="web-1", ttl=timedelta(days=2))
     b = ca.issue("web", cn="web-2", ttl=timedelta(days=20))
     ca.revoke(b.serial_hex)
-    assert [r.serial for r in ca.list(status="active")] == [a.serial_hex]
-    assert [r.serial for r in ca.list(status="revoked")] == [b.serial_hex]
-    assert [r.serial for r in ca.list(expiring_within=timedelta(days=3))] == [a.serial_hex]
-    assert ca.list(profile="other") == []
+    assert [r.serial for r in ca.list_certificates(status="active")] == [a.serial_hex]
+    assert [r.serial for r in ca.list_certificates(status="revoked")] == [b.serial_hex]
+    assert [r.serial for r in ca.list_certificates(expiring_within=timedelta(days=3))] == [a.serial_hex]
+    assert ca.list_certificates(profile="other") == []
     with ca.db.engine.begin() as conn:
         conn.execute(update(certificates).where(certificates.c.serial == a.serial_hex)
                      .values(not_after=datetime.now(UTC) - timedelta(minutes=1)))
-    assert [r.serial for r in ca.list(status="expired")] == [a.serial_hex]
+    assert [r.serial for r in ca.list_certificates(status="expired")] == [a.serial_hex]
     with pytest.raises(InvalidInput):
-        ca.list(status="weird")
+        ca.list_certificates(status="weird")
 
 
 def test_crl_state_is_recorded(ca: CertificateAuthority) -> None:

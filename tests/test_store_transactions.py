@@ -95,7 +95,7 @@ def test_more_issuing_threads_than_the_pool_holds(tmp_path: Path, passphrase_env
         try:
             for _ in range(3):
                 ca.issue("web", cn=f"web-{i}", key_type="ec-p256")
-                ca.list(limit=2)
+                ca.list_certificates(limit=2)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(repr(exc))
 
@@ -105,7 +105,7 @@ def test_more_issuing_threads_than_the_pool_holds(tmp_path: Path, passphrase_env
     for t in threads:
         t.join(timeout=120)
     assert errors == []
-    assert len(ca.list()) == 120
+    assert len(ca.list_certificates()) == 120
     with ca.db.engine.connect() as conn:
         issued = conn.execute(select(func.count()).select_from(audit_log)
                               .where(audit_log.c.action == "certificate.issue")).scalar_one()

@@ -102,8 +102,8 @@ def test_wrong_secret_and_revoked(ca: CertificateAuthority) -> None:
     store.revoke(created.record.id)
     with pytest.raises(Unauthenticated, match="revoked"):
         store.authenticate(created.token)
-    assert [t.id for t in store.list()] == []
-    assert [t.status() for t in store.list(include_inactive=True)] == ["revoked"]
+    assert [t.id for t in store.list_tokens()] == []
+    assert [t.status() for t in store.list_tokens(include_inactive=True)] == ["revoked"]
 
 
 def test_operator_tokens(ca: CertificateAuthority) -> None:
@@ -167,14 +167,14 @@ def test_token_statements_compile_for_sqlite_and_postgresql() -> None:
     either dialect (a literal turned into a bind parameter would be sent unconverted)."""
     from sqlalchemy import create_engine
 
-    from pki.ca.tokens import _REDEEM, _SELECT_ENROLLMENT
+    from pki.store.tokens import REDEEM, SELECT_ENROLLMENT
 
     for url in ("sqlite://", "postgresql+psycopg://nobody@127.0.0.1:1/none"):
         dialect = create_engine(url).dialect
-        sql, _positional, binds, _results = _REDEEM._for(dialect)
+        sql, _positional, binds, _results = REDEEM._for(dialect)
         assert set(binds) == {"token_id", "digest", "now", "used_at"}
         assert "uses_left - 1" in sql and "uses_left > 0" in sql
-        assert _SELECT_ENROLLMENT._for(dialect)[0].count("enrollment_tokens.") >= 12
+        assert SELECT_ENROLLMENT._for(dialect)[0].count("enrollment_tokens.") >= 12
 
 
 def test_database_errors_surface_as_sqlalchemy_errors(ca: CertificateAuthority) -> None:

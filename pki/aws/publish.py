@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import insert, select, text
 
 from pki.errors import InvalidInput, RapkiError
-from pki.store.schema import crl_publications, crl_state
+from pki.store import crls as crl_rows
+from pki.store import publications as publication_rows
+from pki.store.times import utc
 from pki.x509.crl import ROLES_ANYWHERE_CRL_LIMIT, BuiltCrl, build_crl, check_size
 
 if TYPE_CHECKING:
@@ -136,22 +137,13 @@ def publish_lock(ca: CertificateAuthority, timeout: float = DEFAULT_LOCK_TIMEOUT
     file in the home, released by the kernel if the process dies.
     """
     if ca.db.engine.dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(LOCK_NAME.encode()).digest()[:8], "big", signed=True)
-        with ca.db.engine.connect() as raw:
-            conn = raw.execution_options(isolation_level="AUTOCOMMIT")  # no transaction left idle
-            # lock_timeout 0 would mean "wait forever" to PostgreSQL: at least 1 ms keeps the wait bounded.
-            conn.execute(text(f"SET lock_timeout = '{max(1, int(timeout * 1000))}ms'"))
+        with contextlib.ExitStack() as held:
             try:
-                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-            except Exception as exc:  # lock_timeout: "canceling statement due to lock timeout"
+                held.enter_context(publication_rows.advisory_lock(ca.db.engine, LOCK_NAME, timeout))
+            except TimeoutError as exc:
                 raise PublishError(f"another 'rapki crl publish' held the publish lock for over {timeout:.0f} s; "
                                    "nothing was published") from exc
-            finally:
-                conn.execute(text("RESET lock_timeout"))
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            yield
         return
     import fcntl
 
@@ -216,21 +208,13 @@ def _signed_by(crl: x509.CertificateRevocationList, issuer: Issuer) -> bool:
         return False
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def last_publication(ca: CertificateAuthority, anchor_arn: str, issuer_id: int) -> PublicationRecord | None:
     with ca.db.engine.connect() as conn:
-        row = conn.execute(
-            select(crl_publications)
-            .where(crl_publications.c.trust_anchor_arn == anchor_arn, crl_publications.c.issuer_id == issuer_id)
-            .order_by(crl_publications.c.id.desc()).limit(1)
-        ).first()
+        row = publication_rows.last(conn, anchor_arn, issuer_id)
     if row is None:
         return None
     return PublicationRecord(row.issuer_id, row.trust_anchor_arn, row.crl_id, row.crl_arn, row.crl_name,
-                             int(row.crl_number), row.sha256, int(row.size), _utc(row.published_at))
+                             int(row.crl_number), row.sha256, int(row.size), utc(row.published_at))
 
 
 def anchor_certificates(anchor: dict[str, Any]) -> list[x509.Certificate]:
@@ -316,8 +300,7 @@ class CrlPublisher:
         now = datetime.now(UTC).replace(microsecond=0)
         with self.ca.db.engine.connect() as conn:
             entries = self.ca.revoked_entries(conn, issuer, now)
-            number = int(conn.execute(select(crl_state.c.crl_number)
-                                      .where(crl_state.c.issuer_id == issuer.id)).scalar_one()) + 1
+            number = crl_rows.last_number(conn, issuer.id) + 1
         next_update = min(now + self.ca.config.crl_validity, issuer.not_after)
         built = build_crl(entries, issuer_cert=issuer.certificate, issuer_key=self.ca.issuer_key(issuer),
                           number=number, this_update=now, next_update=next_update)
@@ -399,9 +382,7 @@ class CrlPublisher:
             return
         keep = {i.id for i in covered}
         with self.ca.db.engine.connect() as conn:
-            ours = {r.crl_id: r.issuer_id for r in conn.execute(
-                select(crl_publications.c.crl_id, crl_publications.c.issuer_id)
-                .where(crl_publications.c.trust_anchor_arn == anchor_arn))}
+            ours = publication_rows.issuer_by_crl_id(conn, anchor_arn)
         for crl in listed:
             if crl.get("crlId") in ours and ours[crl["crlId"]] not in keep:
                 self.aws.call("DeleteCrl", crlId=crl["crlId"])
@@ -505,13 +486,14 @@ class CrlPublisher:
 
     def _record(self, anchor_arn: str, issuer: Issuer, result: IssuerPublication, sha: str) -> None:
         now = datetime.now(UTC)
+        assert result.crl_id is not None  # set from the import, the update or the CRL found on the anchor
         with self.ca.db.engine.begin() as conn:
-            conn.execute(insert(crl_publications).values(
-                issuer_id=issuer.id, trust_anchor_arn=anchor_arn, crl_id=result.crl_id, crl_arn=result.crl_arn,
+            publication_rows.add(
+                conn, issuer_id=issuer.id, anchor_arn=anchor_arn, crl_id=result.crl_id, crl_arn=result.crl_arn,
                 crl_name=result.crl_name, crl_number=result.crl_number, sha256=sha, size=result.size,
                 published_at=now,
-            ))
-            self.ca._audit(conn, self.actor, "crl.publish", issuer.name, {
+            )
+            self.ca.audit_in(conn, self.actor, "crl.publish", issuer.name, {
                 "trust_anchor_arn": anchor_arn, "crl_id": result.crl_id, "crl_number": result.crl_number,
                 "size": result.size, "entries": result.entries, "action": result.action, "writes": result.writes,
             })

@@ -25,13 +25,13 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, insert, literal_column, select, update
 from sqlalchemy.engine import Engine
 
 from pki.ca.authority import CertificateAuthority, local_actor
 from pki.errors import Conflict, Forbidden, InvalidInput, NotFound, RapkiError, Unauthenticated
-from pki.store.schema import enrollment_tokens, operator_tokens
-from pki.store.statements import PreparedStatement, Transaction
+from pki.store import tokens as token_rows
+from pki.store.statements import Transaction
+from pki.store.times import utc, utc_or_none
 from pki.x509.patterns import compile_pattern, fullmatch
 
 ENROLL_PREFIX = "rpk_e_"
@@ -59,12 +59,6 @@ class InvalidToken(Unauthenticated):
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _new_token(prefix: str) -> tuple[str, str]:
@@ -160,32 +154,17 @@ class CreatedToken:
 def _enrollment(row: Any) -> EnrollmentToken:
     return EnrollmentToken(
         id=row.id, profile=row.profile, cn=row.cn, cn_is_pattern=bool(row.cn_is_pattern),
-        uses_left=row.uses_left, max_uses=row.max_uses, expires_at=_utc(row.expires_at),  # type: ignore[arg-type]
-        created_at=_utc(row.created_at), created_by=row.created_by,  # type: ignore[arg-type]
-        revoked_at=_utc(row.revoked_at), last_used_at=_utc(row.last_used_at),
+        uses_left=row.uses_left, max_uses=row.max_uses, expires_at=utc(row.expires_at),
+        created_at=utc(row.created_at), created_by=row.created_by,
+        revoked_at=utc_or_none(row.revoked_at), last_used_at=utc_or_none(row.last_used_at),
     )
 
 
 def _operator(row: Any) -> OperatorToken:
     return OperatorToken(
-        id=row.id, name=row.name, created_at=_utc(row.created_at), created_by=row.created_by,  # type: ignore[arg-type]
-        expires_at=_utc(row.expires_at), revoked_at=_utc(row.revoked_at),
+        id=row.id, name=row.name, created_at=utc(row.created_at), created_by=row.created_by,
+        expires_at=utc_or_none(row.expires_at), revoked_at=utc_or_none(row.revoked_at),
     )
-
-
-_T = enrollment_tokens.c
-# The columns of an EnrollmentToken, in order; literals are inlined so that only these binds exist.
-_TOKEN_COLUMNS = (_T.id, _T.token_hash, _T.profile, _T.cn, _T.cn_is_pattern, _T.uses_left, _T.max_uses,
-                  _T.expires_at, _T.created_at, _T.created_by, _T.revoked_at, _T.last_used_at)
-_SELECT_ENROLLMENT = PreparedStatement(select(*_TOKEN_COLUMNS).where(_T.id == bindparam("token_id")),
-                                {"token_id": _T.id}, _TOKEN_COLUMNS)
-_REDEEM = PreparedStatement(
-    update(enrollment_tokens)
-    .where(and_(_T.id == bindparam("token_id"), _T.token_hash == bindparam("digest"),
-                _T.uses_left > literal_column("0"), _T.expires_at > bindparam("now"), _T.revoked_at.is_(None)))
-    .values(uses_left=_T.uses_left - literal_column("1"), last_used_at=bindparam("used_at")),
-    {"token_id": _T.id, "digest": _T.token_hash, "now": _T.expires_at, "used_at": _T.last_used_at},
-)
 
 
 class TokenStore:
@@ -224,35 +203,31 @@ class TokenStore:
             "created_by": actor, "revoked_at": None, "last_used_at": None,
         }
         with self.engine.begin() as conn:
-            conn.execute(insert(enrollment_tokens).values(**values))
-            self.ca._audit(conn, actor, "token.create", token_id,
+            token_rows.add_enrollment(conn, values)
+            self.ca.audit_in(conn, actor, "token.create", token_id,
                            {"profile": prof.name, "cn": values["cn"], "cn_is_pattern": cn is None,
                             "uses": uses, "expires_at": values["expires_at"].isoformat()})
         return CreatedToken(token, _enrollment(SimpleNamespace(**values)))
 
     def get(self, token_id: str) -> EnrollmentToken:
         with self.engine.connect() as conn:
-            row = conn.execute(select(enrollment_tokens).where(enrollment_tokens.c.id == token_id)).first()
+            row = token_rows.enrollment(conn, token_id)
         if row is None:
             raise NotFound(f"no enrollment token {token_id}: see 'rapki token list'")
         return _enrollment(row)
 
-    def list(self, *, include_inactive: bool = False) -> list[EnrollmentToken]:
+    def list_tokens(self, *, include_inactive: bool = False) -> list[EnrollmentToken]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(enrollment_tokens).order_by(enrollment_tokens.c.created_at)).all()
+            rows = token_rows.enrollments(conn)
         tokens = [_enrollment(r) for r in rows]
         return tokens if include_inactive else [t for t in tokens if t.status() == "active"]
 
     def revoke(self, token_id: str, *, actor: str | None = None) -> EnrollmentToken:
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
-            changed = conn.execute(
-                update(enrollment_tokens)
-                .where(and_(enrollment_tokens.c.id == token_id, enrollment_tokens.c.revoked_at.is_(None)))
-                .values(revoked_at=now)
-            ).rowcount
+            changed = token_rows.revoke_enrollment(conn, token_id, now)
             if changed:
-                self.ca._audit(conn, actor, "token.revoke", token_id, None)
+                self.ca.audit_in(conn, actor, "token.revoke", token_id, None)
         record = self.get(token_id)
         if not changed and record.revoked_at is None:  # pragma: no cover - raced with a delete
             raise NotFound(f"no enrollment token {token_id}")
@@ -262,15 +237,15 @@ class TokenStore:
         """The enrollment token a bearer presents, if it can still be redeemed. Read-only: nothing
         is consumed here (see ``redeemer``)."""
         token_id = parse_token(token, "e")
-        row = self.ca.db.query(_SELECT_ENROLLMENT, {"token_id": token_id})
+        row = self.ca.db.query(token_rows.SELECT_ENROLLMENT, {"token_id": token_id})
         if row is None or not hmac.compare_digest(row[1], hash_token(token.strip())):
             raise InvalidToken("unknown enrollment token: ask an operator for a fresh one")
         (token_id, _hash, profile, cn, cn_is_pattern, uses_left, max_uses, expires_at, created_at, created_by,
          revoked_at, last_used_at) = row
         record = EnrollmentToken(
             id=token_id, profile=profile, cn=cn, cn_is_pattern=bool(cn_is_pattern), uses_left=uses_left,
-            max_uses=max_uses, expires_at=_utc(expires_at), created_at=_utc(created_at),  # type: ignore[arg-type]
-            created_by=created_by, revoked_at=_utc(revoked_at), last_used_at=_utc(last_used_at))
+            max_uses=max_uses, expires_at=utc(expires_at), created_at=utc(created_at),
+            created_by=created_by, revoked_at=utc_or_none(revoked_at), last_used_at=utc_or_none(last_used_at))
         status = record.status()
         if status == "revoked":
             raise TokenRevoked("this enrollment token was revoked: ask an operator for a fresh one")
@@ -298,7 +273,7 @@ class TokenStore:
 
         def redeem(tx: Transaction) -> None:
             now = datetime.now(UTC)
-            changed = tx.run(_REDEEM, {"token_id": token_id, "digest": digest, "now": now, "used_at": now})
+            changed = tx.run(token_rows.REDEEM, {"token_id": token_id, "digest": digest, "now": now, "used_at": now})
             if changed != 1:  # lost a race with another request (or it expired meanwhile)
                 raise TokenUsed("this enrollment token was already used: ask an operator for a fresh one")
 
@@ -314,33 +289,33 @@ class TokenStore:
         values = {"id": token_id, "token_hash": hash_token(token), "name": name, "created_at": now,
                   "created_by": actor, "expires_at": now + ttl if ttl else None, "revoked_at": None}
         with self.engine.begin() as conn:
-            conn.execute(insert(operator_tokens).values(**values))
-            self.ca._audit(conn, actor, "operator_token.create", token_id,
+            token_rows.add_operator(conn, values)
+            self.ca.audit_in(conn, actor, "operator_token.create", token_id,
                            {"name": name, "expires_at": values["expires_at"].isoformat() if ttl else None})
         return CreatedToken(token, _operator(SimpleNamespace(**values)))
 
     def list_operators(self, *, include_inactive: bool = False) -> list[OperatorToken]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(operator_tokens).order_by(operator_tokens.c.created_at)).all()
+            rows = token_rows.operators(conn)
         tokens = [_operator(r) for r in rows]
         return tokens if include_inactive else [t for t in tokens if t.status() == "active"]
 
     def revoke_operator(self, token_id: str, *, actor: str | None = None) -> OperatorToken:
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
-            row = conn.execute(select(operator_tokens).where(operator_tokens.c.id == token_id)).first()
+            row = token_rows.operator(conn, token_id)
             if row is None:
                 raise NotFound(f"no operator token {token_id}: see 'rapki operator token list'")
             if row.revoked_at is None:
-                conn.execute(update(operator_tokens).where(operator_tokens.c.id == token_id).values(revoked_at=now))
-                self.ca._audit(conn, actor, "operator_token.revoke", token_id, None)
-            row = conn.execute(select(operator_tokens).where(operator_tokens.c.id == token_id)).one()
+                token_rows.revoke_operator(conn, token_id, now)
+                self.ca.audit_in(conn, actor, "operator_token.revoke", token_id, None)
+                row = token_rows.operator(conn, token_id)
         return _operator(row)
 
     def authenticate_operator(self, token: str) -> OperatorToken:
         token_id = parse_token(token, "o")
         with self.engine.connect() as conn:
-            row = conn.execute(select(operator_tokens).where(operator_tokens.c.id == token_id)).first()
+            row = token_rows.operator(conn, token_id)
         if row is None or not hmac.compare_digest(row.token_hash, hash_token(token.strip())):
             raise InvalidToken("unknown operator token")
         record = _operator(row)

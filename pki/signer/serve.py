@@ -70,7 +70,7 @@ class CredentialCache:
     """Last good credentials, refreshed ahead of expiry; thread-safe.
 
     ``get()`` never returns credentials with less than ``min_validity`` seconds left: it raises
-    :class:`Unavailable` with the last refresh error instead.
+    :class:`CredentialsUnavailable` with the last refresh error instead.
     """
 
     def __init__(
@@ -188,7 +188,7 @@ class CredentialCache:
         creds, updated = self.credentials, self.last_updated
         if creds is not None and creds.seconds_left() > self.min_validity:
             return creds, updated or datetime.now(UTC)
-        raise Unavailable(f"no valid credentials: {self.last_error or 'credentials expired'}")
+        raise CredentialsUnavailable(f"no valid credentials: {self.last_error or 'credentials expired'}")
 
     # -- background loop ------------------------------------------------------------------------
     def start(self) -> threading.Thread:
@@ -210,13 +210,16 @@ class CredentialCache:
                 self.refresh()
 
 
-class Unavailable(RapkiError):
+class CredentialsUnavailable(RapkiError):
+    """No credentials with enough validity left to serve (the metadata endpoint answers 503)."""
+
     code = "unavailable"
     http_status = 503
 
 
-class TokenStore:
-    """Session tokens and their expiry; at most MAX_TOKENS, the earliest-expiring evicted first."""
+class MetadataTokens:
+    """The metadata endpoint's session tokens (IMDSv2 ``PUT /latest/api/token``) and their expiry;
+    at most MAX_TOKENS, the earliest-expiring evicted first."""
 
     def __init__(self) -> None:
         self._tokens: dict[str, float] = {}
@@ -253,7 +256,7 @@ class ImdsServer(ThreadingHTTPServer):
         self.cache = cache
         self.role = role
         self.hop_limit = hop_limit
-        self.tokens = TokenStore()
+        self.tokens = MetadataTokens()
         super().__init__(address, ImdsHandler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
@@ -352,7 +355,7 @@ class ImdsHandler(BaseHTTPRequestHandler):
     def _credentials(self, ttl: int) -> None:
         try:
             creds, updated = self.server.cache.get()
-        except Unavailable as exc:
+        except CredentialsUnavailable as exc:
             self._send(503, f"{exc}\n", {TTL_HEADER: str(ttl)})
             return
         body = {

@@ -1,7 +1,20 @@
-"""Persistence: SQLAlchemy Core tables, the engine factory and alembic migrations.
+"""Persistence, and all of the library's SQL: the tables, the engine, alembic migrations, and
+every statement the library runs.
 
-SQLite (WAL) is the embedded default; PostgreSQL is selected with a ``postgresql+psycopg://`` URL.
-Core (not the ORM) is used on the issuance path because it is the hot path of the CA.
+- ``pki.store.schema``: the SQLAlchemy Core tables (a change needs an alembic revision).
+- ``pki.store.db``: ``Database``, the engine (SQLite in WAL mode by default, PostgreSQL with a
+  ``postgresql+psycopg://`` URL), migrations on open, and the issuance path's write transactions.
+- ``pki.store.statements``: statements compiled once per dialect and run on the driver's
+  connection (the issuance path).
+- One module of statements per concern, functions taking a ``Connection`` (and the prepared
+  statements of the hot paths): ``audit``, ``issuers``, ``profiles``, ``certificates``, ``crls``,
+  ``publications`` (and the publish lock), ``tokens``.
+
+Owns: how rows are read and written; not what they mean (that is ``pki.ca``). Rows come back as
+SQLAlchemy rows; ``pki.store.times.utc`` gives back the zone SQLite drops.
+May import: ``pki.errors``, SQLAlchemy and alembic. Nothing else in ``pki``: the CA, the AWS
+publisher and the service call these functions instead of building SQL of their own.
+Core (not the ORM) throughout: issuance is the hot path of the CA.
 """
 
 from pki.store.db import Database

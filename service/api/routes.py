@@ -8,16 +8,12 @@ that document too (``tests/test_api_shapes.py`` checks both ways).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from sqlalchemy import func, select
 
 from pki.ca.tokens import TokenExpired, TokenRevoked, TokenUsed, parse_token
 from pki.errors import InvalidInput, RapkiError, Unauthenticated, Unavailable
-from pki.store.schema import certificates
-from pki.x509.crl import BuiltCrl
 from pki.x509.durations import parse_duration
 from pki.x509.pem import Pem
 from service.api import enrollment, jsonio, metrics
@@ -173,7 +169,7 @@ def list_tokens() -> Response:
     _limit_address()
     _operator()
     include = request.args.get("all") in ("1", "true", "yes")
-    return jsonify({"tokens": [t.to_dict() for t in ctx().tokens.list(include_inactive=include)]})
+    return jsonify({"tokens": [t.to_dict() for t in ctx().tokens.list_tokens(include_inactive=include)]})
 
 
 @v1.delete("/tokens/<token_id>")
@@ -200,37 +196,16 @@ def ca_root() -> Response:
 
 @v1.get("/crl")
 def crl() -> Response:
-    """The issuing CA's current CRL (``?issuer=NAME`` for another). Rebuilt when there is none yet,
-    when it is past half its validity, or when a revocation happened after it was built, so a
-    relying party never fetches a CRL that misses a revocation the API already confirmed."""
-    c = ctx()
-    name = request.args.get("issuer") or None
-    issuer = c.ca.issuer(name)
-    state = c.ca.crl_state(issuer.name)
-    now = datetime.now(UTC)
-    stale = state["der"] is None or state["this_update"] is None
-    if not stale:
-        validity: timedelta = state["next_update"] - state["this_update"]
-        stale = now >= state["this_update"] + validity / 2
-    if not stale:
-        with c.ca.db.engine.connect() as conn:
-            latest = conn.execute(select(func.max(certificates.c.revoked_at))
-                                  .where(certificates.c.issuer_id == issuer.id)).scalar()
-        if latest is not None:
-            latest = latest if latest.tzinfo else latest.replace(tzinfo=UTC)
-            stale = latest >= state["this_update"].replace(microsecond=0)
-    if stale:
-        built: BuiltCrl = c.ca.build_crl(issuer.name, actor="api:crl")
-        der = built.der
-    else:
-        der = state["der"]
+    """The issuing CA's current CRL (``?issuer=NAME`` for another), by the library's rule
+    (``CertificateAuthority.current_crl``): rebuilt when there is none yet, when its nextUpdate is
+    within ``[crl].republish_before``, or when it does not list exactly the revoked, unexpired
+    certificates, so a relying party never fetches a CRL that misses a revocation the API already
+    confirmed."""
+    built = ctx().ca.current_crl(request.args.get("issuer") or None, actor="api:crl")
+    assert built is not None  # current_crl builds a CRL when the last one is not current
     if PEM_TYPE in request.headers.get("Accept", ""):
-        from cryptography import x509
-        from cryptography.hazmat.primitives import serialization
-
-        pem = x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM)
-        return _pem(pem)
-    return Response(der, mimetype="application/pkix-crl")
+        return _pem(built.pem)
+    return Response(built.der, mimetype="application/pkix-crl")
 
 
 @v1.get("/openapi.json")

@@ -88,7 +88,7 @@ def revoke(home: Path | None, serial: str, reason: str | None, publish_crl: bool
 def list_certificates(home: Path | None, status: str | None, profile_name: str | None,
                       expiring_within: str | None, limit: int | None, as_json: bool) -> None:
     """List issued certificates."""
-    records = open_ca(home).list(
+    records = open_ca(home).list_certificates(
         status=status, profile=profile_name,
         expiring_within=parse_duration(expiring_within) if expiring_within else None, limit=limit,
     )

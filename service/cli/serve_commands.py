@@ -119,7 +119,7 @@ def token_list(home: Path | None, include_all: bool, as_json: bool) -> None:
     """List enrollment tokens (never their secrets)."""
     from pki.ca.tokens import TokenStore
 
-    tokens = TokenStore(open_ca(home)).list(include_inactive=include_all)
+    tokens = TokenStore(open_ca(home)).list_tokens(include_inactive=include_all)
     if as_json:
         echo_json([t.to_dict() for t in tokens])
         return

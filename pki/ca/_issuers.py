@@ -1,0 +1,148 @@
+"""The CA material of ``CertificateAuthority``: the root certificate, the issuing CAs (the
+hierarchy), their keys, and rotation to a new issuing CA (``sign_intermediate``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from pki.ca._audit import AuditTrail, local_actor
+from pki.ca.home import Config, Home
+from pki.ca.values import Issuer
+from pki.errors import InvalidInput, NotFound
+from pki.store import crls as crl_rows
+from pki.store import issuers as issuer_rows
+from pki.x509.hierarchy import build_intermediate, ca_name
+from pki.x509.issuance import LeafSigner
+from pki.x509.keys import KeyType, PrivateKey, load_private_key, private_key_pem, public_key_matches
+from pki.x509.pem import Pem, load_certificate
+
+
+class IssuingCAs(AuditTrail):
+    """The root and the issuing CAs, read once per process (``sign_intermediate`` refreshes them)."""
+
+    home: Home
+    config: Config
+    _passphrase: bytes | None
+    _issuers: dict[int, Issuer] | None
+    _root: x509.Certificate | None
+
+    @property
+    def passphrase(self) -> bytes:
+        if self._passphrase is None:
+            self._passphrase = self.home.passphrase(self.config)
+        return self._passphrase
+
+    @property
+    def root_certificate(self) -> x509.Certificate:
+        if self._root is None:
+            try:
+                self._root = load_certificate(self.home.root_cert_path.read_bytes(), what="root certificate")
+            except OSError as exc:
+                raise InvalidInput(f"cannot read the root certificate: {exc}") from exc
+        return self._root
+
+    def issuers(self) -> list[Issuer]:
+        return list(self._issuers_by_id().values())
+
+    def _issuers_by_id(self) -> dict[int, Issuer]:
+        if self._issuers is None:
+            with self.db.engine.connect() as conn:
+                rows = issuer_rows.all_rows(conn)
+            self._issuers = {
+                r.id: Issuer(r.id, r.name, x509.load_der_x509_certificate(r.der), KeyType(r.key_type),
+                             r.key_ref, r.active)
+                for r in rows
+            }
+        return self._issuers
+
+    def issuer(self, name: str | None = None) -> Issuer:
+        """The active issuing CA, or the one named."""
+        for candidate in self._issuers_by_id().values():
+            if (name is None and candidate.active) or candidate.name == name:
+                return candidate
+        if name is None:
+            raise NotFound("no active issuing CA: run 'rapki ca sign-intermediate'")
+        known = ", ".join(i.name for i in self.issuers())
+        raise NotFound(f"no issuing CA named {name!r} (known: {known})")
+
+    def _issuer_by_id(self, issuer_id: int) -> Issuer:
+        return self._issuers_by_id()[issuer_id]
+
+    def issuer_key(self, issuer: Issuer) -> PrivateKey:
+        if issuer.key is None:
+            path = self.home.resolve(issuer.key_ref)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise InvalidInput(f"cannot read the key of {issuer.name} at {path}: {exc.strerror}") from exc
+            key = load_private_key(data, self.passphrase, what=f"key of {issuer.name}")
+            if not public_key_matches(key, issuer.certificate.public_key()):  # type: ignore[arg-type]
+                raise InvalidInput(f"{path} does not hold the key of {issuer.name}'s certificate")
+            issuer.key = key
+        return issuer.key
+
+    def leaf_signer(self, issuer: Issuer) -> LeafSigner:
+        """What signing ``issuer``'s leaves takes (its key loaded once), kept with the issuer."""
+        if issuer.signer is None:
+            issuer.signer = LeafSigner(issuer.certificate.subject, issuer.aki, self.issuer_key(issuer), issuer.key_type)
+        return issuer.signer
+
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """What a leaf of the active issuer sends as ``X-Amz-X509-Chain``: the intermediates."""
+        return (self.issuer().certificate,)
+
+    def _create_issuer(self, root_key: PrivateKey, key_type: KeyType, cn: str, organization: str | None,
+                       country: str | None, lifetime: timedelta, path_length: int) -> Issuer:
+        with self.db.engine.connect() as conn:
+            number = issuer_rows.count(conn) + 1
+        name = f"issuing-{number}"
+        key = key_type.generate()
+        cert = build_intermediate(
+            key, ca_name(cn, organization, country), issuer_cert=self.root_certificate,
+            issuer_key=root_key, lifetime=lifetime, path_length=path_length,
+        )
+        key_ref = f"ca/{name}.key.pem"
+        Pem(private_key_pem(key, self.passphrase)).write_to_path(self.home.resolve(key_ref), secret=True)
+        Pem.of_certificates([cert]).write_to_path(self.home.ca_dir / f"{name}.pem")
+        with self.db.engine.begin() as conn:
+            issuer_id = issuer_rows.add_active(
+                conn, name=name, subject=cert.subject.rfc4514_string(),
+                ski=cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex(),
+                key_type=key_type.value, key_ref=key_ref, der=cert.public_bytes(Encoding.DER),
+                not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                created_at=datetime.now(UTC),
+            )
+            crl_rows.start(conn, issuer_id)
+        self._issuers = None
+        issuer = self._issuer_by_id(issuer_id)
+        issuer.key = key
+        return issuer
+
+    def sign_intermediate(self, *, root_key_path: Path | None = None, key_type: KeyType | None = None,
+                          cn: str | None = None, lifetime: timedelta = timedelta(days=1095),
+                          actor: str | None = None) -> Issuer:
+        """Rotate: a new issuing CA signed by the root becomes active. Older issuers keep signing
+        CRLs for the certificates they issued until those expire."""
+        path = root_key_path or self.home.root_key_path
+        if not path.is_file():
+            raise InvalidInput(
+                f"the root key is not at {path}: pass --root-key with the offline root key file"
+            )
+        root_key = load_private_key(path.read_bytes(), self.passphrase, what="root key")
+        if not public_key_matches(root_key, self.root_certificate.public_key()):  # type: ignore[arg-type]
+            raise InvalidInput(f"{path} is not the key of this home's root certificate")
+        current = self.issuers()
+        org_attrs = self.root_certificate.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+        country = self.root_certificate.subject.get_attributes_for_oid(x509.NameOID.COUNTRY_NAME)
+        issuer = self._create_issuer(
+            root_key, key_type or self.config.key_type, cn or f"rapki Issuing CA {len(current) + 1}",
+            str(org_attrs[0].value) if org_attrs else None, str(country[0].value) if country else None,
+            lifetime, 0,
+        )
+        self.audit(actor or local_actor(), "ca.sign_intermediate", issuer.name,
+                   {"subject": issuer.certificate.subject.rfc4514_string()})
+        return issuer
