@@ -138,7 +138,7 @@ def _key_check(leaf: x509.Certificate, private_key: bytes | None, password: byte
     except RapkiError as exc:
         return Check(name, FAIL, str(exc),
                      "pass the key.pem written with this certificate (PEM or DER, PKCS#8/SEC1/PKCS#1)")
-    if not public_key_matches(key, leaf.public_key()):  # type: ignore[arg-type]
+    if not public_key_matches(key, leaf.public_key()):
         return Check(name, FAIL, "the key belongs to another certificate: the service answers 'Invalid signature'",
                      "use the key.pem from the same 'rapki issue' run; after a renewal, both files change")
     return Check(name, PASS)

@@ -203,6 +203,7 @@ def _signed_by(crl: x509.CertificateRevocationList, issuer: Issuer) -> bool:
     if crl.issuer != issuer.certificate.subject:
         return False
     try:
+        # A CA's key is RSA or EC (pki.x509.keys); the X25519/X448 members of the union never occur.
         return bool(crl.is_signature_valid(issuer.certificate.public_key()))  # type: ignore[arg-type]
     except Exception:
         return False

@@ -80,7 +80,7 @@ class IssuingCAs(AuditTrail):
             except OSError as exc:
                 raise InvalidInput(f"cannot read the key of {issuer.name} at {path}: {exc.strerror}") from exc
             key = load_private_key(data, self.passphrase, what=f"key of {issuer.name}")
-            if not public_key_matches(key, issuer.certificate.public_key()):  # type: ignore[arg-type]
+            if not public_key_matches(key, issuer.certificate.public_key()):
                 raise InvalidInput(f"{path} does not hold the key of {issuer.name}'s certificate")
             issuer.key = key
         return issuer.key
@@ -133,7 +133,7 @@ class IssuingCAs(AuditTrail):
                 f"the root key is not at {path}: pass --root-key with the offline root key file"
             )
         root_key = load_private_key(path.read_bytes(), self.passphrase, what="root key")
-        if not public_key_matches(root_key, self.root_certificate.public_key()):  # type: ignore[arg-type]
+        if not public_key_matches(root_key, self.root_certificate.public_key()):
             raise InvalidInput(f"{path} is not the key of this home's root certificate")
         current = self.issuers()
         org_attrs = self.root_certificate.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)

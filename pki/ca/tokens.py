@@ -196,17 +196,18 @@ class TokenStore:
         actor = actor or local_actor()
         token_id, token = _new_token(ENROLL_PREFIX)
         now = datetime.now(UTC)
-        values = {
+        expires_at = now + ttl
+        values: dict[str, Any] = {
             "id": token_id, "token_hash": hash_token(token), "profile": prof.name,
             "cn": cn if cn is not None else cn_pattern, "cn_is_pattern": cn is None,
-            "uses_left": uses, "max_uses": uses, "expires_at": now + ttl, "created_at": now,
+            "uses_left": uses, "max_uses": uses, "expires_at": expires_at, "created_at": now,
             "created_by": actor, "revoked_at": None, "last_used_at": None,
         }
         with self.engine.begin() as conn:
             token_rows.add_enrollment(conn, values)
             self.ca.audit_in(conn, actor, "token.create", token_id,
                            {"profile": prof.name, "cn": values["cn"], "cn_is_pattern": cn is None,
-                            "uses": uses, "expires_at": values["expires_at"].isoformat()})
+                            "uses": uses, "expires_at": expires_at.isoformat()})
         return CreatedToken(token, _enrollment(SimpleNamespace(**values)))
 
     def get(self, token_id: str) -> EnrollmentToken:
@@ -286,12 +287,13 @@ class TokenStore:
         actor = actor or local_actor()
         token_id, token = _new_token(OPERATOR_PREFIX)
         now = datetime.now(UTC)
+        expires_at = now + ttl if ttl else None
         values = {"id": token_id, "token_hash": hash_token(token), "name": name, "created_at": now,
-                  "created_by": actor, "expires_at": now + ttl if ttl else None, "revoked_at": None}
+                  "created_by": actor, "expires_at": expires_at, "revoked_at": None}
         with self.engine.begin() as conn:
             token_rows.add_operator(conn, values)
             self.ca.audit_in(conn, actor, "operator_token.create", token_id,
-                           {"name": name, "expires_at": values["expires_at"].isoformat() if ttl else None})
+                           {"name": name, "expires_at": expires_at.isoformat() if expires_at else None})
         return CreatedToken(token, _operator(SimpleNamespace(**values)))
 
     def list_operators(self, *, include_inactive: bool = False) -> list[OperatorToken]:

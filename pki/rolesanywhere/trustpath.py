@@ -147,6 +147,7 @@ class ParsedCrl:
 def _crl_signature_ok(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
     try:
         # the issuer of a CRL we trust is a CA with an RSA or EC key; anything else raises TypeError
+        # is_signature_valid refuses key-agreement keys by type; a CA certificate never holds one.
         return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False

@@ -167,7 +167,7 @@ def parse_pkcs12(data: bytes, password: str | None, path: str) -> Material:
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise MaterialError(f"PKCS#12 file {path!r}: only RSA and EC keys are accepted by Roles Anywhere")
     certs = ([cert] if cert is not None else []) + list(extra)
-    leaf = next((c for c in certs if public_key_matches(key, c.public_key())), None)  # type: ignore[arg-type]
+    leaf = next((c for c in certs if public_key_matches(key, c.public_key())), None)
     if leaf is None:
         raise MaterialError(f"PKCS#12 file {path!r} holds no certificate for its private key")
     chain = tuple(c for c in certs if c is not leaf)
@@ -224,7 +224,7 @@ def check_material(material: Material, cert_path: str, key_path: str) -> None:
         KeyType.of(material.private_key)
     except RapkiError as exc:
         raise MaterialError(f"private key {key_path!r}: {exc}") from None
-    if not public_key_matches(material.private_key, material.certificate.public_key()):  # type: ignore[arg-type]
+    if not public_key_matches(material.private_key, material.certificate.public_key()):
         raise MaterialError(
             f"private key {key_path!r} does not belong to certificate {cert_path!r} "
             "(the service would answer 'Invalid signature')"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from sqlalchemy import create_engine, event, inspect, text
@@ -55,7 +55,7 @@ class WriteTransaction(Transaction):
             self._lock.acquire()
         return self
 
-    def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> bool:
+    def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> Literal[False]:
         try:
             if exc is None:
                 try:
@@ -159,6 +159,7 @@ class Database:
     def _rollback(self, connection: PoolProxiedConnection, exc: BaseException) -> None:
         dialect = self.engine.dialect
         try:
+            # A checked-out connection always has its driver connection; the Optional is for the pool.
             connection.driver_connection.rollback()  # type: ignore[union-attr]
         except dialect.loaded_dbapi.Error:
             connection.invalidate()

@@ -23,10 +23,13 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 
 
-def wrap_dbapi_error(exc: BaseException, dialect: Dialect, sql: str | None) -> DBAPIError:
-    """``exc`` from the driver as SQLAlchemy's exception class for it, parameters hidden."""
-    return DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True,  # type: ignore[arg-type]
-                               connection_invalidated=dialect.is_disconnect(exc, None, None), dialect=dialect)
+def wrap_dbapi_error(exc: Exception, dialect: Dialect, sql: str | None) -> BaseException:
+    """``exc`` from the driver as SQLAlchemy's exception class for it (a ``DBAPIError`` for driver
+    errors), parameters hidden."""
+    # is_disconnect is typed for the driver's Error class; any exception is accepted at run time.
+    disconnect = dialect.is_disconnect(exc, None, None)  # type: ignore[arg-type]
+    return DBAPIError.instance(sql, None, exc, dialect.loaded_dbapi.Error, hide_parameters=True,
+                               connection_invalidated=disconnect, dialect=dialect)
 
 
 class Transaction:

@@ -31,6 +31,7 @@ import os
 import shlex
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,7 +185,7 @@ class EnrollmentClient:
 
 
 # --- files -----------------------------------------------------------------------------------------
-def make_csr(key: PrivateKey, cn: str | None, sans: list[str] = ()) -> bytes:  # type: ignore[assignment]
+def make_csr(key: PrivateKey, cn: str | None, sans: Sequence[str] = ()) -> bytes:
     """A CSR for ``key`` with only a CN (and SANs): what rapki issues, nothing it would refuse."""
     builder = x509.CertificateSigningRequestBuilder().subject_name(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []))

@@ -168,6 +168,7 @@ def load_csr(data: bytes | x509.CertificateSigningRequest) -> VerifiedCsr:
         raise InvalidInput(f"the CSR signature cannot be checked: {exc}") from exc
     if not valid:
         raise InvalidInput("the CSR signature does not verify: it was altered or signed by another key")
+    # Any key that verified its CSR; read_csr refuses the types Roles Anywhere does not accept.
     return VerifiedCsr(csr, public_key, subject)  # type: ignore[arg-type]
 
 

@@ -13,6 +13,7 @@ from typing import cast
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from pki.errors import InvalidInput, PolicyViolation, WrongPassphrase
 
@@ -138,7 +139,7 @@ def load_private_key(data: bytes, passphrase: bytes | None = None, *, what: str 
     return cast(PrivateKey, key)
 
 
-def public_key_matches(private_key: PrivateKey, public_key: PublicKey) -> bool:
+def public_key_matches(private_key: PrivateKey, public_key: CertificatePublicKeyTypes) -> bool:
     fmt = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
     return private_key.public_key().public_bytes(enc, fmt) == public_key.public_bytes(enc, fmt)

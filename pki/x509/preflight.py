@@ -11,9 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki.x509.keys import key_family
@@ -61,10 +63,10 @@ def common_name(name: x509.Name) -> str | None:
 def public_key_problem(key: object) -> str | None:
     family = key_family(key)  # not isinstance: see pki.x509.keys.key_family
     if family == "ec":
-        curve = key.curve.name  # type: ignore[attr-defined]
+        curve = cast(ec.EllipticCurvePublicKey, key).curve.name
         return None if curve in ("secp256r1", "secp384r1") else f"EC curve {curve}: only P-256 and P-384 are accepted"
     if family == "rsa":
-        size = key.key_size  # type: ignore[attr-defined]
+        size = cast(rsa.RSAPublicKey, key).key_size
         return None if size >= 2048 else f"RSA-{size} key: at least 2048 bits needed"
     return f"{type(key).__name__.lstrip('_')}: only RSA and EC P-256/P-384 keys are accepted"
 

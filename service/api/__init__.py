@@ -61,5 +61,6 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
 
     from service.api.direct import DirectEnroll
 
+    # Flask's documented way to add WSGI middleware is to replace the wsgi_app method.
     app.wsgi_app = DirectEnroll(app, app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -10,6 +10,7 @@ what makes revocation and "issued by us" hold.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -91,7 +92,7 @@ def has_signature() -> bool:
     return "X-Rapki-Signature" in request.headers
 
 
-def certificate_caller(ca: CertificateAuthority, replay_check: object | None = None, *,
+def certificate_caller(ca: CertificateAuthority, replay_check: Callable[[str, int], bool] | None = None, *,
                        operator_profiles: tuple[str, ...] = (), accept_signed: bool = True) -> Caller | None:
     """The certificate holder calling (mutual TLS first, then a request signature), or None."""
     via = "mtls"
@@ -104,7 +105,7 @@ def certificate_caller(ca: CertificateAuthority, replay_check: object | None = N
                                                    request.get_data(cache=True))
         if replay_check is not None:
             digest = hashlib.sha256(signature).hexdigest()
-            if not replay_check(digest, 2 * SIGNATURE_MAX_SKEW):  # type: ignore[operator]
+            if not replay_check(digest, 2 * SIGNATURE_MAX_SKEW):
                 raise Unauthenticated("this signed request was already used (replay): sign each request anew")
         via = "signature"
     if cert is None:
@@ -130,7 +131,7 @@ def known_certificate(ca: CertificateAuthority, cert: x509.Certificate) -> Certi
 
 
 def operator_caller(ca: CertificateAuthority, tokens: TokenStore, *, operator_profiles: tuple[str, ...],
-                    replay_check: object | None = None, accept_signed: bool = True) -> Caller:
+                    replay_check: Callable[[str, int], bool] | None = None, accept_signed: bool = True) -> Caller:
     """An operator (operator API token, or a certificate of an operator profile); 401/403 otherwise."""
     token = bearer_token()
     if token is not None:

@@ -46,12 +46,12 @@ def read_body(environ: dict[str, Any], limit: int = errors.MAX_BODY) -> bytes:
             size = 0
         if size > limit:
             raise RequestEntityTooLarge()
-        return stream.read(size) if size else b""  # type: ignore[no-any-return]
+        return bytes(stream.read(size)) if size else b""
     if "wsgi.input_terminated" in environ:
         data = stream.read(limit + 1)
         if len(data) > limit:
             raise RequestEntityTooLarge()
-        return data  # type: ignore[no-any-return]
+        return bytes(data)
     return b""
 
 

@@ -39,8 +39,9 @@ def describe(exc: BaseException) -> tuple[str, str, int, dict[str, str]]:
     operator must see (server faults; never the request itself)."""
     if isinstance(exc, RapkiError):
         headers = {}
-        if getattr(exc, "retry_after", None):
-            headers["Retry-After"] = str(exc.retry_after)  # type: ignore[attr-defined]
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after:
+            headers["Retry-After"] = str(retry_after)
         if exc.http_status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="rapki"'
         if exc.http_status >= 500 and exc.http_status != 503:

@@ -31,7 +31,8 @@ PEM_TYPE = "application/x-pem-file"
 
 
 def ctx() -> ApiContext:
-    return current_app.extensions["rapki"]  # type: ignore[no-any-return]
+    context: ApiContext = current_app.extensions["rapki"]
+    return context
 
 
 def json_body(*, optional: bool = False) -> dict[str, Any]:
@@ -130,6 +131,7 @@ def renew() -> tuple[Response, int]:
 def revoke() -> Response:
     _limit_address()
     c = ctx()
+    caller: Caller | None
     if request.headers.get("Authorization"):
         caller = _operator()
     else:

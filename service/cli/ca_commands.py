@@ -201,7 +201,7 @@ def _build_profile(name: str, cn_pattern: str, san_dns_pattern: tuple[str, ...],
 @json_option
 def profile_add(home: Path | None, name: str, as_json: bool, **fields: object) -> None:
     """Add profile NAME."""
-    saved = open_ca(home).add_profile(_build_profile(name, **fields))  # type: ignore[arg-type]
+    saved = open_ca(home).add_profile(_build_profile(name, **fields))  # type: ignore[arg-type]  # click's values
     _print_profile(saved, as_json, verb="added")
 
 
@@ -214,7 +214,7 @@ def profile_update(home: Path | None, name: str, as_json: bool, **fields: object
     """Replace profile NAME with the options given."""
     authority = open_ca(home)
     authority.profile(name)
-    saved = authority.add_profile(_build_profile(name, **fields), replace=True)  # type: ignore[arg-type]
+    saved = authority.add_profile(_build_profile(name, **fields), replace=True)  # type: ignore[arg-type]  # click's values
     _print_profile(saved, as_json, verb="updated")
 
 

@@ -7,6 +7,7 @@ they use, import nothing of the CA, its store, AWS or the API.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import click
 
@@ -73,7 +74,8 @@ def _print_result(result: dict[str, object], as_json: bool, verb: str) -> None:
         echo_json(result)
         return
     click.echo(f"{verb} {result['serial']} (profile {result['profile']}) until {result['not_after']}")
-    for kind, path in result["files"].items():  # type: ignore[attr-defined]
+    files = cast(dict[str, str], result["files"])
+    for kind, path in files.items():
         click.echo(f"  {kind}: {path}")
     if result.get("credential_process"):
         click.echo(f"  credential_process = {result['credential_process']}")
