@@ -155,7 +155,7 @@ def test_token_creation_refusals_name_the_field(ca: CertificateAuthority, app: F
     response = app.test_client().post("/v1/tokens", json=body, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 400
     assert response.get_json() == {"error": "invalid_input", "message": message}
-    assert TokenStore(ca).list() == []
+    assert TokenStore(ca).list_tokens() == []
 
 
 def test_defaults_come_from_the_declaration(ca: CertificateAuthority, app: Flask) -> None:
