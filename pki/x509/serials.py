@@ -33,6 +33,8 @@ def parse_serial(text: str) -> list[int]:
     ``Credential=`` shows them).
     """
     raw = text.strip().lower().replace(":", "")
+    if len(raw) > 64:  # RFC 5280 serials are at most 20 octets: 40 hex or 49 decimal digits
+        raise InvalidInput(f"invalid serial {text[:20]!r}...: serials are at most 20 bytes (40 hex digits)")
     if not raw or not _HEX.fullmatch(raw):
         raise InvalidInput(f"invalid serial {text!r}: give it in hex (as 'rapki list' shows) or decimal")
     if raw.startswith("0x"):
