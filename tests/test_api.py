@@ -39,6 +39,8 @@ from pki.x509.profiles import Profile, RolesAnywhereBinding
 from tests.conftest import PASSPHRASE, make_ca
 from tests.validators import lint_cert, openssl_verify
 
+pytestmark = pytest.mark.e2e
+
 RAPKI = [sys.executable, "-c", "from service.cli import main; main()"]
 TRUST_ANCHOR = "arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
 PROFILE_ARN = "arn:aws:rolesanywhere:eu-west-1:111122223333:profile/1a2b3c4d-5e6f-7081-92a3-b4c5d6e7f809"
