@@ -51,9 +51,10 @@ def stop(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
     """End a server this test started, by its own handle."""
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=30)  # past the server's graceful timeout
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(timeout=10)
 
 
 def free_port() -> int:
