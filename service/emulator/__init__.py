@@ -15,6 +15,9 @@ state on disk re-read on every call, costing more than the extra cores would bri
 double. Fault settings and counters are per process too, which one process keeps exact.
 
 In-process use for fast tests: ``create_app(state_path=..., clock=...)`` and Flask's test client.
+Driving a real one from outside (tests, benchmarks): ``service.emulator.harness`` starts a
+``rapki emulator`` and talks to it, ``service.emulator.testpki`` builds a throwaway PKI; the
+emulator itself imports neither.
 """
 
 from service.emulator.app import DEFAULT_ACCOUNT, DEFAULT_REGION, create_app
