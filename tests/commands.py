@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import shutil
 import subprocess
 import sys
@@ -36,4 +37,5 @@ def signer_serving(args: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], s
         yield proc, url
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        out, _ = proc.communicate(timeout=10)  # reads both pipes to the end and closes them
+        proc.stdout = io.BytesIO(out)  # what it wrote to stdout, still readable by the caller

@@ -39,6 +39,8 @@ from pki.x509.profiles import Profile, RolesAnywhereBinding
 from tests.conftest import PASSPHRASE, make_ca
 from tests.validators import lint_cert, openssl_verify
 
+pytestmark = pytest.mark.e2e
+
 RAPKI = [sys.executable, "-c", "from service.cli import main; main()"]
 TRUST_ANCHOR = "arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
 PROFILE_ARN = "arn:aws:rolesanywhere:eu-west-1:111122223333:profile/1a2b3c4d-5e6f-7081-92a3-b4c5d6e7f809"
@@ -49,9 +51,10 @@ def stop(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
     """End a server this test started, by its own handle."""
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=30)  # past the server's graceful timeout
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(timeout=10)
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ from tests.conftest import PASSPHRASE, make_ca
 from tests.test_api import RAPKI, free_port, stop
 
 
+@pytest.mark.e2e
 def test_rate_limit_is_shared_by_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Per-address limit 12/h with 3 workers: exactly 12 requests pass, whichever worker
     answers (each worker counting alone would let up to 36 through)."""
@@ -67,21 +68,28 @@ def test_limit_parsing_and_counter(tmp_path: Path) -> None:
     assert Limit.parse("30/m") == Limit(30, 60)
     assert Limit.parse("1000/1h") == Limit(1000, 3600)
     assert Limit.parse("off") is None
-    state = SharedState(tmp_path / "state.db")
-    other = SharedState(tmp_path / "state.db")  # another worker: same file
+    now = [7200.0 + 600]  # both workers' clock: 10 minutes into a one-hour window
+    state = SharedState(tmp_path / "state.db", clock=lambda: now[0])
+    other = SharedState(tmp_path / "state.db", clock=lambda: now[0])  # another worker: same file
     limit = Limit(3, 3600)
     state.hit("k", limit, "x")
     other.hit("k", limit, "x")
     state.hit("k", limit, "x")
-    with pytest.raises(RateLimited):
+    with pytest.raises(RateLimited) as refused:
         other.hit("k", limit, "x")
+    assert refused.value.retry_after == 3000  # until the window ends
     state.hit("other-key", limit, "x")
+    now[0] += 3000  # the next window: counting starts again
+    for _ in range(3):
+        other.hit("k", limit, "x")
+    with pytest.raises(RateLimited):
+        state.hit("k", limit, "x")
     assert state.first_use("sig", 600) and not other.first_use("sig", 600)
 
 
 def test_counters_in_one_write_stop_at_the_first_refusal(tmp_path: Path) -> None:
-    state = SharedState(tmp_path / "state.db")
-    other = SharedState(tmp_path / "state.db")  # another worker
+    state = SharedState(tmp_path / "state.db", clock=lambda: 7200.0)  # all in one window
+    other = SharedState(tmp_path / "state.db", clock=lambda: 7200.0)  # another worker
     per_address, per_token = Limit(2, 3600), Limit(10, 3600)
     state.hit_all([("addr", per_address, "from here"), ("token", per_token, "with it")])
     other.hit_all([("addr", per_address, "from here"), ("token", per_token, "with it")])
@@ -140,6 +148,7 @@ def _workers(master: int, count: int, deadline: float) -> list[int]:
         time.sleep(0.2)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs Linux and at least 2 CPUs")
 def test_serve_pins_each_worker_to_a_cpu_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,6 +202,18 @@ def test_cpu_affinity_plan() -> None:
         assert cpu_affinity_plan("on", 1) == allowed[:1]
 
 
+def test_cpu_pinning_is_off_unless_asked() -> None:
+    """Pinning measured within noise for the current workers: ``rapki serve`` pins only when told."""
+    import re
+
+    from click.testing import CliRunner
+
+    from service.cli import main
+
+    usage = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200).output
+    assert re.search(r"--cpu-affinity \[auto\|on\|off\].*?\[default: off\]", usage, re.S), usage
+
+
 def _mismatched_tls_pair(tmp_path: Path, ca: CertificateAuthority) -> tuple[Path, Path]:
     """A server certificate and a key that is not its own."""
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -206,6 +227,7 @@ def _mismatched_tls_pair(tmp_path: Path, ca: CertificateAuthority) -> tuple[Path
     return cert, key
 
 
+@pytest.mark.e2e
 def test_serve_refuses_a_certificate_with_another_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A TLS pair that cannot work is bad input: exit 2, one line, nothing listening (the server
     underneath would otherwise log the failure and serve plain HTTP on the port)."""

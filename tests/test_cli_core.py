@@ -133,6 +133,7 @@ def test_not_a_home_and_wrong_passphrase(home: Path, tmp_path: Path, monkeypatch
     assert rows(home) == []
 
 
+@pytest.mark.e2e
 def test_console_script_prints_no_traceback(home: Path) -> None:
     """The installed entry point, in a real process: one line, exit 2."""
     proc = subprocess.run([sys.executable, "-c", "from service.cli import main; main()", "revoke", "ffff"],
@@ -146,6 +147,7 @@ def test_usage_errors_exit_2(home: Path) -> None:
     assert result.exit_code == 2 and "Missing option" in result.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args, says", [
     (["issue", "--cn", "x"], "Missing option '--profile'"),
     (["list", "--status", "bogus"], "Invalid value for '--status'"),
@@ -163,6 +165,7 @@ def test_click_usage_errors_are_one_line(home: Path, args: list[str], says: str)
     assert "--help" in lines[0]
 
 
+@pytest.mark.e2e
 def test_bare_groups_show_their_help() -> None:
     for args in ([], ["profile"]):
         proc = subprocess.run([sys.executable, "-c", "from service.cli import main; main()", *args],
@@ -172,6 +175,7 @@ def test_bare_groups_show_their_help() -> None:
         assert proc.returncode in (0, 2)  # click's choice for a bare group, not a failure of ours
 
 
+@pytest.mark.e2e
 def test_help_and_version_exit_0() -> None:
     for args in (["--help"], ["audit", "--help"], ["--version"]):
         proc = subprocess.run([sys.executable, "-c", "from service.cli import main; main()", *args],
@@ -199,6 +203,7 @@ def test_audit_log_reads_and_filters(home: Path) -> None:
     assert "invalid duration" in bad.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", [["serve", "--home", "{home}"], ["emulator", "--state", "{home}/state.json"]])
 def test_a_port_in_use_is_one_line_and_creates_nothing(tmp_path: Path, command: list[str]) -> None:
     import socket

@@ -159,6 +159,7 @@ def test_faults_reach_boto3_and_writes_are_counted(emulator: RunningEmulator) ->
     emulator.reset_stats()
 
 
+@pytest.mark.e2e
 def test_state_persists_across_restart(tmp_path: Path) -> None:
     first = start_emulator(tmp_path)
     try:

@@ -374,6 +374,7 @@ def test_fips_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 # credential-process against the fake service
 
 
+@pytest.mark.e2e
 def test_credential_process_output_and_request(files: dict[str, Path], fake: FakeService) -> None:
     result = run_signer("credential-process", *base_args(files, fake.url, "--session-duration", "900"))
     assert result.returncode == 0, result.stderr.decode()
@@ -392,12 +393,14 @@ def test_credential_process_output_and_request(files: dict[str, Path], fake: Fak
     assert result.stderr == b""
 
 
+@pytest.mark.e2e
 def test_role_session_name_in_body(files: dict[str, Path], fake: FakeService) -> None:
     result = run_signer("credential-process", *base_args(files, fake.url, "--role-session-name", "job-42"))
     assert result.returncode == 0, result.stderr.decode()
     assert fake.requests[0]["body"] == b'{"durationSeconds":3600,"roleSessionName":"job-42"}'
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("status", "error_type", "message", "hint"),
     [
@@ -445,6 +448,7 @@ def test_retries_throttling_and_5xx_each_attempt_resigned(
     assert len({r["headers"]["Authorization"] for r in fake.requests}) == 3
 
 
+@pytest.mark.e2e
 def test_retries_give_up_with_exit_1(files: dict[str, Path], fake: FakeService) -> None:
     fake.default = (500, "InternalServerException", b'{"message":"boom"}')
     result = run_signer("credential-process", *base_args(files, fake.url), env={"AWS_MAX_ATTEMPTS": "2"})
@@ -453,6 +457,7 @@ def test_retries_give_up_with_exit_1(files: dict[str, Path], fake: FakeService) 
     assert len(fake.requests) == 2
 
 
+@pytest.mark.e2e
 def test_unreachable_endpoint(files: dict[str, Path]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -464,6 +469,7 @@ def test_unreachable_endpoint(files: dict[str, Path]) -> None:
     assert b"could not reach" in result.stderr
 
 
+@pytest.mark.e2e
 def test_bad_input_exit_1_nothing_on_stdout(files: dict[str, Path], fake: FakeService) -> None:
     result = run_signer("credential-process", *base_args(files, fake.url, "--private-key", str(files["rsa_key"])))
     assert result.returncode == 1 and result.stdout == b""
@@ -477,6 +483,7 @@ def test_bad_input_exit_1_nothing_on_stdout(files: dict[str, Path], fake: FakeSe
     assert fake.requests == []
 
 
+@pytest.mark.e2e
 def test_proxy_is_used_only_with_flag(files: dict[str, Path], fake: FakeService) -> None:
     """--with-proxy sends through HTTP_PROXY; the Host header (signed) stays the endpoint's."""
     env = {"HTTP_PROXY": fake.url, "http_proxy": fake.url, "NO_PROXY": "", "no_proxy": ""}
@@ -517,6 +524,7 @@ def _vector_command(v: dict, folder: Path) -> list[str]:  # type: ignore[type-ar
     ]
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime is not installed")
 @pytest.mark.parametrize("name", VECTOR_NAMES)
 def test_vector_from_the_command(name: str, tmp_path: Path) -> None:
@@ -579,6 +587,7 @@ def test_vector_from_the_command(name: str, tmp_path: Path) -> None:
 # sign-string, read-certificate-data, version
 
 
+@pytest.mark.e2e
 def test_read_certificate_data(files: dict[str, Path], pki: dict[str, Any]) -> None:
     result = run_signer("read-certificate-data", "--certificate", str(files["rsa_cert"]))
     assert result.returncode == 0
@@ -590,6 +599,7 @@ def test_read_certificate_data(files: dict[str, Path], pki: dict[str, Any]) -> N
     assert doc["supportedAlgorithms"] == ["RSASHA256", "RSASHA384", "RSASHA512"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["ec", "rsa"])
 def test_sign_string_verifies(files: dict[str, Path], pki: dict[str, Any], kind: str) -> None:
     from pki.signer.tools import fixed_string_to_sign
@@ -609,6 +619,7 @@ def test_sign_string_verifies(files: dict[str, Path], pki: dict[str, Any], kind:
     assert as_json.stdout.startswith(b'"') and as_json.stdout.endswith(b'"')
 
 
+@pytest.mark.e2e
 def test_version() -> None:
     from pki import __version__
 
@@ -711,6 +722,7 @@ def test_update_new_file_and_concurrent_writers(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.e2e
 def test_update_command_once(files: dict[str, Path], fake: FakeService, tmp_path: Path) -> None:
     path = tmp_path / "aws" / "credentials"
     path.parent.mkdir()
@@ -852,6 +864,7 @@ def test_serve_outage_never_success_with_bad_credentials(files: dict[str, Path],
         server.server_close()
 
 
+@pytest.mark.e2e
 def test_serve_command_binds_loopback_and_prints_endpoint(files: dict[str, Path], fake: FakeService) -> None:
     with signer_serving([*base_args(files, fake.url), "--port", "0"]) as (_proc, url):
         assert url.startswith("http://127.0.0.1:")
@@ -967,6 +980,7 @@ class MitmProxy:
         self.server.server_close()
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("faketime") is None, reason="faketime is not installed")
 @pytest.mark.parametrize("name", [n for n in VECTOR_NAMES if not n.endswith("loopback-port")])
 def test_vector_default_endpoint_over_https(name: str, tmp_path: Path) -> None:

@@ -311,24 +311,22 @@ def test_serve_answers_botocore_and_uses_renewed_certificate(
 
 
 def test_serve_outage_never_answers_success_with_bad_credentials(
-    ra: Setup, emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ra: Setup, emulator: RunningEmulator, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(serve_module, "RETRY_MIN", 0.05)
-    monkeypatch.setattr(serve_module, "RETRY_MAX", 0.05)
+    now = [0.0]  # the cache's clock, moved by hand past its retry back-off
     ra.issue(tmp_path / "id")
     emulator.clear_faults()
     emulator.set_faults(failRate=1.0, operations=["CreateSession"])
     try:
-        cache = CredentialCache(ra.options(tmp_path / "id"))
+        cache = CredentialCache(ra.options(tmp_path / "id"), clock=lambda: now[0])
         server = make_server(ra.options(tmp_path / "id"), port=0, cache=cache)  # first fetch fails: still serves
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         fetcher = _fetcher(server)
         assert fetcher.retrieve_iam_role_credentials() == {}  # 503, never "Success" without credentials
         emulator.clear_faults()
-        import time
-
-        time.sleep(0.1)  # past the (shortened) retry back-off
+        assert fetcher.retrieve_iam_role_credentials() == {}  # within the back-off: not retried yet
+        now[0] += serve_module.RETRY_MAX  # past the back-off
         good = fetcher.retrieve_iam_role_credentials()
         assert good["access_key"].startswith("ASIA")
         # The service goes down again and the credentials are due for refresh: the last good ones

@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -70,7 +71,8 @@ class CredentialCache:
     """Last good credentials, refreshed ahead of expiry; thread-safe.
 
     ``get()`` never returns credentials with less than ``min_validity`` seconds left: it raises
-    :class:`CredentialsUnavailable` with the last refresh error instead.
+    :class:`CredentialsUnavailable` with the last refresh error instead. ``clock`` (monotonic seconds) times
+    the back-off between failed refreshes.
     """
 
     def __init__(
@@ -79,16 +81,18 @@ class CredentialCache:
         *,
         refresh_before: float | None = None,
         min_validity: float = MIN_VALIDITY,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.opts = opts
         self.refresh_before = refresh_before
         self.min_validity = min_validity
+        self.clock = clock
         self.credentials: Credentials | None = None
         self.material: Material | None = None
         self.last_updated: datetime | None = None
         self.last_error: str = "no credentials fetched yet"
         self.failures = 0
-        self.next_retry = 0.0  # monotonic time before which a failed refresh is not retried
+        self.next_retry = 0.0  # ``clock`` time before which a failed refresh is not retried
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -112,7 +116,7 @@ class CredentialCache:
     def seconds_until_refresh(self) -> float:
         now = datetime.now(UTC)
         if self.credentials is None or self.failures:
-            return max(0.0, self.next_retry - time.monotonic())
+            return max(0.0, self.next_retry - self.clock())
         return max(0.0, self.credentials.seconds_left(now) - self._refresh_margin(self.credentials))
 
     # -- refreshing -----------------------------------------------------------------------------
@@ -132,7 +136,7 @@ class CredentialCache:
 
     def _refresh_locked(self, force: bool) -> bool:
         if not force:
-            if time.monotonic() < self.next_retry:
+            if self.clock() < self.next_retry:
                 return False
             # Another request may have refreshed while this one waited for the lock.
             if not (self._stale(datetime.now(UTC)) or self._files_changed()):
@@ -147,7 +151,7 @@ class CredentialCache:
             self.last_error = str(exc)
             hint = getattr(exc, "hint", "")
             delay = min(RETRY_MAX, RETRY_MIN * 2 ** (self.failures - 1))
-            self.next_retry = time.monotonic() + delay
+            self.next_retry = self.clock() + delay
             log(
                 f"refresh failed ({self.failures}x), next try in {delay:.0f}s: {exc}"
                 + (f"\n  hint: {hint}" if hint else "")

@@ -11,9 +11,9 @@
   reaches the application through the ASGI TLS extension (``TlsScopeProtocol``).
 * Metrics: ``PROMETHEUS_MULTIPROC_DIR`` is set by ``rapki serve`` before this package (and so
   ``prometheus_client``) is imported at all (see ``metrics``).
-* CPU affinity (``--cpu-affinity``, on by default when there is one worker per CPU): each worker
-  runs on a CPU of its own. With single-threaded workers it measured within noise on 2 vCPUs (it
-  was worth 15-25 % with threaded ones); the cost: a pinned worker cannot move off a CPU that
+* CPU affinity (``--cpu-affinity``, off by default): each worker runs on a CPU of its own. With
+  single-threaded workers it measured within noise on 2 vCPUs (it was worth 15-25 % with threaded
+  ones), so it is not on unless asked; the cost: a pinned worker cannot move off a CPU that
   something else keeps busy.
 * ``ApiWorker`` overrides gunicorn's ``_get_ssl_context`` so that a TLS context that cannot be
   built stops the worker instead of leaving it serving plain HTTP.

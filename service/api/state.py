@@ -18,6 +18,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +59,12 @@ class Limit:
 
 
 class SharedState:
-    """One SQLite connection per thread on the shared state file."""
+    """One SQLite connection per thread on the shared state file; ``clock`` (Unix seconds, the
+    same in every worker process) places requests in their windows."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self.clock = clock
         self._local = threading.local()
         with self._conn() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS rate_counters (key TEXT NOT NULL, window INTEGER NOT NULL, "
@@ -91,7 +94,7 @@ class SharedState:
         hits = [h for h in hits if h[1] is not None]
         if not hits:
             return
-        now = int(time.time())
+        now = int(self.clock())
         conn = self._conn()
         refused: RateLimited | None = None
         conn.execute("BEGIN IMMEDIATE")
@@ -123,7 +126,7 @@ class SharedState:
         """Record ``digest`` (a signature) as seen; False when it was seen before (a replay)."""
         try:
             self._conn().execute("INSERT INTO seen_signatures (digest, expires) VALUES (?, ?)",
-                                 (digest, int(time.time()) + ttl))
+                                 (digest, int(self.clock()) + ttl))
         except sqlite3.IntegrityError:
             return False
         return True

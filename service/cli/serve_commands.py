@@ -30,8 +30,9 @@ from service.cli.ca_commands import open_ca, progress
               help="Do not request client certificates (renewal then needs RAPKI-SIG-V1 signatures).")
 @click.option("--pidfile", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("--quiet", is_flag=True, help="No access log.")
-@click.option("--cpu-affinity", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Pin each worker to a CPU of its own (auto: when there is exactly one worker per CPU).")
+@click.option("--cpu-affinity", type=click.Choice(["auto", "on", "off"]), default="off", show_default=True,
+              help="Pin each worker to a CPU of its own (auto: when there is exactly one worker per CPU). "
+                   "Off by default: with the current single-threaded workers it measured within noise.")
 def serve(home: Path | None, host: str, port: int, workers: int | None, tls_cert: Path | None,
           tls_key: Path | None, tls_name: tuple[str, ...], no_client_certs: bool, pidfile: Path | None,
           quiet: bool, cpu_affinity: str) -> None:

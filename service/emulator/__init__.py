@@ -24,6 +24,9 @@ ARNs, partitions, SigV4-X509 and the trust decision come from :mod:`pki.rolesany
 model the signer and ``rapki doctor`` use; this package adds the HTTP surface, state and faults.
 
 In-process use for fast tests: ``create_app(state_path=..., clock=...)`` and Flask's test client.
+Driving a real one from outside (tests, benchmarks): ``service.emulator.harness`` starts a
+``rapki emulator`` and talks to it, ``service.emulator.testpki`` builds a throwaway PKI; the
+emulator itself imports neither.
 """
 
 from service.emulator.app import DEFAULT_ACCOUNT, DEFAULT_REGION, create_app
