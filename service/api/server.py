@@ -21,6 +21,33 @@
   the worker module's ``ASGIProtocol`` name): if a gunicorn release changed them, client
   certificates would stop reaching the application and renewal over mutual TLS would be refused
   (fails closed); the end-to-end tests renew over mutual TLS through the real server.
+
+Slow clients are cut off (``service.api.connections``, settings in ``[api]`` of ``rapki.toml``):
+
+=================================  =======  ===============================================
+setting                            default  bound
+=================================  =======  ===============================================
+``tls_handshake_timeout``          10 s     TLS handshake, from the accept; also the closing
+                                            close_notify exchange
+``header_timeout``                 10 s     request headers complete: from the accept for a
+                                            connection's first request (handshake included),
+                                            from its first byte for a later one (the idle wait
+                                            before it: the keep-alive timeout, 30 s)
+``body_timeout``                   30 s     request body complete, from the end of its headers
+``max_connections_per_address``    64       open connections from one address, per worker
+=================================  =======  ===============================================
+
+A late request that had begun gets ``408 request_timeout`` (JSON) and the connection closes; a
+connection that sent nothing, did not finish its handshake or is one too many for its address is
+closed without an answer. With the defaults, a client trickling its headers is cut off 10 s after
+it connected, whatever it sends. Requests gunicorn refuses while framing them (400 malformed
+request line or header, 414 request line too long, 431 a header over 16 KiB or more than 100
+headers, 501 a transfer coding other than chunked) get the API's error body too:
+``{"error": "malformed_request" | "uri_too_long" | "headers_too_large" | "not_implemented",
+"message": "..."}`` with ``Content-Type: application/json`` and the same status. All of these count
+in ``rapki_requests_refused_total{endpoint="unmatched"}``. ``ApiWorker`` runs asyncio's own event
+loop (``BoundedTlsLoop``), never uvloop. The gunicorn internals this relies on are listed in
+``service.api.connections``.
 """
 
 from __future__ import annotations
