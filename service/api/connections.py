@@ -23,7 +23,8 @@ Bounds, from ``[api]`` in ``rapki.toml`` (each overridable by ``RAPKI_API_<NAME>
   timeout (60 s) without a byte.
 * A client address may hold ``max_connections_per_address`` open connections on each worker; one
   more is closed as soon as its TLS handshake ends, without an answer. Connections still in the
-  handshake are not counted (the handshake bound ends them).
+  handshake are not counted (the handshake bound ends them). Behind a proxy every connection
+  comes from the proxy's address: raise the limit to the proxy's connection pool.
 
 Requests gunicorn refuses while framing them (400 bad request line or header, 414 request line
 too long, 431 headers too large, 501 unsupported transfer coding, ...) are answered with the
@@ -250,9 +251,7 @@ class BoundedTlsLoop(asyncio.SelectorEventLoop):
         super().__init__()
         self.tls_timeout = tls_timeout
 
-    # Forwards every argument unchanged, only filling in two defaults: restating asyncio's whole
-    # signature here would add nothing but a copy to keep in step.
-    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:  # type: ignore[override]
+    async def create_server(self, *args: Any, **kwargs: Any) -> asyncio.Server:
         if kwargs.get("ssl") is not None:
             kwargs.setdefault("ssl_handshake_timeout", self.tls_timeout)
             kwargs.setdefault("ssl_shutdown_timeout", self.tls_timeout)

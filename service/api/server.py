@@ -35,6 +35,7 @@ setting                            default  bound
                                             before it: the keep-alive timeout, 30 s)
 ``body_timeout``                   30 s     request body complete, from the end of its headers
 ``max_connections_per_address``    64       open connections from one address, per worker
+                                            (behind a proxy: at least its connection pool)
 =================================  =======  ===============================================
 
 A late request that had begun gets ``408 request_timeout`` (JSON) and the connection closes; a
