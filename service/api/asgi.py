@@ -17,7 +17,9 @@ to a thread pool first.
 Slow clients cost nothing here: a request is dispatched only once its whole body (at most
 ``max_body`` bytes) has arrived. A body over the limit is read and dropped (up to ``DRAIN_LIMIT``,
 so the client is not reset before it reads the answer) and the application answers 413 from
-``CONTENT_LENGTH``.
+``CONTENT_LENGTH``. A body still incomplete ``body_timeout`` seconds after its headers is answered
+``408 request_timeout`` (the API's JSON error body) and the connection closes, as it must: the rest
+of that body would be read as the next request.
 
 The TLS client certificate, when the connection has one (verified in the handshake), reaches the
 application as ``environ["SSL_CLIENT_CERT"]`` (PEM, as Apache's mod_ssl names it), from the ASGI
@@ -27,10 +29,14 @@ whose name holds ``_`` is dropped (it would be indistinguishable from the same n
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import sys
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
+
+from service.api import metrics
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -43,16 +49,22 @@ DRAIN_LIMIT = 1024 * 1024
 class InlineWsgi:
     """ASGI application running the WSGI application ``app`` for each HTTP request, inline."""
 
-    def __init__(self, app: WsgiApp, *, max_body: int) -> None:
+    def __init__(self, app: WsgiApp, *, max_body: int, body_timeout: float | None = None) -> None:
         self.app = app
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan is off in the server; WebSocket is not served
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1003})
             return
-        read = await self._read_body(scope, receive)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                read = await self._read_body(scope, receive)
+        except TimeoutError:
+            await self._send_body_timeout(send)
+            return
         if read is None:
             return  # the client went away before its request was complete
         answer = _Answer()
@@ -65,6 +77,15 @@ class InlineWsgi:
                 close()
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": data})
+
+    async def _send_body_timeout(self, send: Send) -> None:
+        body = json.dumps({"error": "request_timeout", "message": f"the request body did not arrive within "
+                           f"{self.body_timeout:g} s of its headers: send the request whole"}).encode()
+        await send({"type": "http.response.start", "status": 408, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+        metrics.REFUSED.labels("unmatched", "request_timeout").inc()
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, int] | None:
         """The body and its length; None when the client went away first.

@@ -9,6 +9,9 @@ then default)::
     rate_limit_per_identity = "30/m"   # per enrollment token, operator token or certificate
     operator_profiles = []             # certificates of these profiles may act as operators
     accept_signed_requests = true      # RAPKI-SIG-V1 request signatures (TLS ends at a proxy)
+
+The bounds on slow clients (``tls_handshake_timeout``, ``header_timeout``, ``body_timeout``,
+``max_connections_per_address``) are read by ``rapki serve`` itself: ``service.api.connections``.
 """
 
 from __future__ import annotations

@@ -21,10 +21,39 @@
   the worker module's ``ASGIProtocol`` name): if a gunicorn release changed them, client
   certificates would stop reaching the application and renewal over mutual TLS would be refused
   (fails closed); the end-to-end tests renew over mutual TLS through the real server.
+
+Slow clients are cut off (``service.api.connections``, settings in ``[api]`` of ``rapki.toml``):
+
+=================================  =======  ===============================================
+setting                            default  bound
+=================================  =======  ===============================================
+``tls_handshake_timeout``          10 s     TLS handshake, from the accept; also the closing
+                                            close_notify exchange
+``header_timeout``                 10 s     request headers complete: from the accept for a
+                                            connection's first request (handshake included),
+                                            from its first byte for a later one (the idle wait
+                                            before it: the keep-alive timeout, 30 s)
+``body_timeout``                   30 s     request body complete, from the end of its headers
+``max_connections_per_address``    64       open connections from one address, per worker
+                                            (behind a proxy: at least its connection pool)
+=================================  =======  ===============================================
+
+A late request that had begun gets ``408 request_timeout`` (JSON) and the connection closes; a
+connection that sent nothing, did not finish its handshake or is one too many for its address is
+closed without an answer. With the defaults, a client trickling its headers is cut off 10 s after
+it connected, whatever it sends. Requests gunicorn refuses while framing them (400 malformed
+request line or header, 414 request line too long, 431 a header over 16 KiB or more than 100
+headers, 501 a transfer coding other than chunked) get the API's error body too:
+``{"error": "malformed_request" | "uri_too_long" | "headers_too_large" | "not_implemented",
+"message": "..."}`` with ``Content-Type: application/json`` and the same status. All of these count
+in ``rapki_requests_refused_total{endpoint="unmatched"}``. ``ApiWorker`` runs asyncio's own event
+loop (``BoundedTlsLoop``), never uvloop. The gunicorn internals this relies on are listed in
+``service.api.connections``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import sys
@@ -35,10 +64,11 @@ from typing import Any
 from gunicorn import sock as gunicorn_sock
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.asgi.protocol import ASGIProtocol
 from gunicorn.workers import gasgi
 from gunicorn.workers.gasgi import ASGIWorker
 
+from pki.ca.home import Home
+from service.api.connections import BoundedTlsLoop, ConnectionLimits, GuardedProtocol
 from service.api.errors import MAX_BODY
 
 
@@ -108,9 +138,10 @@ def tls_extension(ssl_object: Any) -> dict[str, Any]:
             "client_cert_name": None, "client_cert_error": None, "tls_version": None, "cipher_suite": None}
 
 
-class TlsScopeProtocol(ASGIProtocol):  # type: ignore[misc]
-    """gunicorn's ASGI connection handler, plus the ASGI TLS extension in each request's scope (which
-    gunicorn does not fill in): renewal and self-revocation authenticate with the client certificate."""
+class TlsScopeProtocol(GuardedProtocol):  # type: ignore[misc]
+    """gunicorn's ASGI connection handler with rapki's connection bounds (``GuardedProtocol``), plus
+    the ASGI TLS extension in each request's scope (which gunicorn does not fill in): renewal and
+    self-revocation authenticate with the client certificate."""
 
     _tls: dict[str, Any] | None = None
 
@@ -132,9 +163,17 @@ class ApiWorker(ASGIWorker):  # type: ignore[misc]
     The worker builds each connection's handler from its module's ``ASGIProtocol`` name, which is
     pointed at the subclass here, in the worker process only, before the loop starts serving."""
 
+    connection_limits = ConnectionLimits()
+
     def init_process(self) -> None:
         gasgi.ASGIProtocol = TlsScopeProtocol
+        self.connection_limits = getattr(self.app, "connection_limits", None) or ConnectionLimits()
         super().init_process()
+
+    def _setup_event_loop(self) -> None:
+        """asyncio's event loop (rapki does not use uvloop), bounding TLS handshakes."""
+        self.loop = BoundedTlsLoop(self.connection_limits.tls_handshake_timeout)
+        asyncio.set_event_loop(self.loop)
 
     def _get_ssl_context(self) -> ssl.SSLContext | None:
         """The worker's TLS context. gunicorn's own version logs a failure to build it and then
@@ -151,9 +190,10 @@ class ApiWorker(ASGIWorker):  # type: ignore[misc]
 
 
 class ApiServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, home: Path, options: dict[str, Any]) -> None:
+    def __init__(self, home: Path, options: dict[str, Any], connection_limits: ConnectionLimits) -> None:
         self.home = home
         self.options = options
+        self.connection_limits = connection_limits
         super().__init__()
 
     def load_config(self) -> None:
@@ -165,13 +205,15 @@ class ApiServer(BaseApplication):  # type: ignore[misc]
         from service.api import create_app
         from service.api.asgi import InlineWsgi
 
-        return InlineWsgi(create_app(self.home), max_body=MAX_BODY)
+        return InlineWsgi(create_app(self.home), max_body=MAX_BODY,
+                          body_timeout=self.connection_limits.body_timeout)
 
 
 def run(home: Path, *, host: str, port: int, workers: int, certfile: Path, keyfile: Path,
         client_ca: Path | None, access_log: bool = True, pidfile: Path | None = None,
         cpus: list[int] | None = None) -> None:
     """``cpus``: one CPU per worker to pin it to (``cpu_affinity_plan``), or None."""
+    connection_limits = ConnectionLimits.from_config(Home(home).load_config().extra.get("api", {}))
     options: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         "workers": workers,
@@ -200,4 +242,4 @@ def run(home: Path, *, host: str, port: int, workers: int, certfile: Path, keyfi
         options["pidfile"] = str(pidfile)
     if cpus:
         _CPUS["cpus"] = cpus
-    ApiServer(home, options).run()
+    ApiServer(home, options, connection_limits).run()
