@@ -147,7 +147,7 @@ def error_response(status: int, code: str, message: str, extra_headers: Any = ()
 _OPEN_BY_ADDRESS: Counter[str] = Counter()
 
 
-class GuardedProtocol(ASGIProtocol):  # type: ignore[misc]  # gunicorn has no type hints
+class GuardedProtocol(ASGIProtocol):
     """gunicorn's ASGI connection handler with the bounds above and JSON refusals."""
 
     def __init__(self, worker: Any) -> None:

@@ -138,7 +138,7 @@ def tls_extension(ssl_object: Any) -> dict[str, Any]:
             "client_cert_name": None, "client_cert_error": None, "tls_version": None, "cipher_suite": None}
 
 
-class TlsScopeProtocol(GuardedProtocol):  # type: ignore[misc]
+class TlsScopeProtocol(GuardedProtocol):
     """gunicorn's ASGI connection handler with rapki's connection bounds (``GuardedProtocol``), plus
     the ASGI TLS extension in each request's scope (which gunicorn does not fill in): renewal and
     self-revocation authenticate with the client certificate."""
@@ -157,7 +157,7 @@ class TlsScopeProtocol(GuardedProtocol):  # type: ignore[misc]
         return scope
 
 
-class ApiWorker(ASGIWorker):  # type: ignore[misc]
+class ApiWorker(ASGIWorker):
     """gunicorn's ``asgi`` worker (an asyncio event loop per process) with ``TlsScopeProtocol``.
 
     The worker builds each connection's handler from its module's ``ASGIProtocol`` name, which is
@@ -189,7 +189,7 @@ class ApiWorker(ASGIWorker):  # type: ignore[misc]
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
-class ApiServer(BaseApplication):  # type: ignore[misc]
+class ApiServer(BaseApplication):
     def __init__(self, home: Path, options: dict[str, Any], connection_limits: ConnectionLimits) -> None:
         self.home = home
         self.options = options
