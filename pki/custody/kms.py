@@ -109,21 +109,24 @@ class KmsKey:
         if not ref.key_id:
             raise InvalidInput("a kms key reference needs key_id (the key's ARN, id or alias)")
         client = client if client is not None else make_client(ref)
-        answer = _call(ref, "GetPublicKey", client.get_public_key, KeyId=ref.key_id)
-        spec, usage = answer.get("KeySpec", ""), answer.get("KeyUsage", "")
+        meta = _call(ref, "DescribeKey", client.describe_key, KeyId=ref.key_id)["KeyMetadata"]
+        arn, state = str(meta["Arn"]), meta.get("KeyState", "Enabled")
+        if state != "Enabled":
+            raise Unavailable(f"KMS key {arn} is {state}: a CA key must be enabled")
+        usage = meta.get("KeyUsage", "")
         if usage != "SIGN_VERIFY":
-            raise InvalidInput(f"KMS key {ref.key_id} is for {usage}, not SIGN_VERIFY: a CA key signs")
+            raise InvalidInput(f"KMS key {arn} is for {usage}, not SIGN_VERIFY: a CA key signs")
+        spec = meta.get("KeySpec") or meta.get("CustomerMasterKeySpec", "")
         key_type = _KEY_TYPES.get(spec)
         if key_type is None:
-            raise InvalidInput(f"KMS key {ref.key_id} is {spec}: a CA key is one of {', '.join(_KEY_TYPES)}")
-        if SIGNING_ALGORITHMS[key_type] not in answer.get("SigningAlgorithms", []):
-            raise InvalidInput(f"KMS key {ref.key_id} does not offer {SIGNING_ALGORITHMS[key_type]}")
+            raise InvalidInput(f"KMS key {arn} is {spec}: a CA key is one of {', '.join(_KEY_TYPES)}")
+        if SIGNING_ALGORITHMS[key_type] not in meta.get("SigningAlgorithms", []):
+            raise InvalidInput(f"KMS key {arn} does not offer {SIGNING_ALGORITHMS[key_type]}")
+        answer = _call(ref, "GetPublicKey", client.get_public_key, KeyId=arn)
         public_key = load_der_public_key(answer["PublicKey"])
         if KeyType.of(public_key) is not key_type:  # type: ignore[arg-type]
-            raise InvalidInput(f"KMS key {ref.key_id} says {spec} but its public key is not")
-        arn = str(answer.get("KeyId") or ref.key_id)
-        adopted = KmsRef(key_id=arn, region=ref.region if not arn.startswith("arn:") else None,
-                         use_fips_endpoint=ref.use_fips_endpoint, endpoint_url=ref.endpoint_url)
+            raise InvalidInput(f"KMS key {arn} says {spec} but its public key is not")
+        adopted = KmsRef(key_id=arn, use_fips_endpoint=ref.use_fips_endpoint, endpoint_url=ref.endpoint_url)
         return cls(adopted, public_key, client)  # type: ignore[arg-type]
 
     @classmethod
