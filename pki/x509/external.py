@@ -5,8 +5,10 @@ one held by an HSM or a cloud KMS, reached through an ``ExternalSigner``.
 throwaway key of the same family and with the hash the real key signs with: that fixes the
 to-be-signed structure, signatureAlgorithm included (the algorithm identifier names the family and
 the hash, never the curve or the modulus size). The external signer then signs those TBS bytes, and
-``asn1crypto`` puts TBS, algorithm and signature together. The result is checked against the real
-public key before it is returned: a certificate or CRL that does not verify is never handed out.
+``asn1crypto`` puts TBS, algorithm and signature together: it takes the builder's output and
+replaces only its signature, so the TBS bytes are the builder's, never re-encoded. The result is
+checked against the real public key before it is returned: a certificate or CRL that does not
+verify is never handed out.
 
 RSA is signed with PKCS#1 v1.5 (what the builders use by default and what rapki's CAs have always
 used); ECDSA signatures are DER ``Ecdsa-Sig-Value`` (``ecdsa_der_signature`` converts the raw r||s
@@ -23,7 +25,7 @@ from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import SignatureAlgorithmOID
 
@@ -135,11 +137,9 @@ def sign_certificate(builder: x509.CertificateBuilder, signer: ExternalSigner) -
     _check_algorithm(template.signature_algorithm_oid, signer.key_type)
     tbs_der = template.tbs_certificate_bytes
     signature = _external_signature(signer, public_key, tbs_der, "certificate")
-    tbs = asn1_x509.TbsCertificate.load(tbs_der)
-    der = asn1_x509.Certificate({
-        "tbs_certificate": tbs, "signature_algorithm": tbs["signature"], "signature_value": signature,
-    }).dump()
-    certificate = x509.load_der_x509_certificate(der)
+    assembled = asn1_x509.Certificate.load(template.public_bytes(serialization.Encoding.DER))
+    assembled["signature_value"] = signature  # TBS and signatureAlgorithm stay the builder's bytes
+    certificate = x509.load_der_x509_certificate(assembled.dump())
     if certificate.tbs_certificate_bytes != tbs_der or certificate.signature != signature:
         raise ExternalSignatureInvalid("the assembled certificate does not carry the signed TBS")  # pragma: no cover
     return certificate
@@ -153,11 +153,9 @@ def sign_crl(builder: x509.CertificateRevocationListBuilder,
     _check_algorithm(template.signature_algorithm_oid, signer.key_type)
     tbs_der = template.tbs_certlist_bytes
     signature = _external_signature(signer, public_key, tbs_der, "CRL")
-    tbs = asn1_crl.TbsCertList.load(tbs_der)
-    der = asn1_crl.CertificateList({
-        "tbs_cert_list": tbs, "signature_algorithm": tbs["signature"], "signature": signature,
-    }).dump()
-    crl = x509.load_der_x509_crl(der)
+    assembled = asn1_crl.CertificateList.load(template.public_bytes(serialization.Encoding.DER))
+    assembled["signature"] = signature
+    crl = x509.load_der_x509_crl(assembled.dump())
     if crl.tbs_certlist_bytes != tbs_der or not crl.is_signature_valid(public_key):
         raise ExternalSignatureInvalid("the assembled CRL does not carry the signed TBS")  # pragma: no cover
     return crl
