@@ -153,9 +153,8 @@ def _call(ref: Pkcs11Ref, action: Callable[[pkcs11.Session], T]) -> T:
     module = _module(ref.module)
     with module.lock:
         for attempt in (1, 2):
-            session = module.session(ref)
             try:
-                return action(session)
+                return action(module.session(ref))
             except _STALE as exc:
                 module.drop(ref.token)
                 if attempt == 2:
