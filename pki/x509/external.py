@@ -156,6 +156,6 @@ def sign_crl(builder: x509.CertificateRevocationListBuilder,
     assembled = asn1_crl.CertificateList.load(template.public_bytes(serialization.Encoding.DER))
     assembled["signature"] = signature
     crl = x509.load_der_x509_crl(assembled.dump())
-    if crl.tbs_certlist_bytes != tbs_der or not crl.is_signature_valid(public_key):
+    if crl.tbs_certlist_bytes != tbs_der or crl.signature != signature:
         raise ExternalSignatureInvalid("the assembled CRL does not carry the signed TBS")  # pragma: no cover
     return crl
