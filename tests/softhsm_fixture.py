@@ -35,7 +35,7 @@ def softhsm_module() -> str | None:
     return next((path for path in MODULE_PATHS if Path(path).is_file()), None)
 
 
-def _unavailable(reason: str) -> None:
+def unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{reason}; CI must have it (scripts/test installs softhsm2)")
     pytest.skip(f"{reason}: install it with 'apt-get install -y softhsm2' (under CI=true this fails)")
@@ -45,7 +45,7 @@ def private_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsmT
     """The body of a session-scoped fixture: the token, live while the session lasts."""
     module, util = softhsm_module(), shutil.which("softhsm2-util")
     if module is None or util is None:
-        _unavailable("softhsm2 (libsofthsm2.so and softhsm2-util) is not installed")
+        unavailable("softhsm2 (libsofthsm2.so and softhsm2-util) is not installed")
     assert module is not None and util is not None
     folder = tmp_path_factory.mktemp("softhsm")
     (folder / "tokens").mkdir()

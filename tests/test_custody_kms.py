@@ -23,7 +23,7 @@ from pki.custody.refs import KmsRef
 from pki.errors import InvalidInput, NotFound, Unavailable
 from pki.x509 import external
 from pki.x509.keys import KeyType, PrivateKey
-from tests.custody_helpers import (
+from tests.custody_builders import (
     CLEAN_LINT,
     GOOD_SERIAL,
     REVOKED_SERIAL,

@@ -20,8 +20,8 @@ from pki.custody.refs import Pkcs11Ref
 from pki.errors import Conflict, InvalidInput, NotFound, WrongPassphrase
 from pki.x509 import external
 from pki.x509.keys import KeyType
-from tests.custody_helpers import CLEAN_LINT, ca_builder, crl_builder, judge, signed_set
-from tests.softhsm_fixture import SoftHsmToken, private_token
+from tests.custody_builders import CLEAN_LINT, ca_builder, crl_builder, judge, signed_set
+from tests.softhsm_fixture import SoftHsmToken, private_token, unavailable
 
 
 @pytest.fixture(scope="session")
@@ -100,6 +100,10 @@ def test_pin_and_lookup_problems_are_named(tmp_path: Path, softhsm_token: SoftHs
         open_key(_ref(softhsm_token, "pin-checks", pin_env="UNSET_PIN"))
     pin_file = tmp_path / "pin"
     pin_file.write_text(softhsm_token.pin + "\n")
+    pin_file.chmod(0o640)
+    with pytest.raises(InvalidInput, match="can be read by other users: chmod 600"):
+        open_key(_ref(softhsm_token, "pin-checks", pin_file=str(pin_file)))
+    pin_file.chmod(0o600)
     assert open_key(_ref(softhsm_token, "pin-checks", pin_file=str(pin_file))).key_type is KeyType.EC_P256
     with pytest.raises(NotFound, match="no private key nothing-here on token 'rapki-test'"):
         open_key(_ref(softhsm_token, "nothing-here"))
@@ -159,3 +163,12 @@ def test_a_forked_process_initialises_the_module_again(softhsm_token: SoftHsmTok
     assert out.get(timeout=5)
     assert sign_certificate(ca_builder(key.public_key()), key)  # and the parent's session still works
     assert os.getpid() == hsm._module(softhsm_token.module).pid
+
+
+def test_a_missing_softhsm_skips_here_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must have it"):
+        unavailable("softhsm2 is not installed")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y softhsm2"):
+        unavailable("softhsm2 is not installed")

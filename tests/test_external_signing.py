@@ -18,7 +18,7 @@ from pki.custody.refs import FileRef, KmsRef, Pkcs11Ref, parse_key_ref
 from pki.errors import Conflict, InvalidInput, WrongPassphrase
 from pki.x509 import external
 from pki.x509.keys import KeyType
-from tests.custody_helpers import (
+from tests.custody_builders import (
     CLEAN_LINT,
     MemorySigner,
     ca_builder,

@@ -139,10 +139,13 @@ def _read_pin(ref: Pkcs11Ref) -> str:
             raise InvalidInput(f"${ref.pin_env} is not set: it holds the PIN of token {ref.token!r}")
         return pin
     assert ref.pin_file is not None
+    path = Path(ref.pin_file)
     try:
-        pin = Path(ref.pin_file).read_text().strip()
+        if path.stat().st_mode & 0o077:
+            raise InvalidInput(f"the PIN file {path} can be read by other users: chmod 600 it (or 400)")
+        pin = path.read_text().strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read the PIN of token {ref.token!r} from {ref.pin_file}: {exc}") from exc
+        raise InvalidInput(f"cannot read the PIN of token {ref.token!r} from {path}: {exc}") from exc
     if not pin:
         raise InvalidInput(f"the PIN file {ref.pin_file} is empty")
     return pin
