@@ -1,0 +1,161 @@
+"""Signing certificates and CRLs with a key that is not a ``cryptography`` private key object:
+one held by an HSM or a cloud KMS, reached through an ``ExternalSigner``.
+
+``cryptography``'s builders only sign with a key object they hold. So the builder signs once with a
+throwaway key of the same family and with the hash the real key signs with: that fixes the
+to-be-signed structure, signatureAlgorithm included (the algorithm identifier names the family and
+the hash, never the curve or the modulus size). The external signer then signs those TBS bytes, and
+``asn1crypto`` puts TBS, algorithm and signature together: it takes the builder's output and
+replaces only its signature, so the TBS bytes are the builder's, never re-encoded. The result is
+checked against the real public key before it is returned: a certificate or CRL that does not
+verify is never handed out.
+
+RSA is signed with PKCS#1 v1.5 (what the builders use by default and what rapki's CAs have always
+used); ECDSA signatures are DER ``Ecdsa-Sig-Value`` (``ecdsa_der_signature`` converts the raw r||s
+that PKCS#11 returns). Ed25519 is not a rapki CA key type (Roles Anywhere refuses it).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Protocol
+
+from asn1crypto import algos as asn1_algos
+from asn1crypto import crl as asn1_crl
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import SignatureAlgorithmOID
+
+from pki.errors import RapkiError
+from pki.x509.keys import KeyType, PrivateKey, PublicKey
+
+
+class ExternalSigner(Protocol):
+    """A CA key that signs on request and never leaves where it is kept."""
+
+    @property
+    def key_type(self) -> KeyType: ...
+
+    def public_key(self) -> PublicKey: ...
+
+    def sign(self, data: bytes) -> bytes:
+        """The X.509 signature over ``data`` (the whole TBS, not a digest), with the hash
+        ``key_type.signature_hash()`` and, for RSA, PKCS#1 v1.5 padding; ECDSA as DER."""
+        ...
+
+
+class ExternalSignatureInvalid(RapkiError):
+    """The key backend returned a signature that does not verify with the key's public key (a key
+    that is not the one configured, or a faulty device): nothing was issued."""
+
+    code = "external_signature_invalid"
+
+
+def signature_hash(key_type: KeyType) -> hashes.SHA256 | hashes.SHA384:
+    """``key_type.signature_hash()`` as the narrow type the builders' ``sign`` takes."""
+    return hashes.SHA384() if key_type is KeyType.EC_P384 else hashes.SHA256()
+
+
+def signature_algorithm(key_type: KeyType) -> x509.ObjectIdentifier:
+    """The signatureAlgorithm every certificate and CRL a CA of ``key_type`` signs carries."""
+    return _SIGNATURE_ALGORITHMS[key_type]
+
+
+_SIGNATURE_ALGORITHMS = {
+    KeyType.EC_P256: SignatureAlgorithmOID.ECDSA_WITH_SHA256,
+    KeyType.EC_P384: SignatureAlgorithmOID.ECDSA_WITH_SHA384,
+    KeyType.RSA_2048: SignatureAlgorithmOID.RSA_WITH_SHA256,
+    KeyType.RSA_3072: SignatureAlgorithmOID.RSA_WITH_SHA256,
+    KeyType.RSA_4096: SignatureAlgorithmOID.RSA_WITH_SHA256,
+}
+
+
+@functools.cache
+def _throwaway_key(is_ec: bool) -> PrivateKey:
+    """A key only ever used to make a builder produce its TBS; its signature is discarded.
+
+    One per family and process: the TBS does not depend on the signing key's curve or size, so
+    the cheapest member of the family serves (P-256; RSA-1024, a fifth of an RSA-2048 signature).
+    """
+    if is_ec:
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - signs nothing kept
+
+
+def ecdsa_der_signature(raw: bytes) -> bytes:
+    """An ECDSA signature as PKCS#11 returns it (r||s, each the curve's size) in the DER
+    ``Ecdsa-Sig-Value`` form X.509 carries."""
+    if not raw or len(raw) % 2:
+        raise ValueError(f"a raw ECDSA signature is r||s of equal lengths, not {len(raw)} bytes")
+    return asn1_algos.DSASignature.from_p1363(raw).dump()
+
+
+def verify_signature(public_key: PublicKey, key_type: KeyType, signature: bytes, data: bytes) -> bool:
+    """Whether ``signature`` over ``data`` verifies as a CA of ``key_type`` signs."""
+    algorithm = key_type.signature_hash()
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey):
+            public_key.verify(signature, data, ec.ECDSA(algorithm))
+        else:
+            public_key.verify(signature, data, padding.PKCS1v15(), algorithm)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _checked_signer_key(signer: ExternalSigner) -> PublicKey:
+    public_key = signer.public_key()
+    actual = KeyType.of(public_key)
+    if actual is not signer.key_type:
+        raise ExternalSignatureInvalid(f"the key says it is {signer.key_type} but its public key is {actual}")
+    return public_key
+
+
+def _external_signature(signer: ExternalSigner, public_key: PublicKey, tbs: bytes, what: str) -> bytes:
+    signature = signer.sign(tbs)
+    if not verify_signature(public_key, signer.key_type, signature, tbs):
+        raise ExternalSignatureInvalid(
+            f"the {what} signature from the {signer.key_type} key does not verify with its public key: "
+            "the backend holds another key than the configured one, or failed; nothing was issued"
+        )
+    return signature
+
+
+def _check_algorithm(found: x509.ObjectIdentifier, key_type: KeyType) -> None:
+    expected = signature_algorithm(key_type)
+    if found != expected:  # pragma: no cover - would mean the builder changed its defaults
+        raise ExternalSignatureInvalid(f"the builder chose {found.dotted_string}, not {expected.dotted_string}")
+
+
+def sign_certificate(builder: x509.CertificateBuilder, signer: ExternalSigner) -> x509.Certificate:
+    """The certificate ``builder`` describes, signed by ``signer``; verified before it is returned."""
+    public_key = _checked_signer_key(signer)
+    template = builder.sign(_throwaway_key(signer.key_type.is_ec), signature_hash(signer.key_type))
+    _check_algorithm(template.signature_algorithm_oid, signer.key_type)
+    tbs_der = template.tbs_certificate_bytes
+    signature = _external_signature(signer, public_key, tbs_der, "certificate")
+    assembled = asn1_x509.Certificate.load(template.public_bytes(serialization.Encoding.DER))
+    assembled["signature_value"] = signature  # TBS and signatureAlgorithm stay the builder's bytes
+    certificate = x509.load_der_x509_certificate(assembled.dump())
+    if certificate.tbs_certificate_bytes != tbs_der or certificate.signature != signature:
+        raise ExternalSignatureInvalid("the assembled certificate does not carry the signed TBS")  # pragma: no cover
+    return certificate
+
+
+def sign_crl(builder: x509.CertificateRevocationListBuilder,
+             signer: ExternalSigner) -> x509.CertificateRevocationList:
+    """The CRL ``builder`` describes, signed by ``signer``; verified before it is returned."""
+    public_key = _checked_signer_key(signer)
+    template = builder.sign(_throwaway_key(signer.key_type.is_ec), signature_hash(signer.key_type))
+    _check_algorithm(template.signature_algorithm_oid, signer.key_type)
+    tbs_der = template.tbs_certlist_bytes
+    signature = _external_signature(signer, public_key, tbs_der, "CRL")
+    assembled = asn1_crl.CertificateList.load(template.public_bytes(serialization.Encoding.DER))
+    assembled["signature"] = signature
+    crl = x509.load_der_x509_crl(assembled.dump())
+    if crl.tbs_certlist_bytes != tbs_der or crl.signature != signature:
+        raise ExternalSignatureInvalid("the assembled CRL does not carry the signed TBS")  # pragma: no cover
+    return crl
