@@ -186,7 +186,7 @@ def _public_key(key: pkcs11.PublicKey) -> PublicKey:
         public = numbers.public_key()
     else:
         raise InvalidInput(f"a {key.key_type.name} key cannot be a CA key: use EC P-256/P-384 or RSA")
-    KeyType.of(public)  # type: ignore[arg-type]  # refuses curves and sizes Roles Anywhere refuses
+    KeyType.of(public)  # refuses curves and sizes Roles Anywhere refuses
     return public  # type: ignore[return-value]
 
 

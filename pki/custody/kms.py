@@ -124,7 +124,7 @@ class KmsKey:
             raise InvalidInput(f"KMS key {arn} does not offer {SIGNING_ALGORITHMS[key_type]}")
         answer = _call(ref, "GetPublicKey", client.get_public_key, KeyId=arn)
         public_key = load_der_public_key(answer["PublicKey"])
-        if KeyType.of(public_key) is not key_type:  # type: ignore[arg-type]
+        if KeyType.of(public_key) is not key_type:
             raise InvalidInput(f"KMS key {arn} says {spec} but its public key is not")
         adopted = KmsRef(key_id=arn, use_fips_endpoint=ref.use_fips_endpoint, endpoint_url=ref.endpoint_url)
         return cls(adopted, public_key, client)  # type: ignore[arg-type]
