@@ -37,6 +37,9 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("pki.x509.*", "only", ("pki.errors", "pki.files", "pki.x509.*")),
     ("pki.ca.*", "never", ("pki.aws.*", "pki.workload.*", "pki.signer.*")),
     ("pki.workload.*", "never", ("pki.ca.*", "pki.store.*")),
+    ("pki.rolesanywhere.*", "only", ("pki.errors", "pki.x509.*", "pki.rolesanywhere.*")),
+    ("pki.store.*", "only", ("pki.errors", "pki.store.*")),
+    ("pki.custody.*", "only", ("pki.errors", "pki.x509.*", "pki.custody.*")),
 ]
 
 # Top-level packages no ``rapki --help``, ``rapki enroll`` or ``rapki renew`` may load.
