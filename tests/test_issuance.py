@@ -372,3 +372,11 @@ def test_ca_signs_nothing_roles_anywhere_would_refuse(ca: CertificateAuthority) 
     finally:
         signer.shared[usage] = good
     assert ca.issue("web", cn="web-1").certificate is not None
+
+
+def test_csr_with_a_small_rsa_exponent_is_refused(ca: CertificateAuthority) -> None:
+    """e=3 (or any exponent below 65537) is refused, naming the exponent; nothing is recorded."""
+    key = rsa.generate_private_key(public_exponent=3, key_size=2048)
+    with pytest.raises(PolicyViolation, match="RSA public exponent 3 is not accepted"):
+        ca.issue("web", csr=csr_for(key, cn="web-1"))
+    assert count_rows(ca) == 0

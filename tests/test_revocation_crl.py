@@ -186,3 +186,12 @@ def test_crl_state_is_recorded(ca: CertificateAuthority) -> None:
     with ca.db.engine.connect() as conn:
         row = conn.execute(crl_state.select()).one()
     assert row.der == built.der and row.crl_number == built.number
+
+
+@pytest.mark.parametrize("reason", ["certificateHold", "certificate_hold", "removeFromCRL"])
+def test_a_hold_is_not_a_revocation_reason(ca: CertificateAuthority, reason: str) -> None:
+    """Revocation is final: certificateHold (and removeFromCRL, its undo) are refused by name."""
+    serial = ca.issue("web", cn="web-1").serial_hex
+    with pytest.raises(InvalidInput, match="is not accepted: revocation is final"):
+        ca.revoke(serial, reason=reason)
+    assert ca.find(serial).status() == "active"

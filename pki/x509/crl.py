@@ -19,7 +19,11 @@ from pki.x509.keys import KeyType, PrivateKey
 ROLES_ANYWHERE_CRL_LIMIT = 300_000  # bytes of PEM in ImportCrl/UpdateCrl crlData
 
 _REASONS = {r.value.replace("_", "").lower(): r for r in x509.ReasonFlags}
-_REVOCABLE = [r for r in x509.ReasonFlags if r not in (x509.ReasonFlags.remove_from_crl,)]
+# Revocation in rapki is final. certificateHold (a suspension meant to be lifted with removeFromCRL)
+# is refused, as the CA/Browser Forum's baseline requirements forbid it: Roles Anywhere caches CRLs
+# and a hold that is later lifted would leave services disagreeing about a certificate.
+_NOT_ACCEPTED = (x509.ReasonFlags.remove_from_crl, x509.ReasonFlags.certificate_hold)
+_REVOCABLE = [r for r in x509.ReasonFlags if r not in _NOT_ACCEPTED]
 REASON_NAMES = [r.value for r in _REVOCABLE]
 
 
@@ -29,7 +33,10 @@ def parse_reason(text: str | None) -> x509.ReasonFlags:
         return x509.ReasonFlags.unspecified
     key = text.replace("-", "").replace("_", "").replace(" ", "").lower()
     reason = _REASONS.get(key)
-    if reason is None or reason not in _REVOCABLE:
+    if reason in _NOT_ACCEPTED:
+        raise InvalidInput(f"revocation reason {text!r} is not accepted: revocation is final in rapki "
+                           f"(no hold to lift later); use one of {', '.join(REASON_NAMES)}")
+    if reason is None:
         raise InvalidInput(f"unknown revocation reason {text!r}: use one of {', '.join(REASON_NAMES)}")
     return reason
 

@@ -44,6 +44,10 @@ def key_family(key: object) -> str:
     return _family_of_class(type(key))
 
 
+def _rsa_public(key: object) -> rsa.RSAPublicKey:
+    return key.public_key() if isinstance(key, rsa.RSAPrivateKey) else cast(rsa.RSAPublicKey, key)
+
+
 class KeyType(enum.StrEnum):
     EC_P256 = "ec-p256"
     EC_P384 = "ec-p384"
@@ -76,6 +80,12 @@ class KeyType(enum.StrEnum):
                 raise PolicyViolation(f"RSA-{size} keys are too weak: use at least 2048 bits")
             if size not in (2048, 3072, 4096):
                 raise PolicyViolation(f"RSA-{size} keys are not supported: use 2048, 3072 or 4096")
+            exponent = _rsa_public(key).public_numbers().e
+            if exponent < 65537 or exponent % 2 == 0:
+                # NIST SP 800-89 and the CA/Browser Forum ask for an odd e of at least 2**16+1; a
+                # small e (3) has a history of padding attacks. Every current tool makes 65537.
+                raise PolicyViolation(f"RSA public exponent {exponent} is not accepted: "
+                                      "use 65537 (an odd exponent of at least 65537)")
             return cls(f"rsa-{size}")
         kind = type(key).__name__.removeprefix("_").replace("PublicKey", "").replace("PrivateKey", "")
         raise PolicyViolation(
