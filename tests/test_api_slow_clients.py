@@ -26,6 +26,8 @@ from service.api.connections import ConnectionLimits
 from tests.conftest import PASSPHRASE, make_ca
 from tests.test_api import RAPKI, free_port, stop
 
+pytestmark = pytest.mark.e2e
+
 HEADER_TIMEOUT = 2
 BODY_TIMEOUT = 2
 HANDSHAKE_TIMEOUT = 2

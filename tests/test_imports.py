@@ -173,6 +173,7 @@ def of(package: str, loaded: list[str]) -> list[str]:
     return [m for m in loaded if matches(m, package)]
 
 
+@pytest.mark.e2e
 def test_rapki_help_loads_no_command_module() -> None:
     code, out, _err, loaded = run_rapki("--help")
     assert code == 0 and "enroll" in out and "Redeem an enrollment token" in out
@@ -189,6 +190,7 @@ def closed_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+@pytest.mark.e2e
 def test_rapki_enroll_loads_the_workload_client_only(tmp_path: Path, closed_port: int) -> None:
     code, _out, err, loaded = run_rapki("enroll", "--url", f"https://127.0.0.1:{closed_port}", "--token", "t",
                                         "--out", str(tmp_path / "out"))
@@ -214,6 +216,7 @@ def write_self_signed(directory: Path) -> None:
                                                           serialization.NoEncryption()))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("how", [[], ["--signed"]], ids=["mutual-tls", "signed"])
 def test_rapki_renew_loads_the_workload_client_only(tmp_path: Path, closed_port: int, how: list[str]) -> None:
     write_self_signed(tmp_path / "id")

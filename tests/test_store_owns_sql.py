@@ -51,6 +51,7 @@ def test_the_check_sees_sql_built_outside_the_store(tmp_path: Path) -> None:
         "imports func, select", "imports tables from pki.store.schema", "runs SQL text"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("module", ["pki.ca", "pki.ca.home", "pki.ca.values"])
 def test_light_ca_modules_load_no_sqlalchemy(module: str) -> None:
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'sqlalchemy'))"
