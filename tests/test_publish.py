@@ -291,7 +291,10 @@ def test_permanent_failure_exits_1_and_leaves_the_records(ca: CertificateAuthori
     result = aws.rapki("crl", "publish", "--trust-anchor-arn", anchor, home=ca.home.path, check=False,
                        extra_env={"RAPKI_AWS_MAX_ATTEMPTS": "3"})
     assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "UpdateCrl: InternalServerException" in result.stderr
+    *retries, error = result.stderr.splitlines()  # a line per retry, then the failure in one line
+    assert [line.split(" (attempt ")[1] for line in retries] == ["2 of 3)", "3 of 3)"]
+    assert all("UpdateCrl: HTTP 500 (InternalServerException), retrying in" in line for line in retries)
+    assert error.startswith("rapki: error: UpdateCrl: InternalServerException")
     assert aws.emulator.stats()["calls"]["UpdateCrl"] == 3
     assert publications(ca) == before
     aws.emulator.clear_faults()
