@@ -224,6 +224,10 @@ def test_publish_after_a_rotation_without_register_says_the_active_ca_is_not_anc
     assert "issuing-2 is not in trust anchor 'rot'" in result.stderr and "rapki aws register" in result.stderr
     assert "rot-issuing-1" in result.stdout  # the CA still anchored keeps getting its CRL
     assert [c["name"] for c in aws.crls(first.trust_anchor_arn)] == ["rot-issuing-1"]
+    issued = ca.issue("web", cn="web-1")  # by the active CA, which the anchor does not hold
+    revoked = aws.rapki("revoke", issued.serial_hex, "--publish", home=ca.home.path, check=False)
+    assert revoked.returncode == 1 and revoked.stderr.count("\n") == 1
+    assert "publication is incomplete: the active issuing CA issuing-2 is not in trust anchor" in revoked.stderr
     register(ca, connect(), name="rot", role_arns=[role(aws)], anchor="issuing")  # the fix the line names
     assert json.loads(aws.rapki("crl", "publish", "--json", home=ca.home.path).stdout)["ok"] is True
 

@@ -9,7 +9,8 @@ issuing CA it trusts, and is safe to run from cron every few minutes:
    nextUpdate is within ``[crl].republish_before``). An over-size CRL stops the run here, so nothing
    is sent.
 2. GetTrustAnchor: which of our CAs the anchor trusts (its own certificate in the bundle, or the
-   root), whether it still exists, whether it is enabled.
+   root), whether it still exists, whether it is enabled. An active issuing CA the anchor does not
+   trust (a rotation without 'rapki aws register') fails the run, after the others are published.
 3. For each of those issuers, find the CRL imported before: the ``crlId`` recorded in
    ``crl_publications``; else, by name or by CRL issuer, in ListCrls (a CRL deleted or imported by
    hand is found or re-imported). Compare bytes: equal and enabled -> no write at all. Otherwise

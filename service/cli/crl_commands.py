@@ -124,8 +124,8 @@ def publish_after_revoke(authority: CertificateAuthority, requested: bool | None
         if not isinstance(exc, RapkiError):
             raise
         raise PublishError(f"revoked, but publishing the CRL failed: {exc}; run 'rapki crl publish'") from exc
-    if not report.ok:
-        raise PublishError(f"revoked, but publishing the CRL failed: {report.errors[0]}")
+    if not report.ok:  # what the anchor can hold was published; the rest needs the fix named
+        raise PublishError(f"revoked, but the CRL publication is incomplete: {report.errors[0]}")
     if not quiet:
         print_report(report, err=True)
     return report.to_dict()
