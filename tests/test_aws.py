@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,67 @@ def test_third_issuing_ca_replaces_the_oldest_crl(ca: CertificateAuthority, aws:
     assert [s.split(",")[0] for s in third.anchor_subjects] == ["CN=rapki Issuing CA 3", "CN=rapki Issuing CA 2"]
     assert sorted(c["name"] for c in aws.crls(first.trust_anchor_arn)) == ["rot-issuing-2", "rot-issuing-3"]
     assert aws.emulator.stats()["writes"] == {"UpdateTrustAnchor": 1, "DeleteCrl": 1, "ImportCrl": 1}
+
+
+# --- publishing after registration -----------------------------------------------------------------
+def test_publish_keeps_the_name_given_to_register(ca: CertificateAuthority, aws: Aws) -> None:
+    """The anchor must not end up with CRLs under two naming schemes (team-a-issuing-1, rapki-issuing-2)."""
+    first = register(ca, connect(), name="team-a", role_arns=[role(aws)], anchor="root")
+    ca.sign_intermediate()  # a root anchor trusts the new CA at once: publishing alone imports its CRL
+    aws.rapki("crl", "publish", home=ca.home.path)
+    assert sorted(c["name"] for c in aws.crls(first.trust_anchor_arn)) == ["team-a-issuing-1", "team-a-issuing-2"]
+    # An explicit --name still wins (for a CRL published by hand under another scheme).
+    other = aws.anchor(ca.root_certificate, name="other")
+    aws.rapki("crl", "publish", "--trust-anchor-arn", other, "--name", "ops", home=ca.home.path)
+    assert sorted(c["name"] for c in aws.crls(other)) == ["ops-issuing-1", "ops-issuing-2"]
+
+
+def test_publish_after_a_rotation_without_register_says_the_active_ca_is_not_anchored(
+        ca: CertificateAuthority, aws: Aws) -> None:
+    first = register(ca, connect(), name="rot", role_arns=[role(aws)], anchor="issuing")
+    ca.sign_intermediate()
+    result = aws.rapki("crl", "publish", home=ca.home.path, check=False)
+    assert result.returncode == 1, result
+    assert result.stderr.count("\n") == 1
+    assert "issuing-2 is not in trust anchor 'rot'" in result.stderr and "rapki aws register" in result.stderr
+    assert "rot-issuing-1" in result.stdout  # the CA still anchored keeps getting its CRL
+    assert [c["name"] for c in aws.crls(first.trust_anchor_arn)] == ["rot-issuing-1"]
+    issued = ca.issue("web", cn="web-1")  # by the active CA, which the anchor does not hold
+    revoked = aws.rapki("revoke", issued.serial_hex, "--publish", home=ca.home.path, check=False)
+    assert revoked.returncode == 1 and revoked.stderr.count("\n") == 1
+    assert "publication is incomplete: the active issuing CA issuing-2 is not in trust anchor" in revoked.stderr
+    register(ca, connect(), name="rot", role_arns=[role(aws)], anchor="issuing")  # the fix the line names
+    assert json.loads(aws.rapki("crl", "publish", "--json", home=ca.home.path).stdout)["ok"] is True
+
+
+# --- an unreachable endpoint -----------------------------------------------------------------------
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_unreachable_endpoint_says_that_it_is_retrying(ca: CertificateAuthority, aws: Aws) -> None:
+    port = closed_port()
+    anchor = f"arn:aws:rolesanywhere:us-east-1:{aws.account}:trust-anchor/11111111-2222-4333-8444-555555555555"
+    few = {"RAPKI_AWS_MAX_ATTEMPTS": "3", "RAPKI_AWS_RETRY_BASE": "0.01"}
+    args = ["crl", "publish", "--trust-anchor-arn", anchor, "--endpoint-url", f"https://127.0.0.1:{port}"]
+    result = aws.rapki(*args, home=ca.home.path, check=False, extra_env=few)
+    assert result.returncode == 1
+    *retries, error = result.stderr.splitlines()
+    assert [line.split(" (attempt ")[1] for line in retries] == ["2 of 3)", "3 of 3)"]
+    for line in retries:
+        assert line.startswith(f"127.0.0.1:{port}: GetTrustAnchor: connection refused, retrying in "), line
+    assert error.startswith("rapki: error: GetTrustAnchor at ") and "cannot connect" in error
+    for quiet in ("--quiet", "--json"):  # scripts and cron get the one error line only
+        silent = aws.rapki(*args, quiet, home=ca.home.path, check=False, extra_env=few)
+        assert silent.returncode == 1 and silent.stderr.count("\n") == 1, silent.stderr
+    # The retry budget bounds the wait whatever the attempt count: none is left for a second retry here.
+    budget = aws.rapki(*args, home=ca.home.path, check=False,
+                       extra_env={"RAPKI_AWS_MAX_ATTEMPTS": "50", "RAPKI_AWS_RETRY_BASE": "0.2",
+                                  "RAPKI_AWS_RETRY_BUDGET": "0.25"})
+    assert budget.returncode == 1
+    assert budget.stderr.count("retrying in") == 1 and "retry budget" in budget.stderr.splitlines()[-1]
+    registered = aws.rapki("aws", "register", "--role-arn", role(aws), "--endpoint-url", f"https://127.0.0.1:{port}",
+                           home=ca.home.path, check=False, extra_env=few)
+    assert registered.returncode == 1 and registered.stderr.count("retrying in") == 2

@@ -62,6 +62,25 @@ def test_gives_up_after_max_attempts_and_never_retries_4xx(stubbed: tuple[RolesA
     assert client.log.calls["GetCrl"] == 5 and len(slept) == 3
 
 
+def test_retries_stop_at_the_retry_budget_and_each_is_announced(
+        stubbed: tuple[RolesAnywhere, Stubber, list[float]]) -> None:
+    real, _, _ = stubbed
+    told: list[str] = []
+    slept: list[float] = []
+    options = AwsOptions(region="us-east-1", max_attempts=10, base_delay=1.0, retry_budget=3.0, on_retry=told.append)
+    client = RolesAnywhere(real.client, region="us-east-1", fips=False, options=options, sleep=slept.append)
+    stub = Stubber(client.client)
+    for _ in range(10):
+        stub.add_client_error("list_crls", "InternalServerException", "boom", 500)
+    with stub, pytest.raises(AwsError, match="retry budget"):
+        client.call("ListCrls")
+    # Jittered waits of 0.5-1 s then 1-2 s fit 3 s; a third (2-4 s) never does: 3 attempts of 10.
+    assert client.log.calls["ListCrls"] == 3 and sum(slept) <= 3.0
+    assert len(told) == len(slept) == client.log.retries == 2
+    assert told[0].startswith("rolesanywhere.us-east-1.amazonaws.com: ListCrls: HTTP 500 (InternalServerException), "
+                              "retrying in ")
+    assert told[0].endswith("(attempt 2 of 10)") and told[1].endswith("(attempt 3 of 10)")
+
 def test_a_lost_import_is_adopted_not_duplicated(ca: CertificateAuthority,
                                                  stubbed: tuple[RolesAnywhere, Stubber, list[float]]) -> None:
     """ImportCrl answered 500 but happened: before retrying, ListCrls finds it, so no second import."""

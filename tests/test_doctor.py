@@ -4,18 +4,21 @@ CreateSession actually answers for the same certificate, so the doctor cannot dr
 # ruff: noqa: F811  (the "aws" fixture is imported from tests.test_publish and used as a parameter)
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy import insert
 
 from pki.aws.client import AwsOptions, RolesAnywhere
 from pki.aws.doctor import AnchorView, anchor_from_aws, diagnose
 from pki.aws.register import register
 from pki.ca.authority import CertificateAuthority
-from tests.emulator_fixture import make_ca, make_leaf
+from pki.store.schema import certificates
+from tests.emulator_fixture import SimpleCa, make_ca, make_leaf
 from tests.test_publish import Aws, aws  # noqa: F401 (fixture)
 
 
@@ -139,3 +142,51 @@ def test_offline_doctor_uses_the_local_ca(ca: CertificateAuthority, aws: Aws, tm
                        str(files["private_key"]), "--offline", home=ca.home.path)
     assert "local CA (offline" in result.stdout and "PASS  chain builds to the trust anchor" in result.stdout
     assert aws.emulator.stats()["calls"] == {}
+
+
+def test_a_foreign_ca_with_the_same_names_gets_no_publish_advice(ca: CertificateAuthority, aws: Aws) -> None:
+    """Another CA named exactly like ours (a re-initialised home, an old bundle): the chain check names
+    the cause; the revocation check must not tell the operator to publish a CRL, which would not help."""
+    anchor, profile, role = setup_anchor(ca, aws, mode="root")
+    twin_root = make_ca(subject=ca.root_certificate.subject)
+    twin_issuing = make_ca(subject=ca.issuer().certificate.subject, parent=twin_root, path_len=0)
+    leaf, leaf_key = make_leaf(twin_issuing, "web-1")
+    report = diagnose(pem(leaf), key_pem(leaf_key), pem(twin_issuing.cert),
+                      anchor=anchor_from_aws(RolesAnywhere.connect(AwsOptions()), anchor))
+    checks = {c.name: c for c in report.checks}
+    assert checks["chain builds to the trust anchor"].status == "fail"
+    assert "same name" in checks["chain builds to the trust anchor"].detail
+    revocation = checks["not revoked in the published CRL"]
+    assert revocation.status == "skip" and "crl publish" not in revocation.fix
+    assert not any("crl publish" in c.fix for c in report.checks), report.to_dict()
+    assert session(aws, anchor, profile, role, leaf, leaf_key, (twin_issuing.cert,)) == \
+        "Untrusted Signing Certificate"
+
+
+def test_a_revoked_certificate_that_expired_is_not_sent_to_crl_publish(ca: CertificateAuthority, aws: Aws,
+                                                                       tmp_path: Path) -> None:
+    """An expired certificate has left the CRL (RFC 5280): "not published yet: run rapki crl publish"
+    would be wrong advice, publishing cannot put it back."""
+    issuer = ca.issuer()
+    now = datetime.now(UTC)
+    leaf, _ = make_leaf(SimpleCa(issuer.certificate, ca.issuer_key(issuer)), "web-1",
+                        not_before=now - timedelta(days=2), not_after=now - timedelta(days=1))
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    with ca.db.engine.begin() as conn:
+        conn.execute(insert(certificates).values(
+            issuer_id=issuer.id, serial=format(leaf.serial_number, "x"), subject=leaf.subject.rfc4514_string(),
+            common_name="web-1", sans=[], profile="web", key_type="ec-p256", not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc, revoked_at=now - timedelta(days=1, hours=12),
+            revocation_reason="keyCompromise", fingerprint=hashlib.sha256(der).hexdigest(), der=der, created_at=now,
+        ))
+    ca.build_crl()
+    cert_file = tmp_path / "cert.pem"
+    cert_file.write_bytes(pem(leaf))
+    result = aws.rapki("doctor", "--certificate", str(cert_file), "--offline", "--json", home=ca.home.path,
+                       check=False)
+    assert result.returncode == 1  # expired: refused whatever the CRL says
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["validity and clock"]["status"] == "fail"
+    local = checks["revocation in the local CA"]
+    assert local["status"] != "warn" and "crl publish" not in local["fix"], local
+    assert "expired" in local["detail"]

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from pki.aws.client import AwsError, AwsOptions, RolesAnywhere
 from pki.aws.publish import CrlPublisher, PublishError, crl_status, publish
 from pki.ca.authority import CertificateAuthority
 from pki.errors import CrlTooLarge
-from pki.store.schema import audit_log, certificates, crl_publications
+from pki.store.schema import audit_log, certificates, crl_publications, crl_state
 from pki.x509.crl import build_crl
 from tests.commands import rapki_cmd
 from tests.emulator_fixture import RunningEmulator, pem_of
@@ -291,7 +291,10 @@ def test_permanent_failure_exits_1_and_leaves_the_records(ca: CertificateAuthori
     result = aws.rapki("crl", "publish", "--trust-anchor-arn", anchor, home=ca.home.path, check=False,
                        extra_env={"RAPKI_AWS_MAX_ATTEMPTS": "3"})
     assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "UpdateCrl: InternalServerException" in result.stderr
+    *retries, error = result.stderr.splitlines()  # a line per retry, then the failure in one line
+    assert [line.split(" (attempt ")[1] for line in retries] == ["2 of 3)", "3 of 3)"]
+    assert all("UpdateCrl: HTTP 500 (InternalServerException), retrying in" in line for line in retries)
+    assert error.startswith("rapki: error: UpdateCrl: InternalServerException")
     assert aws.emulator.stats()["calls"]["UpdateCrl"] == 3
     assert publications(ca) == before
     aws.emulator.clear_faults()
@@ -439,6 +442,18 @@ def test_status_shows_lag_pending_revocations_and_near_next_update(ca: Certifica
     number = near.crl_state()["crl_number"]
     assert publisher(near).publish(anchor).publications[0].crl_number == number + 1
 
+
+def test_status_shows_a_crl_dated_in_the_future_as_clock_skew(ca: CertificateAuthority, aws: Aws) -> None:
+    """thisUpdate ahead of this host's clock (clocks apart): "in 1h47m (clock skew?)", never "-1h47m"."""
+    ca.build_crl()
+    ahead = datetime.now(UTC) + timedelta(hours=1, minutes=47, seconds=30)
+    with ca.db.engine.begin() as conn:
+        conn.execute(update(crl_state).values(this_update=ahead))
+    out = aws.rapki("crl", "status", home=ca.home.path).stdout
+    assert "age in 1h47m (clock skew?)" in out and "age -" not in out, out
+    assert any("in the future" in w and "NTP" in w for w in crl_status(ca)["warnings"])
+    [item] = crl_status(ca)["issuers"]
+    assert item["age_seconds"] < 0  # the raw figure stays in --json
 
 def test_revoke_with_publish_and_auto_publish(ca: CertificateAuthority, aws: Aws) -> None:
     anchor = aws.anchor(ca.root_certificate)

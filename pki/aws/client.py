@@ -5,6 +5,12 @@ new makes no write), (b) back off politely against the 1 request/second control-
 (c) look before it retries a non-idempotent ImportCrl (a timed-out import may have happened). So
 botocore makes exactly one attempt per call and ``RolesAnywhere.call`` decides about the next one.
 
+Retries are bounded twice: at most ``max_attempts`` attempts per call (``$RAPKI_AWS_MAX_ATTEMPTS``,
+default 6), and at most ``retry_budget`` seconds of waiting between attempts over the client's whole
+life, i.e. one command (``$RAPKI_AWS_RETRY_BUDGET``, default 30): a retry whose wait would pass the
+budget is not made. Each attempt is itself bounded by the connect and read timeouts. Every retry is
+announced through ``AwsOptions.on_retry`` (the CLI prints it on stderr), so a slow failure is never silent.
+
 Configuration is what every AWS tool honours: ``--endpoint-url`` or ``AWS_ENDPOINT_URL_ROLESANYWHERE``
 / ``AWS_ENDPOINT_URL``; ``--ca-bundle`` or ``AWS_CA_BUNDLE``; ``--aws-profile`` or ``AWS_PROFILE``
 and the rest of the usual credential chain; ``--fips`` or ``AWS_USE_FIPS_ENDPOINT``.
@@ -19,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from pki.errors import InvalidInput, RapkiError
 from pki.rolesanywhere.endpoints import endpoint_override, fips_requested, resolve_region
@@ -37,6 +44,9 @@ RETRYABLE_CODES = frozenset({
 })  # fmt: skip
 NOT_FOUND = "ResourceNotFoundException"
 PACED_INTERVAL = 1.0  # seconds between calls once throttled (the default control-plane quota)
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_RETRY_BASE = 0.5  # seconds before the first retry, doubling (with jitter) up to max_delay
+DEFAULT_RETRY_BUDGET = 30.0  # seconds of waiting between attempts, in all, for one client
 
 
 class AwsError(RapkiError):
@@ -64,11 +74,13 @@ class AwsOptions:
     ca_bundle: str | None = None
     aws_profile: str | None = None
     fips: bool | None = None
-    max_attempts: int = 0  # 0: $RAPKI_AWS_MAX_ATTEMPTS, else 6
-    base_delay: float = -1.0  # <0: $RAPKI_AWS_RETRY_BASE, else 0.5 s (doubling, with jitter)
+    max_attempts: int = 0  # 0: $RAPKI_AWS_MAX_ATTEMPTS, else DEFAULT_MAX_ATTEMPTS
+    base_delay: float = -1.0  # <0: $RAPKI_AWS_RETRY_BASE, else DEFAULT_RETRY_BASE (doubling, with jitter)
     max_delay: float = 8.0
+    retry_budget: float = -1.0  # <0: $RAPKI_AWS_RETRY_BUDGET, else DEFAULT_RETRY_BUDGET
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    on_retry: Callable[[str], None] | None = None  # told one line per retry ("...: retrying in 1.2 s ...")
 
 
 @dataclass
@@ -78,6 +90,7 @@ class CallLog:
     calls: Counter[str] = field(default_factory=Counter)
     writes: Counter[str] = field(default_factory=Counter)
     retries: int = 0
+    waited: float = 0.0  # seconds slept before retries (what the retry budget bounds)
     server_date: str | None = None
 
     @property
@@ -104,12 +117,16 @@ class RolesAnywhere:
         self.options = options
         self.log = CallLog()
         self._sleep = sleep
-        self.max_attempts = options.max_attempts or int(_env_number("RAPKI_AWS_MAX_ATTEMPTS", 6))
+        self.max_attempts = max(1, options.max_attempts
+                                or int(_env_number("RAPKI_AWS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)))
         # Once throttled, space calls PACED_INTERVAL apart for the rest of this client's life: the
         # control-plane quota is 1 request/s by default, and retrying into it only burns attempts.
         self.paced = False
         self._last_call = 0.0
-        self.base_delay = options.base_delay if options.base_delay >= 0 else _env_number("RAPKI_AWS_RETRY_BASE", 0.5)
+        self.base_delay = (options.base_delay if options.base_delay >= 0
+                           else _env_number("RAPKI_AWS_RETRY_BASE", DEFAULT_RETRY_BASE))
+        self.retry_budget = (options.retry_budget if options.retry_budget >= 0
+                             else _env_number("RAPKI_AWS_RETRY_BUDGET", DEFAULT_RETRY_BUDGET))
 
     @classmethod
     def connect(cls, options: AwsOptions | None = None, *, arn: str | None = None,
@@ -152,7 +169,8 @@ class RolesAnywhere:
         """Call ``operation`` (``"ImportCrl"``) with retries on throttling, 5xx and connection errors.
 
         ``before_retry`` runs before each further attempt; a non-None result is returned instead of
-        retrying (used to find an ImportCrl that succeeded although its answer was lost).
+        retrying (used to find an ImportCrl that succeeded although its answer was lost). Gives up
+        after ``max_attempts``, or when the wait would pass what is left of the retry budget.
         """
         method = getattr(self.client, _snake(operation))
         delay = self.base_delay
@@ -169,10 +187,16 @@ class RolesAnywhere:
                 error = self._translate(operation, exc)
                 if not _retryable(error) or attempt >= self.max_attempts:
                     raise error from exc
+                wait = _retry_after(exc) or min(self.options.max_delay, delay) * random.uniform(0.5, 1.0)
+                if self.log.waited + wait > self.retry_budget:
+                    raise AwsError(f"{error} (no further retry: {self.log.waited:.1f} s of the {self.retry_budget:g} s "
+                                   "retry budget spent)", operation=operation, aws_code=error.aws_code,
+                                   status=error.status) from exc
                 self.log.retries += 1
                 self.paced = self.paced or _throttled(error)
-                wait = _retry_after(exc) or min(self.options.max_delay, delay) * random.uniform(0.5, 1.0)
+                self._announce(operation, error, exc, wait, attempt + 1)
                 self._sleep(wait)
+                self.log.waited += wait
                 delay *= 2
                 if before_retry is not None and not _throttled(error):  # a throttled call did not happen
                     found = before_retry()
@@ -183,6 +207,13 @@ class RolesAnywhere:
             self.log.server_date = headers.get("date", self.log.server_date)
             return response
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _announce(self, operation: str, error: AwsError, exc: Exception, wait: float, next_attempt: int) -> None:
+        if self.options.on_retry is None:
+            return
+        host = urlsplit(self.endpoint_url).netloc or self.endpoint_url
+        self.options.on_retry(f"{host}: {operation}: {_retry_reason(error, exc)}, retrying in {wait:.1f} s "
+                              f"(attempt {next_attempt} of {self.max_attempts})")
 
     def paginate(self, operation: str, key: str) -> Iterator[dict[str, Any]]:
         """Every item of a List* operation, page by page (each page is one retried call)."""
@@ -226,6 +257,38 @@ class RolesAnywhere:
 
 def _retryable(error: AwsError) -> bool:
     return error.aws_code in RETRYABLE_CODES or error.status == 429 or error.status >= 500
+
+
+def _retry_reason(error: AwsError, exc: BaseException) -> str:
+    """A few words for the retry line: "connection refused", "read timeout", "throttled (...)", "HTTP 503 (...)"."""
+    from botocore import exceptions as bx
+
+    if _throttled(error):
+        return f"throttled ({error.aws_code})"
+    if isinstance(exc, bx.ClientError):
+        return f"HTTP {error.status} ({error.aws_code})"
+    if isinstance(exc, bx.ConnectTimeoutError):
+        return "connect timeout"
+    if isinstance(exc, bx.ReadTimeoutError):
+        return "read timeout"
+    if isinstance(exc, bx.ConnectionClosedError):
+        return "connection closed"
+    if (os_error := _os_error_under(exc)) is not None:
+        return os_error
+    return "cannot connect" if error.aws_code == "ConnectionError" else error.aws_code
+
+
+def _os_error_under(exc: BaseException | None) -> str | None:
+    """The socket error under botocore's and urllib3's wrappers ("connection refused"), if any."""
+    for _depth in range(8):  # bounded: a few wrappers deep at most
+        if exc is None:
+            return None
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc.strerror[:1].lower() + exc.strerror[1:]
+        kwargs = getattr(exc, "kwargs", None)  # botocore keeps the urllib3 error in kwargs["error"]
+        nested = kwargs.get("error") if isinstance(kwargs, dict) else None
+        exc = nested if isinstance(nested, BaseException) else (exc.__cause__ or exc.__context__)
+    return None
 
 
 def _throttled(error: AwsError) -> bool:

@@ -118,12 +118,13 @@ def diagnose(certificate: bytes, private_key: bytes | None = None, intermediates
         return DoctorReport(checks, identity, None)
     path_check, path = _path_check(leaf, chain, anchor, bool(intermediates), now)
     checks.append(path_check)
+    reaches_anchor = any(path[-1] is c for c in anchor.certificates)
     if anchor.enabled is False:
         checks.append(Check("trust anchor enabled", FAIL, f"{anchor.label} is disabled",
                             "enable it: 'rapki aws register' (or aws rolesanywhere enable-trust-anchor)"))
     elif anchor.enabled is True:
         checks.append(Check("trust anchor enabled", PASS))
-    checks.append(_revocation_check(path, anchor, now))
+    checks.append(_revocation_check(path, anchor, now, reaches_anchor))
     return DoctorReport(checks, identity, anchor.label)
 
 
@@ -270,9 +271,12 @@ def _path_check(leaf: x509.Certificate, chain: list[x509.Certificate], anchor: A
     return Check(name, FAIL, detail, fix), path
 
 
-def _revocation_check(path: tuple[x509.Certificate, ...], anchor: AnchorView, now: datetime) -> Check:
+def _revocation_check(path: tuple[x509.Certificate, ...], anchor: AnchorView, now: datetime,
+                      reaches_anchor: bool = True) -> Check:
     """The model's revocation rule (an enabled CRL signed by the CA above any link), plus warnings
-    when the leaf's issuer has no enabled CRL or its CRL is past nextUpdate."""
+    when the leaf's issuer has no enabled CRL or its CRL is past nextUpdate. Only a path that ends
+    at the anchor's certificates says which CRLs matter: otherwise (e.g. another CA with the same
+    name) a missing CRL is no advice worth giving."""
     name = "not revoked in the published CRL"
     if len(path) < 2:
         return Check(name, SKIP, "the issuer is unknown (see the chain check)")
@@ -285,6 +289,9 @@ def _revocation_check(path: tuple[x509.Certificate, ...], anchor: AnchorView, no
         which = "" if hit.certificate is path[0] else f"the CA certificate {_subject(hit.certificate)} is "
         return Check(name, FAIL, f"{which}revoked{when} in CRL {crl_name!r}: the service answers "
                      "'Certificate revoked'", "a revocation is final: issue a new certificate ('rapki issue')")
+    if not reaches_anchor:
+        return Check(name, SKIP, "the chain does not reach the trust anchor (see the chain check), so the "
+                     "anchor's CRLs do not apply to it")
     issuer = path[1]
     relevant = [(n, is_enabled, crl) for n, is_enabled, crl in anchor.crls
                 if trustpath.ParsedCrl.of(crl).signature_valid_for(issuer)]
@@ -354,6 +361,13 @@ def local_revocation_check(ca: Any, leaf: x509.Certificate) -> Check | None:
         return None
     if record.revoked_at is None:
         return Check("revocation in the local CA", PASS, f"{record.serial} is {record.status()} in the CA")
+    if record.not_after <= datetime.now(UTC):
+        # RFC 5280 lets an expired certificate leave the CRL, and rapki's CRLs drop it: there is
+        # nothing to publish, and the service refuses the certificate as expired anyway.
+        return Check("revocation in the local CA", PASS,
+                     f"revoked in the CA at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ} and expired at "
+                     f"{record.not_after:%Y-%m-%dT%H:%M:%SZ}: expired certificates leave the CRL, and Roles "
+                     "Anywhere refuses it as expired")
     return Check("revocation in the local CA", WARN,
                  f"revoked in the CA at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}",
                  "if the CRL check above passed, the revocation is not published yet: 'rapki crl publish'")

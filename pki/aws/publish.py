@@ -9,7 +9,8 @@ issuing CA it trusts, and is safe to run from cron every few minutes:
    nextUpdate is within ``[crl].republish_before``). An over-size CRL stops the run here, so nothing
    is sent.
 2. GetTrustAnchor: which of our CAs the anchor trusts (its own certificate in the bundle, or the
-   root), whether it still exists, whether it is enabled.
+   root), whether it still exists, whether it is enabled. An active issuing CA the anchor does not
+   trust (a rotation without 'rapki aws register') fails the run, after the others are published.
 3. For each of those issuers, find the CRL imported before: the ``crlId`` recorded in
    ``crl_publications``; else, by name or by CRL issuer, in ListCrls (a CRL deleted or imported by
    hand is found or re-imported). Compare bytes: equal and enabled -> no write at all. Otherwise
@@ -53,6 +54,7 @@ LOCK_NAME = "rapki:crl-publish"
 LOCK_FILE = "crl-publish.lock"
 DEFAULT_LOCK_TIMEOUT = 120.0
 MAX_CRLS_PER_ANCHOR = 2
+CLOCK_SKEW_ALLOWED = timedelta(minutes=5)  # a CRL signed this much "in the future" is worth a warning
 _NAME_RE = re.compile(r"[ a-zA-Z0-9\-_]{1,255}")
 
 
@@ -171,6 +173,13 @@ def settings(ca: CertificateAuthority) -> dict[str, Any]:
     return dict(ca.config.extra.get(SECTION, {}))
 
 
+def registered_name(ca: CertificateAuthority) -> str:
+    """The prefix of the CRL names: the ``--name`` given to 'rapki aws register' (stored as ``name``), so
+    every later publish keeps the scheme of the first CRL; ``rapki`` before any registration."""
+    stored = settings(ca)
+    return str(stored.get("crl_name") or stored.get("name") or DEFAULT_NAME)
+
+
 def crl_name_for(name: str, issuer: Issuer) -> str:
     """The CRL's name on the anchor: ``<name>-<issuer>``, unique per issuing CA."""
     value = f"{name}-{issuer.name}"
@@ -237,7 +246,7 @@ class CrlPublisher:
                  lock_timeout: float = DEFAULT_LOCK_TIMEOUT, actor: str | None = None) -> None:
         self.ca = ca
         self.aws = aws
-        self.name = name or settings(ca).get("crl_name") or DEFAULT_NAME
+        self.name = name or registered_name(ca)
         self.lock_timeout = lock_timeout
         self.actor = actor
         self._listed: list[dict[str, Any]] | None = None
@@ -279,6 +288,15 @@ class CrlPublisher:
         for issuer in covered:
             built, built_now = local[issuer.id]
             report.publications.append(self._publish_one(anchor_arn, issuer, built, built_now, covered, dry_run))
+        active = next((i for i in unexpired if i.active), None)
+        if active is not None and active.id not in {i.id for i in trusted}:
+            # Typically a rotation without re-registering an '--anchor issuing' anchor: the older CAs'
+            # CRLs went out above, but every certificate the active CA issues is refused.
+            report.errors.append(
+                f"the active issuing CA {active.name} is not in trust anchor {anchor.get('name')!r}: Roles Anywhere "
+                "refuses its certificates (Untrusted Signing Certificate) and cannot hold its CRL; run 'rapki aws "
+                "register' again with the same options to add it"
+            )
         if uncovered:
             names = ", ".join(i.name for i in uncovered)
             report.errors.append(
@@ -552,6 +570,10 @@ def crl_status(ca: CertificateAuthority, trust_anchor_arn: str | None = None) ->
             "budget_used": round(size / ROLES_ANYWHERE_CRL_LIMIT, 4), "revocations_not_in_crl": pending,
             "published_crl_number": None, "published_at": None, "published_age_seconds": None, "crl_id": None,
         }  # fmt: skip
+        if state["this_update"] is not None and state["this_update"] - now > CLOCK_SKEW_ALLOWED:
+            warnings.append(f"{issuer.name}: the CRL's thisUpdate {state['this_update']:%Y-%m-%dT%H:%M:%SZ} is "
+                            f"{_human(state['this_update'] - now)} in the future: this host's clock is behind the "
+                            "one that signed it (check NTP)")
         if state["der"] is None:
             warnings.append(f"{issuer.name}: no CRL built yet ('rapki crl publish' builds and publishes one)")
         elif state["next_update"] is not None and state["next_update"] - now <= margin:

@@ -47,11 +47,17 @@ def aws_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def make_options(region: str | None, endpoint_url: str | None, ca_bundle: str | None, aws_profile: str | None,
-                 fips: bool | None) -> AwsOptions:
+                 fips: bool | None, *, quiet: bool = False) -> AwsOptions:
+    """The options of ``aws_options``; unless ``quiet`` (``--quiet``, ``--json``), each retry is told on stderr."""
     from pki.aws.client import AwsOptions
 
     return AwsOptions(region=region, endpoint_url=endpoint_url, ca_bundle=ca_bundle, aws_profile=aws_profile,
-                      fips=fips)
+                      fips=fips, on_retry=None if quiet else say_retry)
+
+
+def say_retry(line: str) -> None:
+    """One stderr line per retry, so a slow failure (an unreachable endpoint) is never silent."""
+    click.echo(line, err=True)
 
 
 # --- rapki aws ... ------------------------------------------------------------------------------------
@@ -101,7 +107,7 @@ def aws_register(home: Path | None, region: str | None, endpoint_url: str | None
     from pki.rolesanywhere.endpoints import endpoint_override
 
     authority = open_ca(home)
-    aws = RolesAnywhere.connect(make_options(region, endpoint_url, ca_bundle, aws_profile, fips),
+    aws = RolesAnywhere.connect(make_options(region, endpoint_url, ca_bundle, aws_profile, fips, quiet=as_json),
                                 configured_region=settings(authority).get("region"))
     result = register(
         authority, aws, name=name, role_arns=_split_roles(role_arns), duration=duration,
@@ -198,7 +204,8 @@ def doctor(home: Path | None, cert_path: Path, key_path: Path | None, chain_path
     if anchor_arn and not offline:
         from pki.aws.client import RolesAnywhere
 
-        aws = RolesAnywhere.connect(make_options(region, endpoint_url, ca_bundle, aws_profile, fips), arn=anchor_arn)
+        aws = RolesAnywhere.connect(make_options(region, endpoint_url, ca_bundle, aws_profile, fips, quiet=as_json),
+                                    arn=anchor_arn)
         anchor = anchor_from_aws(aws, anchor_arn)
     elif authority is not None:
         anchor = anchor_from_local_ca(authority)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pki.x509.durations import parse_duration
-from service.cli.aws_commands import aws_options, make_options
+from service.cli.aws_commands import aws_options, make_options, say_retry
 from service.cli.base import echo_json, home_option, json_option
 from service.cli.ca_commands import open_ca
 
@@ -68,7 +68,8 @@ def crl_build(home: Path | None, issuer: str | None, out: Path | None, fmt: str,
 @click.option("--trust-anchor-arn", default=None,
               help="Trust anchor to publish to (default: the one 'rapki aws register' stored).")
 @aws_options
-@click.option("--name", default=None, help="CRL name prefix on the anchor (default: rapki; the CRL is NAME-issuing-N).")
+@click.option("--name", default=None, help="CRL name prefix on the anchor (default: the --name given to 'rapki aws "
+              "register', else rapki; the CRL is NAME-issuing-N).")
 @click.option("--dry-run", is_flag=True, help="Say what would be sent; change nothing here or in AWS.")
 @click.option("--lock-timeout", type=click.FloatRange(0, 3600), default=120.0, show_default=True,
               help="Seconds to wait for another publisher to finish.")
@@ -80,9 +81,9 @@ def crl_publish(home: Path | None, trust_anchor_arn: str | None, region: str | N
     """Publish the current CRL of each issuing CA to a Roles Anywhere trust anchor (cron-safe)."""
     from pki.aws.publish import publish
 
-    report = publish(open_ca(home), trust_anchor_arn, options=make_options(region, endpoint_url, ca_bundle,
-                                                                           aws_profile, fips),
-                     name=name, dry_run=dry_run, lock_timeout=lock_timeout)
+    options = make_options(region, endpoint_url, ca_bundle, aws_profile, fips, quiet=quiet or as_json)
+    report = publish(open_ca(home), trust_anchor_arn, options=options, name=name, dry_run=dry_run,
+                     lock_timeout=lock_timeout)
     if as_json:
         echo_json(report.to_dict())
     elif not (quiet and report.ok and report.writes == 0 and not report.warnings
@@ -110,20 +111,21 @@ def print_report(report: Any, err: bool = False) -> None:
 
 def publish_after_revoke(authority: CertificateAuthority, requested: bool | None, quiet: bool) -> dict[str, Any] | None:
     """``rapki revoke --publish`` (or ``[roles_anywhere].auto_publish``): publish right after revoking."""
+    from pki.aws.client import AwsOptions
     from pki.aws.publish import PublishError, auto_publish_enabled, publish
 
     if not (requested or (requested is None and auto_publish_enabled(authority))):
         return None
     try:
-        report = publish(authority)
+        report = publish(authority, options=AwsOptions(on_retry=None if quiet else say_retry))
     except Exception as exc:
         from pki.errors import RapkiError
 
         if not isinstance(exc, RapkiError):
             raise
         raise PublishError(f"revoked, but publishing the CRL failed: {exc}; run 'rapki crl publish'") from exc
-    if not report.ok:
-        raise PublishError(f"revoked, but publishing the CRL failed: {report.errors[0]}")
+    if not report.ok:  # what the anchor can hold was published; the rest needs the fix named
+        raise PublishError(f"revoked, but the CRL publication is incomplete: {report.errors[0]}")
     if not quiet:
         print_report(report, err=True)
     return report.to_dict()
@@ -144,15 +146,25 @@ def crl_status_command(home: Path | None, trust_anchor_arn: str | None, check: b
     else:
         click.echo(f"trust anchor: {status['trust_anchor_arn'] or '(none registered)'}")
         for item in status["issuers"]:
-            age = item["age_seconds"]
             click.echo(
                 f"{item['issuer']}{' (active)' if item['active'] else ''}: local #{item['local_crl_number'] or '-'}"
                 f" published #{item['published_crl_number'] or '-'}, {item['entries']} entries, "
                 f"{item['pem_bytes']:,} bytes ({item['budget_used']:.1%} of 300,000), "
-                f"age {'-' if age is None else f'{age // 3600}h{age % 3600 // 60:02d}m'}, "
+                f"age {crl_age(item['age_seconds'])}, "
                 f"next update {item['next_update'] or '-'}"
             )
         for warning in status["warnings"]:
             click.echo(f"warning: {warning}")
     if check and status["warnings"]:
         sys.exit(1)
+
+
+def crl_age(seconds: int | None) -> str:
+    """``2h05m``; a CRL signed "in the future" (clocks apart) reads ``in 1h47m (clock skew?)``, never ``-1h47m``;
+    under a minute ahead counts as ``0h00m``."""
+    if seconds is None:
+        return "-"
+    if -60 < seconds < 0:
+        seconds = 0
+    hours, minutes = abs(seconds) // 3600, abs(seconds) % 3600 // 60
+    return f"{hours}h{minutes:02d}m" if seconds >= 0 else f"in {hours}h{minutes:02d}m (clock skew?)"

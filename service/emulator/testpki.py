@@ -59,15 +59,18 @@ def make_ca(
     ca: bool = True,
     not_before: datetime | None = None,
     not_after: datetime | None = None,
+    subject: x509.Name | None = None,
 ) -> SimpleCa:
-    """A root (no parent) or an intermediate CA, with RFC 5280 extensions."""
+    """A root (no parent) or an intermediate CA, with RFC 5280 extensions; ``subject`` replaces the
+    name made from ``cn`` (to copy another CA's name: a different CA with the same name)."""
     key = _new_key(key_type)
     now = datetime.now(UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    name = subject or _name(cn)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(parent.cert.subject if parent else _name(cn))
+        .subject_name(name)
+        .issuer_name(parent.cert.subject if parent else name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - timedelta(days=1))
