@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki.ca.authority import CertificateAuthority
 from pki.errors import InvalidInput, NotFound, PolicyViolation
+from pki.x509.issuance import BACKDATE
 from pki.x509.keys import KeyType, subject_key_identifier
 from pki.x509.preflight import leaf_problems
 from pki.x509.profiles import Profile
@@ -249,6 +250,22 @@ def test_ttl_policy_and_clamp_to_the_issuer(ca: CertificateAuthority) -> None:
     clamped = ca.issue("long", cn="l")
     assert clamped.certificate.not_valid_after_utc == short_lived.not_after
     assert count_rows(ca) == 2
+
+
+def test_the_minimum_ttl_is_allowed_and_an_expiring_issuing_ca_is_named(ca: CertificateAuthority) -> None:
+    """5m is the minimum and allowed (it once failed as "issuing-1 expires ..."); below it, the TTL
+    is what is refused; only an issuing CA with less than 5m left is blamed on the issuing CA."""
+    shortest = ca.issue("web", cn="web-1", ttl=timedelta(minutes=5)).certificate
+    assert shortest.not_valid_after_utc - shortest.not_valid_before_utc == timedelta(minutes=5) + BACKDATE
+    with pytest.raises(PolicyViolation, match="TTL 299s is below the minimum of 5m"):
+        ca.issue("web", cn="web-1", ttl=timedelta(minutes=5) - timedelta(seconds=1))
+    with pytest.raises(InvalidInput, match="default TTL 4m is below the minimum of 5m"):
+        Profile(name="tiny", cn_pattern="t", default_ttl=timedelta(minutes=4))
+    ca.sign_intermediate(lifetime=timedelta(minutes=4))
+    with pytest.raises(PolicyViolation, match=r"the active issuing CA issuing-2 expires at .*less than the "
+                                              r"minimum of 5m: rotate it"):
+        ca.issue("web", cn="web-1", ttl=timedelta(minutes=5))
+    assert count_rows(ca) == 1
 
 
 def test_key_type_not_in_profile_is_refused(ca: CertificateAuthority) -> None:

@@ -34,13 +34,11 @@ from pki.x509.issuance import (
     load_csr,
     read_csr,
 )
+from pki.x509.durations import format_duration
 from pki.x509.keys import KeyType, PrivateKey, PublicKey
 from pki.x509.preflight import leaf_content_problems
-from pki.x509.profiles import Profile
+from pki.x509.profiles import MIN_TTL, Profile
 from pki.x509.serials import random_serial, serial_hex
-
-_SHORTEST_LIFETIME = timedelta(minutes=5)
-
 
 _LAST_SECOND: tuple[int, datetime] = (0, datetime.fromtimestamp(0, UTC))
 
@@ -113,10 +111,12 @@ class Issuance(ProfileCatalog, IssuingCAs):
         issuer = self.issuer()
         signer = self.leaf_signer(issuer)
         now = _whole_second_now()  # what the certificate holds
-        not_after = min(now + lifetime, issuer.not_after)
-        if not_after <= now + _SHORTEST_LIFETIME:
-            raise PolicyViolation(f"{issuer.name} expires at {issuer.not_after:%Y-%m-%d %H:%M}Z: rotate it "
-                                  "with 'rapki ca sign-intermediate'")
+        not_after = min(now + lifetime, issuer.not_after)  # never beyond the issuing CA
+        if not_after - now < MIN_TTL:  # only the issuing CA can cut it this short: the TTL is at least MIN_TTL
+            raise PolicyViolation(
+                f"the active issuing CA {issuer.name} expires at {issuer.not_after:%Y-%m-%d %H:%M:%S}Z, so a "
+                f"certificate would live less than the minimum of {format_duration(MIN_TTL)}: rotate it "
+                "with 'rapki ca sign-intermediate'")
         for _attempt in range(5):
             spec = LeafSpec(cn, requested_sans, public_key, random_serial(self.config.serial_bytes),
                             now - BACKDATE, not_after)

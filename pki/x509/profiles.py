@@ -20,6 +20,7 @@ from pki.x509.preflight import source_identity_problem
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MAX_TTL_LIMIT = timedelta(days=397)
+MIN_TTL = timedelta(minutes=5)  # a certificate must outlive the clock skew Roles Anywhere tolerates
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class Profile:
                 f"default TTL {format_duration(self.default_ttl)} is above max TTL "
                 f"{format_duration(self.max_ttl)}"
             )
+        if self.default_ttl < MIN_TTL:
+            raise InvalidInput(f"default TTL {format_duration(self.default_ttl)} is below the minimum of "
+                               f"{format_duration(MIN_TTL)}: certificates must outlive clock skew")
         if self.max_ttl > MAX_TTL_LIMIT:
             raise InvalidInput("max TTL above 397 days: workload certificates should be short-lived")
         if not 900 <= self.roles_anywhere.session_duration <= 43200:
@@ -95,6 +99,8 @@ class Profile:
             )
 
     def ttl(self, requested: timedelta | None) -> timedelta:
+        """The lifetime a certificate gets: ``requested`` (``MIN_TTL`` up to the max TTL, both
+        included), else the default TTL."""
         if requested is None:
             return self.default_ttl
         if requested > self.max_ttl:
@@ -102,8 +108,9 @@ class Profile:
                 f"TTL {format_duration(requested)} is above the max TTL of profile {self.name!r} "
                 f"({format_duration(self.max_ttl)})"
             )
-        if requested < timedelta(minutes=5):
-            raise PolicyViolation("TTL below 5 minutes: certificates must outlive clock skew")
+        if requested < MIN_TTL:
+            raise PolicyViolation(f"TTL {format_duration(requested)} is below the minimum of "
+                                  f"{format_duration(MIN_TTL)}: certificates must outlive clock skew")
         return requested
 
     # --- (de)serialisation ------------------------------------------------------------------
