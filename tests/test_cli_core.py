@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -217,3 +218,51 @@ def test_a_port_in_use_is_one_line_and_creates_nothing(tmp_path: Path, command: 
         f"rapki: error: cannot listen on 127.0.0.1:{port}: Address already in use; stop what uses it or choose "
         "another --port"]
     assert not target.exists()
+
+
+def test_issue_into_a_directory_that_cannot_be_made_records_nothing(home: Path, tmp_path: Path) -> None:
+    """The files are written before the record commits: an --out that cannot be used is one line,
+    exit 2, and no certificate row (it used to record an active certificate and lose its key)."""
+    (tmp_path / "a-file").write_text("not a directory")
+    result = run("issue", "--profile", "web", "--cn", "web-1", "--out", str(tmp_path / "a-file" / "out"), code=2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write" in lines[0] and "nothing was issued or recorded" in lines[0], lines
+    assert "Traceback" not in result.output + result.stderr and result.stdout == ""
+    assert rows(home) == []
+    assert [e["action"] for e in json.loads(run("audit", "--action", "certificate.", "--json").stdout)] == []
+
+
+def test_issue_onto_a_full_disk_keeps_no_certificate_without_its_key(home: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full file system (os.write raising ENOSPC for the key's temporary file, after cert.pem and
+    chain.pem were written): one line, exit 1, no row, no file left behind."""
+    full = tmp_path / "full"
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(f"{full}/.key.pem."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    result = run("issue", "--profile", "web", "--cn", "web-1", "--out", str(full), code=1)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "nothing was issued" in lines[0], lines
+    assert "Traceback" not in result.output + result.stderr
+    assert rows(home) == []
+    assert sorted(p.name for p in full.iterdir()) == []
+    monkeypatch.setattr(os, "write", real_write)
+    issued = run("issue", "--profile", "web", "--cn", "web-1", "--out", str(full))  # room again: it works
+    [row] = rows(home)
+    assert f"issued {row['serial']} " in issued.stdout
+    assert sorted(p.name for p in full.iterdir()) == ["cert.pem", "chain.pem", "key.pem"]
+
+
+def test_issue_with_the_minimum_ttl(home: Path, tmp_path: Path) -> None:
+    issued = json.loads(run("issue", "--profile", "web", "--cn", "web-1", "--ttl", "5m", "--out", str(tmp_path / "o"),
+                            "--json").stdout)
+    [row] = rows(home)
+    assert row["serial"] == issued["serial"] and row["status"] == "active"
+    assert run("issue", "--profile", "web", "--cn", "web-1", "--ttl", "4m", "--out", str(tmp_path / "o"),
+               code=2).stderr.strip() == "rapki: error: TTL 4m is below the minimum of 5m: certificates must " \
+                                         "outlive clock skew"
