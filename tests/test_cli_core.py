@@ -266,3 +266,76 @@ def test_issue_with_the_minimum_ttl(home: Path, tmp_path: Path) -> None:
     assert run("issue", "--profile", "web", "--cn", "web-1", "--ttl", "4m", "--out", str(tmp_path / "o"),
                code=2).stderr.strip() == "rapki: error: TTL 4m is below the minimum of 5m: certificates must " \
                                          "outlive clock skew"
+
+
+ANCHOR_ARN = "arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+PROFILE_ARN = "arn:aws:rolesanywhere:eu-west-1:111122223333:profile/1a2b3c4d-5e6f-7081-92a3-b4c5d6e7f809"
+ROLE_ARN = "arn:aws:iam::111122223333:role/web"
+
+
+def profile_spec(name: str = "web") -> dict:  # type: ignore[type-arg]
+    return json.loads(run("profile", "show", name, "--json").stdout)
+
+
+def test_profile_update_changes_only_the_options_given(home: Path) -> None:
+    """'profile update NAME --cn-pattern ... --max-ttl 3d' dropped the SAN patterns and the Roles
+    Anywhere binding (it replaced the profile with defaults for every option not given)."""
+    run("profile", "update", "web", "--san-uri-pattern", "https://example.com/.+", "--key-types", "ec-p256,rsa-2048",
+        "--default-ttl", "12h", "--trust-anchor-arn", ANCHOR_ARN, "--profile-arn", PROFILE_ARN, "--role-arn", ROLE_ARN,
+        "--session-duration", "900")
+    before = profile_spec()
+    updated = json.loads(run("profile", "update", "web", "--cn-pattern", "web-[a-z]+", "--max-ttl", "3d",
+                             "--json").stdout)
+    assert updated == profile_spec() == {**before, "cn_pattern": "web-[a-z]+", "max_ttl": "3d"}
+    assert updated["san_dns_patterns"] == [r".*\.example\.com"] and updated["roles_anywhere"]["role_arns"] == [ROLE_ARN]
+    # A list given replaces the list; '' empties it; the binding's other fields stay.
+    other_role = "arn:aws:iam::111122223333:role/path/other"
+    emptied = json.loads(run("profile", "update", "web", "--san-dns-pattern", "", "--role-arn", other_role,
+                             "--json").stdout)
+    assert emptied["san_dns_patterns"] == [] and emptied["san_uri_patterns"] == ["https://example.com/.+"]
+    assert emptied["roles_anywhere"] == {**before["roles_anywhere"], "role_arns": [other_role]}
+    assert "the others keep their values" in run("profile", "update", "--help").stdout
+    entries = json.loads(run("audit", "--action", "profile.update", "--limit", "1", "--json").stdout)
+    assert entries[0]["details"] == emptied
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--role-arn", "notanarn"], "role ARN 'notanarn' is not an IAM role ARN"),
+    (["--role-arn", "arn:aws:iam::111122223333:user/web"], "is not an IAM role ARN"),
+    (["--trust-anchor-arn", "notanarn"], "trust anchor ARN 'notanarn' is not an ARN"),
+    (["--trust-anchor-arn", PROFILE_ARN], "names a profile, not a trust-anchor"),
+    (["--profile-arn", ANCHOR_ARN], "names a trust-anchor, not a profile"),
+    (["--profile-arn", "arn:aws:rolesanywhere:eu-west-1:111122223333:profile/not-a-uuid"], "is not a profile id"),
+    (["--trust-anchor-arn", ANCHOR_ARN, "--role-arn", "arn:aws-us-gov:iam::111122223333:role/web"],
+     "is in partition aws-us-gov"),
+])
+def test_profiles_refuse_malformed_arns_in_add_and_update(home: Path, args: list[str], fragment: str) -> None:
+    before = profile_spec()
+    for command in (["profile", "add", "other", "--cn-pattern", "o"], ["profile", "update", "web"]):
+        result = run(*command, *args, code=2)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], lines
+    assert profile_spec() == before
+    assert "other" not in run("profile", "list").stdout
+
+
+def test_a_profile_stored_with_a_bad_arn_says_so_and_can_be_mended(home: Path, tmp_path: Path) -> None:
+    """Stored before the ARN checks: issuance fails naming the profile and the fix (exit 1, the
+    operator's to mend), and 'profile update' mends it."""
+    from sqlalchemy import create_engine, update
+
+    from pki.store.schema import profiles
+
+    spec = {**profile_spec(), "roles_anywhere": {"profile_arn": "", "role_arns": ["notanarn"], "trust_anchor_arn": "",
+                                                  "session_duration": 3600}}
+    engine = create_engine(f"sqlite:///{home / 'rapki.db'}")
+    with engine.begin() as conn:
+        conn.execute(update(profiles).where(profiles.c.name == "web").values(spec=spec))
+    engine.dispose()
+    failed = run("issue", "--profile", "web", "--cn", "web-1", "--out", str(tmp_path / "o"), code=1)
+    assert failed.stderr.strip() == ("rapki: error: profile 'web' as stored is not valid (role ARN 'notanarn' is not "
+                                     "an IAM role ARN (arn:<partition>:iam::<account>:role/<name>)): correct it with "
+                                     "'rapki profile update web ...'")
+    run("profile", "update", "web", "--role-arn", ROLE_ARN)
+    run("issue", "--profile", "web", "--cn", "web-1", "--out", str(tmp_path / "o"))
+    assert len(rows(home)) == 1

@@ -18,7 +18,7 @@ from pki.errors import AlreadyRenewed, InvalidInput, NotFound, PolicyViolation
 from pki.x509.issuance import BACKDATE
 from pki.x509.keys import KeyType, subject_key_identifier
 from pki.x509.preflight import leaf_problems
-from pki.x509.profiles import Profile
+from pki.x509.profiles import Profile, RolesAnywhereBinding
 from tests.conftest import make_ca
 from tests.validators import lint_cert, lint_chain, openssl_verify
 
@@ -268,6 +268,16 @@ def test_the_minimum_ttl_is_allowed_and_an_expiring_issuing_ca_is_named(ca: Cert
                                               r"minimum of 5m: rotate it"):
         ca.issue("web", cn="web-1", ttl=timedelta(minutes=5))
     assert count_rows(ca) == 1
+
+
+def test_the_profile_model_checks_its_roles_anywhere_arns() -> None:
+    """Every front builds a Profile: the model refuses what is not an ARN of the right kind."""
+    with pytest.raises(InvalidInput, match="role ARN 'notanarn' is not an IAM role ARN"):
+        Profile(name="p", cn_pattern="p", roles_anywhere=RolesAnywhereBinding(role_arns=("notanarn",)))
+    with pytest.raises(InvalidInput, match="names a crl, not a profile"):
+        RolesAnywhereBinding(profile_arn="arn:aws:rolesanywhere:us-east-1:111122223333:crl/"
+                                         "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")
+    assert RolesAnywhereBinding(role_arns=("arn:aws-cn:iam::111122223333:role/a/b",)).role_arns
 
 
 RENEWER = "api:certificate/mtls:{}@192.0.2.7"

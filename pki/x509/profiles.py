@@ -2,7 +2,9 @@
 
 Deny by default: a CN must fully match ``cn_pattern``; a SAN must fully match one of the profile's
 SAN patterns (a profile without SAN patterns allows no SANs); a key type must be listed.
-A profile also carries its Roles Anywhere binding, used by registration and the enrollment API.
+A profile also carries its Roles Anywhere binding, used by registration and the enrollment API;
+its ARNs are checked by the one ARN parser (``pki.rolesanywhere.arns``), so every front refuses
+the same malformed ones.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from pki.errors import InvalidInput, PolicyViolation
+from pki.rolesanywhere.arns import IamRoleArn, RolesAnywhereArn
 from pki.x509.durations import format_duration, parse_duration
 from pki.x509.keys import KeyType
 from pki.x509.patterns import compile_pattern, fullmatch
@@ -31,6 +34,16 @@ class RolesAnywhereBinding:
     role_arns: tuple[str, ...] = ()
     trust_anchor_arn: str = ""
     session_duration: int = 3600
+
+    def __post_init__(self) -> None:
+        """Each ARN given is one of its kind; the roles are in the trust anchor's partition."""
+        anchor = None
+        if self.trust_anchor_arn:
+            anchor = RolesAnywhereArn.parse(self.trust_anchor_arn, "trust anchor ARN", expected_type="trust-anchor")
+        if self.profile_arn:
+            RolesAnywhereArn.parse(self.profile_arn, "profile ARN", expected_type="profile")
+        for role in self.role_arns:
+            IamRoleArn.parse(role, "role ARN", partition=anchor.partition if anchor else None)
 
     @property
     def is_bound(self) -> bool:
