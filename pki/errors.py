@@ -15,6 +15,11 @@ class RapkiError(Exception):
     exit_code = 1
     http_status = 500
 
+    @property
+    def fields(self) -> dict[str, str]:
+        """Members of the API's JSON error body beside ``error`` and ``message`` (none by default)."""
+        return {}
+
 
 class InvalidInput(RapkiError):
     """Malformed input: not a CSR, bad PEM, an unknown key type, a bad duration..."""
@@ -44,6 +49,23 @@ class Conflict(RapkiError):
     code = "conflict"
     exit_code = 2
     http_status = 409
+
+
+class AlreadyRenewed(Conflict):
+    """A renewal presented a certificate that was renewed before: a certificate renews once."""
+
+    code = "already_renewed"
+
+    def __init__(self, serial: str, superseded_by: str) -> None:
+        super().__init__(f"certificate {serial} was already renewed: {superseded_by} replaced it, and a "
+                         "certificate renews only once; renew with the newest certificate, or enroll again "
+                         "with a new token")
+        self.serial = serial
+        self.superseded_by = superseded_by
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return {"serial": self.serial, "superseded_by": self.superseded_by}
 
 
 class Unauthenticated(RapkiError):

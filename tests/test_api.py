@@ -598,6 +598,42 @@ def test_renewal_keeps_subject_and_names(server: Server) -> None:
     assert cert.subject.rfc4514_string() == "CN=web-50"
 
 
+def test_a_superseded_certificate_does_not_renew_again(server: Server) -> None:
+    """After 'rapki renew --force', a copy of the old certificate and key renewed again: two live
+    certificates for one identity. Now: 409 naming the replacement, audited, nothing written."""
+    token = server.token(cn="web-53")
+    out, copy = server.tmp / "twice", server.tmp / "twice-copy"
+    rapki("enroll", "--url", server.url, "--token", token, "--out", str(out), "--ca-bundle", str(server.root))
+    copy.mkdir()
+    for name in ("cert.pem", "key.pem", "chain.pem"):
+        (copy / name).write_bytes((out / name).read_bytes())
+    old = format(x509.load_pem_x509_certificate((copy / "cert.pem").read_bytes()).serial_number, "x")
+    rapki("renew", "--url", server.url, "--cert-dir", str(out), "--ca-bundle", str(server.root), "--force")
+    new = format(x509.load_pem_x509_certificate((out / "cert.pem").read_bytes()).serial_number, "x")
+    before = server.count()
+
+    again = server.post("/v1/renew", {}, cert=(copy / "cert.pem", copy / "key.pem"))
+    assert again.status_code == 409, again.text
+    assert again.json()["error"] == "already_renewed"
+    assert again.json()["serial"] == old and again.json()["superseded_by"] == new
+    assert new in again.json()["message"]
+    check_against_spec(server, "/v1/renew", "post", again)
+    refused = rapki("renew", "--url", server.url, "--cert-dir", str(copy), "--ca-bundle", str(server.root),
+                    "--force", "--signed", check=False)
+    assert refused.returncode != 0 and "already renewed" in refused.stderr, refused.stderr
+    assert server.count() == before
+    with server.engine.connect() as conn:
+        superseded_by = conn.execute(select(certificates.c.superseded_by).where(certificates.c.serial == old)).scalar()
+        refusals = conn.execute(select(audit_log.c.actor, audit_log.c.details)
+                                .where(audit_log.c.action == "certificate.renew_refused",
+                                       audit_log.c.target == old)).all()
+    assert superseded_by == new  # not overwritten
+    assert [r.details["superseded_by"] for r in refusals] == [new, new]
+    assert {r.actor.split(":", 1)[1].split(":")[0] for r in refusals} == {"certificate/mtls", "certificate/signature"}
+    assert all(r.actor.endswith("@127.0.0.1") for r in refusals)
+    assert "renewal refused: certificate " + old in (server.tmp / "serve.log").read_text()
+
+
 def test_renewed_files_are_a_matching_pair(server: Server) -> None:
     token = server.token(cn="web-52")
     out = server.tmp / "pair"

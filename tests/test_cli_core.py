@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -222,3 +223,124 @@ def test_a_port_in_use_is_one_line_and_creates_nothing(tmp_path: Path, command: 
         f"rapki: error: cannot listen on 127.0.0.1:{port}: Address already in use; stop what uses it or choose "
         "another --port"]
     assert not target.exists()
+
+
+def test_issue_into_a_directory_that_cannot_be_made_records_nothing(home: Path, tmp_path: Path) -> None:
+    """The files are written before the record commits: an --out that cannot be used is one line,
+    exit 2, and no certificate row (it used to record an active certificate and lose its key)."""
+    (tmp_path / "a-file").write_text("not a directory")
+    result = run("issue", "--profile", "web", "--cn", "web-1", "--out", str(tmp_path / "a-file" / "out"), code=2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot write" in lines[0] and "nothing was issued or recorded" in lines[0], lines
+    assert "Traceback" not in result.output + result.stderr and result.stdout == ""
+    assert rows(home) == []
+    assert [e["action"] for e in json.loads(run("audit", "--action", "certificate.", "--json").stdout)] == []
+
+
+def test_issue_onto_a_full_disk_keeps_no_certificate_without_its_key(home: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full file system (os.write raising ENOSPC for the key's temporary file, after cert.pem and
+    chain.pem were written): one line, exit 1, no row, no file left behind."""
+    full = tmp_path / "full"
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(f"{full}/.key.pem."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    result = run("issue", "--profile", "web", "--cn", "web-1", "--out", str(full), code=1)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "nothing was issued" in lines[0], lines
+    assert "Traceback" not in result.output + result.stderr
+    assert rows(home) == []
+    assert sorted(p.name for p in full.iterdir()) == []
+    monkeypatch.setattr(os, "write", real_write)
+    issued = run("issue", "--profile", "web", "--cn", "web-1", "--out", str(full))  # room again: it works
+    [row] = rows(home)
+    assert f"issued {row['serial']} " in issued.stdout
+    assert sorted(p.name for p in full.iterdir()) == ["cert.pem", "chain.pem", "key.pem"]
+
+
+def test_issue_with_the_minimum_ttl(home: Path, tmp_path: Path) -> None:
+    issued = json.loads(run("issue", "--profile", "web", "--cn", "web-1", "--ttl", "5m", "--out", str(tmp_path / "o"),
+                            "--json").stdout)
+    [row] = rows(home)
+    assert row["serial"] == issued["serial"] and row["status"] == "active"
+    assert run("issue", "--profile", "web", "--cn", "web-1", "--ttl", "4m", "--out", str(tmp_path / "o"),
+               code=2).stderr.strip() == "rapki: error: TTL 4m is below the minimum of 5m: certificates must " \
+                                         "outlive clock skew"
+
+
+ANCHOR_ARN = "arn:aws:rolesanywhere:eu-west-1:111122223333:trust-anchor/0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+PROFILE_ARN = "arn:aws:rolesanywhere:eu-west-1:111122223333:profile/1a2b3c4d-5e6f-7081-92a3-b4c5d6e7f809"
+ROLE_ARN = "arn:aws:iam::111122223333:role/web"
+
+
+def profile_spec(name: str = "web") -> dict:  # type: ignore[type-arg]
+    return json.loads(run("profile", "show", name, "--json").stdout)
+
+
+def test_profile_update_changes_only_the_options_given(home: Path) -> None:
+    """'profile update NAME --cn-pattern ... --max-ttl 3d' dropped the SAN patterns and the Roles
+    Anywhere binding (it replaced the profile with defaults for every option not given)."""
+    run("profile", "update", "web", "--san-uri-pattern", "https://example.com/.+", "--key-types", "ec-p256,rsa-2048",
+        "--default-ttl", "12h", "--trust-anchor-arn", ANCHOR_ARN, "--profile-arn", PROFILE_ARN, "--role-arn", ROLE_ARN,
+        "--session-duration", "900")
+    before = profile_spec()
+    updated = json.loads(run("profile", "update", "web", "--cn-pattern", "web-[a-z]+", "--max-ttl", "3d",
+                             "--json").stdout)
+    assert updated == profile_spec() == {**before, "cn_pattern": "web-[a-z]+", "max_ttl": "3d"}
+    assert updated["san_dns_patterns"] == [r".*\.example\.com"] and updated["roles_anywhere"]["role_arns"] == [ROLE_ARN]
+    # A list given replaces the list; '' empties it; the binding's other fields stay.
+    other_role = "arn:aws:iam::111122223333:role/path/other"
+    emptied = json.loads(run("profile", "update", "web", "--san-dns-pattern", "", "--role-arn", other_role,
+                             "--json").stdout)
+    assert emptied["san_dns_patterns"] == [] and emptied["san_uri_patterns"] == ["https://example.com/.+"]
+    assert emptied["roles_anywhere"] == {**before["roles_anywhere"], "role_arns": [other_role]}
+    assert "the others keep their values" in run("profile", "update", "--help").stdout
+    entries = json.loads(run("audit", "--action", "profile.update", "--limit", "1", "--json").stdout)
+    assert entries[0]["details"] == emptied
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--role-arn", "notanarn"], "role ARN 'notanarn' is not an IAM role ARN"),
+    (["--role-arn", "arn:aws:iam::111122223333:user/web"], "is not an IAM role ARN"),
+    (["--trust-anchor-arn", "notanarn"], "trust anchor ARN 'notanarn' is not an ARN"),
+    (["--trust-anchor-arn", PROFILE_ARN], "names a profile, not a trust-anchor"),
+    (["--profile-arn", ANCHOR_ARN], "names a trust-anchor, not a profile"),
+    (["--profile-arn", "arn:aws:rolesanywhere:eu-west-1:111122223333:profile/not-a-uuid"], "is not a profile id"),
+    (["--trust-anchor-arn", ANCHOR_ARN, "--role-arn", "arn:aws-us-gov:iam::111122223333:role/web"],
+     "is in partition aws-us-gov"),
+])
+def test_profiles_refuse_malformed_arns_in_add_and_update(home: Path, args: list[str], fragment: str) -> None:
+    before = profile_spec()
+    for command in (["profile", "add", "other", "--cn-pattern", "o"], ["profile", "update", "web"]):
+        result = run(*command, *args, code=2)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], lines
+    assert profile_spec() == before
+    assert "other" not in run("profile", "list").stdout
+
+
+def test_a_profile_stored_with_a_bad_arn_says_so_and_can_be_mended(home: Path, tmp_path: Path) -> None:
+    """Stored before the ARN checks: issuance fails naming the profile and the fix (exit 1, the
+    operator's to mend), and 'profile update' mends it."""
+    from sqlalchemy import create_engine, update
+
+    from pki.store.schema import profiles
+
+    spec = {**profile_spec(), "roles_anywhere": {"profile_arn": "", "role_arns": ["notanarn"], "trust_anchor_arn": "",
+                                                  "session_duration": 3600}}
+    engine = create_engine(f"sqlite:///{home / 'rapki.db'}")
+    with engine.begin() as conn:
+        conn.execute(update(profiles).where(profiles.c.name == "web").values(spec=spec))
+    engine.dispose()
+    failed = run("issue", "--profile", "web", "--cn", "web-1", "--out", str(tmp_path / "o"), code=1)
+    assert failed.stderr.strip() == ("rapki: error: profile 'web' as stored is not valid (role ARN 'notanarn' is not "
+                                     "an IAM role ARN (arn:<partition>:iam::<account>:role/<name>)): correct it with "
+                                     "'rapki profile update web ...'")
+    run("profile", "update", "web", "--role-arn", ROLE_ARN)
+    run("issue", "--profile", "web", "--cn", "web-1", "--out", str(tmp_path / "o"))
+    assert len(rows(home)) == 1

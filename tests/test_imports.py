@@ -34,7 +34,11 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("pki.*", "never", ("service.*",)),
     ("pki.signer.*", "only", ("pki", "pki.errors", "pki.files", "pki.x509.keys", "pki.x509.pem",
                               "pki.rolesanywhere.*", "pki.signer.*")),
-    ("pki.x509.*", "only", ("pki.errors", "pki.files", "pki.x509.*")),
+    # Profiles check their Roles Anywhere ARNs with the one ARN parser, which needs nothing from pki.x509.
+    ("pki.x509.*", "only", ("pki.errors", "pki.files", "pki.x509.*", "pki.rolesanywhere.arns",
+                            "pki.rolesanywhere.partitions")),
+    ("pki.rolesanywhere.arns", "only", ("pki.errors", "pki.rolesanywhere.partitions")),
+    ("pki.rolesanywhere.partitions", "only", ("pki.errors",)),
     ("pki.ca.*", "never", ("pki.aws.*", "pki.workload.*", "pki.signer.*")),
     ("pki.workload.*", "never", ("pki.ca.*", "pki.store.*")),
     ("pki.rolesanywhere.*", "only", ("pki.errors", "pki.x509.*", "pki.rolesanywhere.*")),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,10 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki.ca.authority import CertificateAuthority
-from pki.errors import InvalidInput, NotFound, PolicyViolation
+from pki.errors import AlreadyRenewed, InvalidInput, NotFound, PolicyViolation
+from pki.x509.issuance import BACKDATE
 from pki.x509.keys import KeyType, subject_key_identifier
 from pki.x509.preflight import leaf_problems
-from pki.x509.profiles import Profile
+from pki.x509.profiles import Profile, RolesAnywhereBinding
 from tests.conftest import make_ca
 from tests.validators import lint_cert, lint_chain, openssl_verify
 
@@ -248,6 +251,101 @@ def test_ttl_policy_and_clamp_to_the_issuer(ca: CertificateAuthority) -> None:
     short_lived = ca.sign_intermediate(lifetime=timedelta(days=10))
     clamped = ca.issue("long", cn="l")
     assert clamped.certificate.not_valid_after_utc == short_lived.not_after
+    assert count_rows(ca) == 2
+
+
+def test_the_minimum_ttl_is_allowed_and_an_expiring_issuing_ca_is_named(ca: CertificateAuthority) -> None:
+    """5m is the minimum and allowed (it once failed as "issuing-1 expires ..."); below it, the TTL
+    is what is refused; only an issuing CA with less than 5m left is blamed on the issuing CA."""
+    shortest = ca.issue("web", cn="web-1", ttl=timedelta(minutes=5)).certificate
+    assert shortest.not_valid_after_utc - shortest.not_valid_before_utc == timedelta(minutes=5) + BACKDATE
+    with pytest.raises(PolicyViolation, match="TTL 299s is below the minimum of 5m"):
+        ca.issue("web", cn="web-1", ttl=timedelta(minutes=5) - timedelta(seconds=1))
+    with pytest.raises(InvalidInput, match="default TTL 4m is below the minimum of 5m"):
+        Profile(name="tiny", cn_pattern="t", default_ttl=timedelta(minutes=4))
+    ca.sign_intermediate(lifetime=timedelta(minutes=4))
+    with pytest.raises(PolicyViolation, match=r"the active issuing CA issuing-2 expires at .*less than the "
+                                              r"minimum of 5m: rotate it"):
+        ca.issue("web", cn="web-1", ttl=timedelta(minutes=5))
+    assert count_rows(ca) == 1
+
+
+def test_the_profile_model_checks_its_roles_anywhere_arns() -> None:
+    """Every front builds a Profile: the model refuses what is not an ARN of the right kind."""
+    with pytest.raises(InvalidInput, match="role ARN 'notanarn' is not an IAM role ARN"):
+        Profile(name="p", cn_pattern="p", roles_anywhere=RolesAnywhereBinding(role_arns=("notanarn",)))
+    with pytest.raises(InvalidInput, match="names a crl, not a profile"):
+        RolesAnywhereBinding(profile_arn="arn:aws:rolesanywhere:us-east-1:111122223333:crl/"
+                                         "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0")
+    assert RolesAnywhereBinding(role_arns=("arn:aws-cn:iam::111122223333:role/a/b",)).role_arns
+
+
+RENEWER = "api:certificate/mtls:{}@192.0.2.7"
+
+
+def test_a_certificate_renews_once_and_a_second_renewal_is_audited(ca: CertificateAuthority) -> None:
+    """Renewing with a copy of a certificate already renewed once gave a second live certificate
+    and overwrote the first successor."""
+    old = ca.issue("web", cn="web-1")
+    new = ca.issue("web", cn="web-1", supersedes=old.serial_hex, actor=RENEWER.format(old.serial_hex))
+    with pytest.raises(AlreadyRenewed) as refused:
+        ca.issue("web", cn="web-1", supersedes=old.serial_hex, actor=RENEWER.format(old.serial_hex))
+    assert refused.value.superseded_by == new.serial_hex and refused.value.http_status == 409
+    assert f"{old.serial_hex} was already renewed: {new.serial_hex} replaced it" in str(refused.value)
+    assert ca.find(old.serial_hex).superseded_by == new.serial_hex
+    assert count_rows(ca) == 2
+    [entry] = ca.audit_entries(action="certificate.renew_refused")
+    assert entry["target"] == old.serial_hex and entry["actor"].endswith("@192.0.2.7")
+    assert entry["details"]["superseded_by"] == new.serial_hex
+    assert ca.issue("web", cn="web-1", supersedes=new.serial_hex).serial_hex  # the newest renews
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def any_ca(request: pytest.FixtureRequest, tmp_path: Path, passphrase_env: str,
+           monkeypatch: pytest.MonkeyPatch) -> CertificateAuthority:
+    if request.param == "postgresql":
+        monkeypatch.setenv("RAPKI_DATABASE_URL", request.getfixturevalue("pg_database_url"))
+    ca = make_ca(tmp_path / "home")
+    assert ca.db.engine.dialect.name == request.param
+    return ca
+
+
+def test_a_renewal_committed_meanwhile_wins(any_ca: CertificateAuthority) -> None:
+    """The check in the renewal's own transaction decides: another renewal of the same certificate
+    committed after this one's first check (made here while this transaction is open) wins, and
+    this one is rolled back."""
+    ca = any_ca
+    old = ca.issue("web", cn="web-1")
+    other: list[str] = []
+
+    def renew_elsewhere(_tx: object) -> None:  # another process's renewal, committed first
+        with ThreadPoolExecutor(1) as pool:
+            other.append(pool.submit(lambda: ca.issue("web", cn="web-1", supersedes=old.serial_hex)).result().serial_hex)
+
+    with pytest.raises(AlreadyRenewed) as refused:
+        ca.issue("web", cn="web-1", supersedes=old.serial_hex, within=renew_elsewhere)
+    assert refused.value.superseded_by == other[0] == ca.find(old.serial_hex).superseded_by
+    assert count_rows(ca) == 2
+
+
+def test_concurrent_renewals_of_one_certificate_record_one(any_ca: CertificateAuthority) -> None:
+    ca = any_ca
+    old = ca.issue("web", cn="web-1")
+    start = threading.Barrier(6)
+
+    def renew() -> str:
+        start.wait(timeout=30)
+        try:
+            return ca.issue("web", cn="web-1", supersedes=old.serial_hex).serial_hex
+        except AlreadyRenewed as exc:
+            return f"refused:{exc.superseded_by}"
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(lambda _: renew(), range(6)))
+    renewed = [o for o in outcomes if not o.startswith("refused:")]
+    assert len(renewed) == 1, outcomes
+    assert set(outcomes) - set(renewed) <= {f"refused:{renewed[0]}"}
+    assert ca.find(old.serial_hex).superseded_by == renewed[0]
     assert count_rows(ca) == 2
 
 

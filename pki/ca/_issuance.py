@@ -19,10 +19,11 @@ from pki.ca._audit import local_actor
 from pki.ca._issuers import IssuingCAs
 from pki.ca._profiles import ProfileCatalog
 from pki.ca.values import IssuedCertificate, Issuer
-from pki.errors import InvalidInput, PolicyViolation, RapkiError
+from pki.errors import AlreadyRenewed, InvalidInput, NotFound, PolicyViolation, RapkiError
 from pki.store import audit as audit_rows
 from pki.store import certificates as certificate_rows
 from pki.store.statements import Transaction
+from pki.x509.durations import format_duration
 from pki.x509.issuance import (
     BACKDATE,
     LeafSpec,
@@ -36,11 +37,8 @@ from pki.x509.issuance import (
 )
 from pki.x509.keys import KeyType, PrivateKey, PublicKey
 from pki.x509.preflight import leaf_content_problems
-from pki.x509.profiles import Profile
+from pki.x509.profiles import MIN_TTL, Profile
 from pki.x509.serials import random_serial, serial_hex
-
-_SHORTEST_LIFETIME = timedelta(minutes=5)
-
 
 _LAST_SECOND: tuple[int, datetime] = (0, datetime.fromtimestamp(0, UTC))
 
@@ -71,15 +69,23 @@ class Issuance(ProfileCatalog, IssuingCAs):
               csr: bytes | x509.CertificateSigningRequest | VerifiedCsr | None = None,
               key_type: KeyType | str | None = None, ttl: timedelta | None = None, actor: str | None = None,
               supersedes: str | None = None,
-              within: Callable[[Transaction], None] | None = None) -> IssuedCertificate:
+              within: Callable[[Transaction], None] | None = None,
+              before_commit: Callable[[IssuedCertificate], None] | None = None) -> IssuedCertificate:
         """Issue a workload certificate under ``profile``.
 
         With ``csr`` the CSR's key and names are used (and must fit the profile); otherwise a key
         of ``key_type`` (default: the profile's first) is made here and returned with the result.
         ``within(tx)`` runs inside the transaction that records the certificate (e.g. redeeming
         an enrollment token): if it raises, nothing is recorded and the error propagates.
+        ``before_commit(issued)`` runs in that transaction too, last, with the certificate (and key)
+        made (e.g. writing them to files): if it raises, nothing is recorded either.
+        ``supersedes``: the serial of the certificate this one renews. A certificate renews once:
+        one already renewed is refused (``AlreadyRenewed``, audited as ``certificate.renew_refused``),
+        and of two concurrent renewals of one certificate only one is recorded.
         """
         prof = profile if isinstance(profile, Profile) else self.profile(profile)
+        if supersedes is not None:
+            self._check_not_renewed(supersedes, actor)  # before any key is made; the transaction decides
         requested_sans = SubjectAltNames.parse(sans)
         private_key: PrivateKey | None = None
         public_key: PublicKey
@@ -113,10 +119,12 @@ class Issuance(ProfileCatalog, IssuingCAs):
         issuer = self.issuer()
         signer = self.leaf_signer(issuer)
         now = _whole_second_now()  # what the certificate holds
-        not_after = min(now + lifetime, issuer.not_after)
-        if not_after <= now + _SHORTEST_LIFETIME:
-            raise PolicyViolation(f"{issuer.name} expires at {issuer.not_after:%Y-%m-%d %H:%M}Z: rotate it "
-                                  "with 'rapki ca sign-intermediate'")
+        not_after = min(now + lifetime, issuer.not_after)  # never beyond the issuing CA
+        if not_after - now < MIN_TTL:  # only the issuing CA can cut it this short: the TTL is at least MIN_TTL
+            raise PolicyViolation(
+                f"the active issuing CA {issuer.name} expires at {issuer.not_after:%Y-%m-%d %H:%M:%S}Z, so a "
+                f"certificate would live less than the minimum of {format_duration(MIN_TTL)}: rotate it "
+                "with 'rapki ca sign-intermediate'")
         for _attempt in range(5):
             spec = LeafSpec(cn, requested_sans, public_key, random_serial(self.config.serial_bytes),
                             now - BACKDATE, not_after)
@@ -125,11 +133,13 @@ class Issuance(ProfileCatalog, IssuingCAs):
             if problems:  # a bug or a profile that lets through what Roles Anywhere refuses
                 raise PolicyViolation("the certificate would be refused by Roles Anywhere: " + "; ".join(problems))
             cert = build_leaf(spec, signer, extensions)
+            issued = IssuedCertificate(cert, (issuer.certificate,), prof.name, leaf_subject_text(cn),
+                                       cert.public_bytes(Encoding.DER), private_key)
             try:
-                der = self._record(cert, spec, now, issuer, prof.name, kt, actor, supersedes, within)
+                self._record(issued, spec, now, issuer, kt, actor, supersedes, within, before_commit)
             except IntegrityError:
                 continue  # serial collision: draw again
-            return IssuedCertificate(cert, (issuer.certificate,), prof.name, leaf_subject_text(cn), der, private_key)
+            return issued
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
     SERVER_PROFILE = "_server"  # not a valid profile name, so it never collides with one
@@ -151,23 +161,26 @@ class Issuance(ProfileCatalog, IssuingCAs):
             spec = LeafSpec(names[0], sans, key.public_key(), random_serial(self.config.serial_bytes),
                             now - BACKDATE, min(now + lifetime, issuer.not_after), ExtendedKeyUsageOID.SERVER_AUTH)
             cert = build_leaf(spec, signer, leaf_extensions(spec, signer))
+            issued = IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, leaf_subject_text(names[0]),
+                                       cert.public_bytes(Encoding.DER), key)
             try:
-                der = self._record(cert, spec, now, issuer, self.SERVER_PROFILE, KeyType.EC_P256, actor, None)
+                self._record(issued, spec, now, issuer, KeyType.EC_P256, actor, None)
             except IntegrityError:
                 continue
-            return IssuedCertificate(cert, (issuer.certificate,), self.SERVER_PROFILE, leaf_subject_text(names[0]),
-                                     der, key)
+            return issued
         raise RapkiError("could not draw a unique serial in 5 attempts: raise [ca].serial_bytes")
 
-    def _record(self, cert: x509.Certificate, spec: LeafSpec, now: datetime, issuer: Issuer, profile: str,
+    def _record(self, issued: IssuedCertificate, spec: LeafSpec, now: datetime, issuer: Issuer,
                 key_type: KeyType, actor: str | None, supersedes: str | None,
-                within: Callable[[Transaction], None] | None = None) -> bytes:
-        """The certificate row and its audit row, committed together (with ``within``'s writes);
-        returns the DER recorded.
+                within: Callable[[Transaction], None] | None = None,
+                before_commit: Callable[[IssuedCertificate], None] | None = None) -> None:
+        """The certificate row and its audit row, committed together (with ``within``'s writes and
+        the mark on the certificate it ``supersedes``), ``before_commit`` run last.
         Column values come from ``spec``, which the certificate was built from, rather than from
         parsing the new certificate back; ``now`` (created_at, the audit time) is the moment its
         validity was computed from, in whole seconds like the validity itself."""
-        der = cert.public_bytes(Encoding.DER)
+        der = issued.der
+        profile = issued.profile
         serial = serial_hex(spec.serial)
         cn = spec.common_name
         # Both rows are converted for the driver before the transaction: what runs under the
@@ -185,11 +198,33 @@ class Issuance(ProfileCatalog, IssuingCAs):
             "action": "certificate.renew" if supersedes else "certificate.issue", "target": serial,
             "details": {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},
         })
-        with self.db.write() as tx:
-            if within is not None:
-                within(tx)
-            tx.insert(certificate_row)
-            if supersedes:
-                tx.run(certificate_rows.MARK_SUPERSEDED, {"old_serial": supersedes, "new_serial": serial})
-            tx.insert(audit_row)
-        return der
+        try:
+            with self.db.write() as tx:
+                if within is not None:
+                    within(tx)
+                if supersedes and not tx.run(certificate_rows.MARK_SUPERSEDED,
+                                             {"old_serial": supersedes, "new_serial": serial}):
+                    raise _RenewedMeanwhile  # another renewal of it committed first: roll back
+                tx.insert(certificate_row)
+                tx.insert(audit_row)
+                if before_commit is not None:
+                    before_commit(issued)
+        except _RenewedMeanwhile:
+            assert supersedes is not None
+            self._check_not_renewed(supersedes, actor)
+            raise NotFound(f"no certificate with serial {supersedes} to renew") from None
+
+    def _check_not_renewed(self, serial: str, actor: str | None) -> None:
+        """``AlreadyRenewed`` when the certificate ``serial`` has a successor; the refusal is
+        audited (``certificate.renew_refused``, with the caller) since the one presenting it may
+        hold a copy of its key: see docs/api.md, "Renewing twice"."""
+        with self.db.engine.connect() as conn:
+            successors = [row.superseded_by for row in certificate_rows.with_serial(conn, serial) if row.superseded_by]
+        if not successors:
+            return
+        self.audit(actor, "certificate.renew_refused", serial, {"superseded_by": successors[0]})
+        raise AlreadyRenewed(serial, successors[0])
+
+
+class _RenewedMeanwhile(Exception):
+    """Raised inside the renewal's transaction to roll it back: the certificate has a successor."""

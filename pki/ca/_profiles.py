@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from pki.ca._audit import AuditTrail
-from pki.errors import Conflict, NotFound
+from pki.errors import Conflict, InvalidInput, NotFound, RapkiError
 from pki.store import profiles as profile_rows
 from pki.x509.profiles import Profile
+
+_CHANGEABLE = ("cn_pattern", "san_dns_patterns", "san_uri_patterns", "key_types", "default_ttl", "max_ttl",
+               "roles_anywhere")
 
 
 class ProfileCatalog(AuditTrail):
@@ -35,6 +39,26 @@ class ProfileCatalog(AuditTrail):
             self.audit_in(conn, actor, "profile.update" if exists else "profile.add", profile.name, spec)
         return profile
 
+    def update_profile(self, name: str, changes: dict[str, Any], *, actor: str | None = None) -> Profile:
+        """Change only what ``changes`` names, keep the rest: its keys are those of
+        ``Profile.to_dict()`` (``roles_anywhere`` a dict of the binding's fields to change). Read,
+        checked and written in one transaction; a profile stored with a value that is no longer
+        accepted can be mended this way."""
+        unknown = set(changes) - set(_CHANGEABLE)
+        if unknown:
+            raise InvalidInput(f"profiles have no {', '.join(sorted(unknown))}: change {', '.join(_CHANGEABLE)}")
+        self._profile_cache.clear()
+        with self.db.engine.begin() as conn:
+            spec = profile_rows.spec_of(conn, name)
+            if spec is None:
+                raise NotFound(f"unknown profile {name!r}: see 'rapki profile list'")
+            merged = {**spec, **changes, "name": name,
+                      "roles_anywhere": {**(spec.get("roles_anywhere") or {}), **changes.get("roles_anywhere", {})}}
+            updated = Profile.from_dict(merged)
+            profile_rows.replace(conn, name, updated.to_dict(), datetime.now(UTC))
+            self.audit_in(conn, actor, "profile.update", name, updated.to_dict())
+        return updated
+
     def profile(self, name: str) -> Profile:
         """The profile named ``name``. A long-running process sees changes made elsewhere (another
         worker, the CLI) within ``PROFILE_CACHE_SECONDS``; changes made through this object at once."""
@@ -52,16 +76,28 @@ class ProfileCatalog(AuditTrail):
         spec = profile_rows.spec_of(conn, name)
         if spec is None:
             raise NotFound(f"unknown profile {name!r}: see 'rapki profile list'")
-        return Profile.from_dict(spec)
+        return _stored_profile(spec)
 
     def profiles(self) -> list[Profile]:
         with self.db.engine.connect() as conn:
             specs = profile_rows.all_specs(conn)
-        return [Profile.from_dict(spec) for spec in specs]
+        return [_stored_profile(spec) for spec in specs]
 
     def remove_profile(self, name: str, *, actor: str | None = None) -> None:
         self._profile_cache.clear()
         with self.db.engine.begin() as conn:
-            self._profile(conn, name)
+            if not profile_rows.exists(conn, name):  # not parsed: a profile stored invalid can be removed
+                raise NotFound(f"unknown profile {name!r}: see 'rapki profile list'")
             profile_rows.remove(conn, name)
             self.audit_in(conn, actor, "profile.remove", name, None)
+
+
+def _stored_profile(spec: dict[str, Any]) -> Profile:
+    """The profile a stored spec holds. One stored before a check it now fails (say, a malformed
+    role ARN) is the operator's to mend, not the caller's: a failure (500, exit 1) that says how."""
+    try:
+        return Profile.from_dict(spec)
+    except InvalidInput as exc:
+        name = spec.get("name")
+        raise RapkiError(f"profile {name!r} as stored is not valid ({exc}): correct it with "
+                         f"'rapki profile update {name} ...'") from exc

@@ -66,13 +66,22 @@ class IssuedCertificate(NamedTuple):
         return Pem(private_key_pem(self.private_key)) if self.private_key is not None else None
 
     def write_to(self, directory: Path) -> dict[str, Path]:
+        """``cert.pem``, ``chain.pem`` and (when made here) ``key.pem`` (0600) in ``directory``,
+        each written atomically. When one cannot be written (``OSError``: a full disk, a directory
+        that cannot be made or written), those already written are removed again: no certificate
+        is left on disk without its key."""
         directory = Path(directory)
-        written = {
-            "certificate": self.cert_pem.write_to_path(directory / "cert.pem"),
-            "chain": self.chain_pem.write_to_path(directory / "chain.pem"),
-        }
+        files = [("certificate", "cert.pem", self.cert_pem, False), ("chain", "chain.pem", self.chain_pem, False)]
         if (key := self.key_pem) is not None:
-            written["private_key"] = key.write_to_path(directory / "key.pem", secret=True)
+            files.append(("private_key", "key.pem", key, True))
+        written: dict[str, Path] = {}
+        try:
+            for kind, name, pem, secret in files:
+                written[kind] = pem.write_to_path(directory / name, secret=secret)
+        except BaseException:
+            for path in written.values():
+                path.unlink(missing_ok=True)
+            raise
         return written
 
 

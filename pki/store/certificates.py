@@ -15,8 +15,11 @@ from pki.store.statements import PreparedInsert, PreparedStatement
 # The issuance path's statements, compiled once per dialect and run in ``Database.write``
 # transactions (see ``pki.store.statements``).
 INSERT_ROW = PreparedInsert(certificates)
+# Conditional, so two renewals of one certificate cannot both succeed: the database serialises the
+# two UPDATEs (SQLite's single writer, PostgreSQL's row lock) and the second changes no row.
 MARK_SUPERSEDED = PreparedStatement(
-    update(certificates).where(certificates.c.serial == bindparam("old_serial"))
+    update(certificates).where(and_(certificates.c.serial == bindparam("old_serial"),
+                                    certificates.c.superseded_by.is_(None)))
     .values(superseded_by=bindparam("new_serial")),
     {"old_serial": certificates.c.serial, "new_serial": certificates.c.superseded_by})
 

@@ -2,7 +2,9 @@
 
 Deny by default: a CN must fully match ``cn_pattern``; a SAN must fully match one of the profile's
 SAN patterns (a profile without SAN patterns allows no SANs); a key type must be listed.
-A profile also carries its Roles Anywhere binding, used by registration and the enrollment API.
+A profile also carries its Roles Anywhere binding, used by registration and the enrollment API;
+its ARNs are checked by the one ARN parser (``pki.rolesanywhere.arns``), so every front refuses
+the same malformed ones.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from pki.errors import InvalidInput, PolicyViolation
+from pki.rolesanywhere.arns import IamRoleArn, RolesAnywhereArn
 from pki.x509.durations import format_duration, parse_duration
 from pki.x509.keys import KeyType
 from pki.x509.patterns import compile_pattern, fullmatch
@@ -20,6 +23,7 @@ from pki.x509.preflight import source_identity_problem
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 MAX_TTL_LIMIT = timedelta(days=397)
+MIN_TTL = timedelta(minutes=5)  # a certificate must outlive the clock skew Roles Anywhere tolerates
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,16 @@ class RolesAnywhereBinding:
     role_arns: tuple[str, ...] = ()
     trust_anchor_arn: str = ""
     session_duration: int = 3600
+
+    def __post_init__(self) -> None:
+        """Each ARN given is one of its kind; the roles are in the trust anchor's partition."""
+        anchor = None
+        if self.trust_anchor_arn:
+            anchor = RolesAnywhereArn.parse(self.trust_anchor_arn, "trust anchor ARN", expected_type="trust-anchor")
+        if self.profile_arn:
+            RolesAnywhereArn.parse(self.profile_arn, "profile ARN", expected_type="profile")
+        for role in self.role_arns:
+            IamRoleArn.parse(role, "role ARN", partition=anchor.partition if anchor else None)
 
     @property
     def is_bound(self) -> bool:
@@ -65,6 +79,9 @@ class Profile:
                 f"default TTL {format_duration(self.default_ttl)} is above max TTL "
                 f"{format_duration(self.max_ttl)}"
             )
+        if self.default_ttl < MIN_TTL:
+            raise InvalidInput(f"default TTL {format_duration(self.default_ttl)} is below the minimum of "
+                               f"{format_duration(MIN_TTL)}: certificates must outlive clock skew")
         if self.max_ttl > MAX_TTL_LIMIT:
             raise InvalidInput("max TTL above 397 days: workload certificates should be short-lived")
         if not 900 <= self.roles_anywhere.session_duration <= 43200:
@@ -95,6 +112,8 @@ class Profile:
             )
 
     def ttl(self, requested: timedelta | None) -> timedelta:
+        """The lifetime a certificate gets: ``requested`` (``MIN_TTL`` up to the max TTL, both
+        included), else the default TTL."""
         if requested is None:
             return self.default_ttl
         if requested > self.max_ttl:
@@ -102,8 +121,9 @@ class Profile:
                 f"TTL {format_duration(requested)} is above the max TTL of profile {self.name!r} "
                 f"({format_duration(self.max_ttl)})"
             )
-        if requested < timedelta(minutes=5):
-            raise PolicyViolation("TTL below 5 minutes: certificates must outlive clock skew")
+        if requested < MIN_TTL:
+            raise PolicyViolation(f"TTL {format_duration(requested)} is below the minimum of "
+                                  f"{format_duration(MIN_TTL)}: certificates must outlive clock skew")
         return requested
 
     # --- (de)serialisation ------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Every error leaves the API as ``{"error": "<code>", "message": "<what was wrong, what to do>"}``.
+"""Every error leaves the API as ``{"error": "<code>", "message": "<what was wrong, what to do>"}``
+(plus the members an error names in ``RapkiError.fields``, e.g. ``superseded_by``).
 
 Library errors (``pki.errors``) carry their own code and status; HTTP-level failures from
 Werkzeug (404, 405, 413) and database outages are mapped here, so no handler ever answers with an
@@ -58,8 +59,9 @@ def describe(exc: BaseException) -> tuple[str, str, int, dict[str, str]]:
     return "internal_error", "the request failed on the server: the operator can see why in the server log", 500, {}
 
 
-def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None) -> Response:
-    response = jsonify({"error": code, "message": message})
+def error_response(code: str, message: str, status: int, headers: dict[str, str] | None = None,
+                   fields: dict[str, str] | None = None) -> Response:
+    response = jsonify({"error": code, "message": message, **(fields or {})})
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -76,4 +78,4 @@ def register(app: Flask) -> None:
     @app.errorhandler(DBAPIError)
     @app.errorhandler(Exception)
     def _error(exc: Exception) -> Response:
-        return error_response(*describe(exc))
+        return error_response(*describe(exc), fields=exc.fields if isinstance(exc, RapkiError) else None)

@@ -43,7 +43,7 @@ _ERROR_TEXT = {
     401: "Missing or bad credentials: no/unknown/expired/revoked token, unknown or revoked certificate.",
     403: "Authenticated but not allowed: token bound to another profile or CN, not an operator.",
     404: "No such certificate, token, profile or endpoint.",
-    409: "The enrollment token was already used.",
+    409: "The enrollment token was already used; the certificate presented for renewal was already renewed.",
     413: "Request body over 64 KiB.",
     422: "Refused by policy: CN, SAN, key type or TTL outside the profile; CSR asking for CA:TRUE.",
     429: "Rate limit reached (per client address and per credential); see Retry-After.",
@@ -64,6 +64,9 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "error": {"type": "string", "description": "machine-readable code, e.g. token_used"},
                 "message": {"type": "string", "description": "what was wrong and what to do"},
+                "serial": {"type": "string", "description": "already_renewed: the certificate presented"},
+                "superseded_by": {"type": "string",
+                                  "description": "already_renewed: the certificate that replaced it"},
             },
         },
         "RolesAnywhere": {
@@ -188,7 +191,7 @@ def spec() -> dict[str, Any]:
                 "security": cert_auth,
                 "requestBody": _body(RENEW_REQUEST, required=False),
                 "responses": {"201": _json(_ref("IssuedCertificate"), "Renewed; the old certificate is superseded"),
-                              **_resp(400, 401, 403, 413, 422, 429, 503)},
+                              **_resp(400, 401, 403, 409, 413, 422, 429, 503)},
             }},
             "/v1/revoke": {"post": {
                 "summary": "Revoke a certificate (operator) or the calling certificate (self-revocation)",

@@ -7,13 +7,14 @@ that document too (``tests/test_api_shapes.py`` checks both ways).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from pki.ca.tokens import TokenExpired, TokenRevoked, TokenUsed, parse_token
-from pki.errors import InvalidInput, RapkiError, Unauthenticated, Unavailable
+from pki.errors import AlreadyRenewed, InvalidInput, RapkiError, Unauthenticated, Unavailable
 from pki.x509.durations import parse_duration
 from pki.x509.pem import Pem
 from service.api import enrollment, jsonio, metrics
@@ -28,6 +29,8 @@ v1 = Blueprint("v1", __name__, url_prefix="/v1")
 ops = Blueprint("ops", __name__)
 
 PEM_TYPE = "application/x-pem-file"
+
+log = logging.getLogger("rapki.api")
 
 
 def ctx() -> ApiContext:
@@ -122,7 +125,13 @@ def renew() -> tuple[Response, int]:
         raise Unauthenticated("renewal needs the current certificate: connect with it (mutual TLS) or sign the "
                               "request with its key (RAPKI-SIG-V1)")
     _limit_identity(f"certificate:{caller.id}")
-    issued, req, profile = enrollment.renew(ctx().ca, caller, json_body(optional=True))
+    try:
+        issued, req, profile = enrollment.renew(ctx().ca, caller, json_body(optional=True))
+    except AlreadyRenewed as exc:  # audited by the library; the operator should look (docs/api.md)
+        log.warning("renewal refused: certificate %s was already renewed (replaced by %s), presented by %s via "
+                    "%s: if that holder did not make the replacement, a copy of the key is in other hands",
+                    exc.serial, exc.superseded_by, caller.address, caller.via)
+        raise
     metrics.RENEWED.labels(issued.profile).inc()
     return jsonify(enrollment.answer(issued, req, profile)), 201
 

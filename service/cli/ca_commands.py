@@ -161,23 +161,34 @@ def profile() -> None:
     """Issuance profiles: which names, key types and lifetimes are allowed (deny by default)."""
 
 
-def _profile_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def _profile_options(*, update: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options of ``profile add`` (with their defaults), or of ``profile update`` (no
+    defaults: an option not given keeps what the profile has)."""
+    keep = " Repeat it to list several; given once with '' it empties the list." if update else " (repeatable)"
+
+    def default(value: object) -> dict[str, Any]:
+        return {"default": None} if update else {"default": value, "show_default": True}
+
     options = [
-        click.option("--cn-pattern", required=True, help="Regular expression every CN must fully match."),
-        click.option("--san-dns-pattern", multiple=True, help="Regex a DNS SAN must fully match (repeatable)."),
-        click.option("--san-uri-pattern", multiple=True, help="Regex a URI SAN must fully match (repeatable)."),
-        click.option("--key-types", default=",".join(KEY_TYPES), show_default=True,
+        click.option("--cn-pattern", required=not update, help="Regular expression every CN must fully match."),
+        click.option("--san-dns-pattern", multiple=True, help="Regex a DNS SAN must fully match." + keep),
+        click.option("--san-uri-pattern", multiple=True, help="Regex a URI SAN must fully match." + keep),
+        click.option("--key-types", **default(",".join(KEY_TYPES)),
                      help="Comma-separated key types allowed; the first is the default."),
-        click.option("--default-ttl", default="24h", show_default=True),
-        click.option("--max-ttl", default="30d", show_default=True),
-        click.option("--profile-arn", default="", help="Roles Anywhere profile ARN."),
-        click.option("--trust-anchor-arn", default="", help="Roles Anywhere trust anchor ARN."),
-        click.option("--role-arn", "role_arns", multiple=True, help="Role ARN (repeatable)."),
-        click.option("--session-duration", type=int, default=3600, show_default=True),
+        click.option("--default-ttl", **default("24h")),
+        click.option("--max-ttl", **default("30d")),
+        click.option("--profile-arn", **default(""), help="Roles Anywhere profile ARN ('' removes it)."),
+        click.option("--trust-anchor-arn", **default(""), help="Roles Anywhere trust anchor ARN ('' removes it)."),
+        click.option("--role-arn", "role_arns", multiple=True, help="IAM role ARN." + keep),
+        click.option("--session-duration", type=int, **default(3600)),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
 
 
 def _build_profile(name: str, cn_pattern: str, san_dns_pattern: tuple[str, ...],
@@ -197,7 +208,7 @@ def _build_profile(name: str, cn_pattern: str, san_dns_pattern: tuple[str, ...],
 @profile.command("add")
 @home_option
 @click.argument("name")
-@_profile_options
+@_profile_options(update=False)
 @json_option
 def profile_add(home: Path | None, name: str, as_json: bool, **fields: object) -> None:
     """Add profile NAME."""
@@ -208,14 +219,37 @@ def profile_add(home: Path | None, name: str, as_json: bool, **fields: object) -
 @profile.command("update")
 @home_option
 @click.argument("name")
-@_profile_options
+@_profile_options(update=True)
 @json_option
-def profile_update(home: Path | None, name: str, as_json: bool, **fields: object) -> None:
-    """Replace profile NAME with the options given."""
-    authority = open_ca(home)
-    authority.profile(name)
-    saved = authority.add_profile(_build_profile(name, **fields), replace=True)  # type: ignore[arg-type]  # click's values
-    _print_profile(saved, as_json, verb="updated")
+def profile_update(home: Path | None, name: str, as_json: bool, cn_pattern: str | None,
+                   san_dns_pattern: tuple[str, ...], san_uri_pattern: tuple[str, ...], key_types: str | None,
+                   default_ttl: str | None, max_ttl: str | None, profile_arn: str | None,
+                   trust_anchor_arn: str | None, role_arns: tuple[str, ...], session_duration: int | None) -> None:
+    """Change the options given of profile NAME; the others keep their values.
+
+    A list option given (--san-dns-pattern, --san-uri-pattern, --role-arn) replaces that whole
+    list; given once as '' it empties it.
+    """
+    given: dict[str, object] = {"cn_pattern": cn_pattern, "default_ttl": default_ttl, "max_ttl": max_ttl,
+                                "key_types": _key_types(key_types) if key_types is not None else None}
+    changes = {key: value for key, value in given.items() if value is not None}
+    for key, values in (("san_dns_patterns", san_dns_pattern), ("san_uri_patterns", san_uri_pattern)):
+        if values:
+            changes[key] = [v for v in values if v]
+    given = {"profile_arn": profile_arn, "trust_anchor_arn": trust_anchor_arn, "session_duration": session_duration}
+    binding = {key: value for key, value in given.items() if value is not None}
+    if role_arns:
+        binding["role_arns"] = [v for v in role_arns if v]
+    if binding:
+        changes["roles_anywhere"] = binding
+    if not changes:
+        raise InvalidInput("nothing to change: give the options to change (see 'rapki profile update --help')")
+    _print_profile(open_ca(home).update_profile(name, changes), as_json, verb="updated")
+
+
+def _key_types(text: str) -> list[str]:
+    """The key types of a comma-separated ``--key-types``, each checked."""
+    return [KeyType.parse(k).value for k in text.split(",") if k.strip()]
 
 
 @profile.command("list")

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from pki.errors import InvalidInput
+from pki.errors import InvalidInput, RapkiError
 from pki.x509.crl import REASON_NAMES
 from pki.x509.durations import parse_duration
 from pki.x509.keys import KeyType
 from service.cli.base import echo_json, home_option, json_option
 from service.cli.ca_commands import KEY_TYPES, open_ca
 from service.cli.crl_commands import publish_after_revoke
+
+if TYPE_CHECKING:
+    from pki.ca.values import IssuedCertificate
 
 
 @click.command()
@@ -35,11 +39,22 @@ def issue(home: Path | None, profile_name: str, cn: str | None, san: tuple[str, 
     if csr is not None and key_type is not None:
         raise InvalidInput("give --csr or --key-type, not both")
     authority = open_ca(home)
-    issued = authority.issue(
-        profile_name, cn=cn, sans=san, csr=csr.read_bytes() if csr else None,
-        key_type=KeyType(key_type) if key_type else None, ttl=parse_duration(ttl) if ttl else None,
-    )
-    written = issued.write_to(out)
+    written: dict[str, Path] = {}
+
+    def write_files(made: IssuedCertificate) -> None:
+        """Run before the certificate is committed: if the files cannot be written, nothing is recorded."""
+        written.update(_write_files(made, out))
+
+    try:
+        issued = authority.issue(
+            profile_name, cn=cn, sans=san, csr=csr.read_bytes() if csr else None,
+            key_type=KeyType(key_type) if key_type else None, ttl=parse_duration(ttl) if ttl else None,
+            before_commit=write_files,
+        )
+    except BaseException:
+        for path in written.values():  # written, but the record did not commit: no unrecorded certificate
+            path.unlink(missing_ok=True)
+        raise
     info: dict[str, Any] = {
         "serial": issued.serial_hex,
         "subject": issued.subject,
@@ -52,6 +67,19 @@ def issue(home: Path | None, profile_name: str, cn: str | None, san: tuple[str, 
     click.echo(f"issued {info['serial']} {info['subject']} until {info['not_after']}")
     for kind, path in info["files"].items():
         click.echo(f"  {kind}: {path}")
+
+
+# An --out that cannot be used is bad input (exit 2); anything else, such as a full disk, a failure (exit 1).
+_UNUSABLE_DIRECTORY = {errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _write_files(issued: IssuedCertificate, out: Path) -> dict[str, Path]:
+    try:
+        return issued.write_to(out)
+    except OSError as exc:
+        error = InvalidInput if exc.errno in _UNUSABLE_DIRECTORY else RapkiError
+        where = exc.filename or out
+        raise error(f"cannot write {where}: {exc.strerror or exc}; nothing was issued or recorded") from exc
 
 
 @click.command()
