@@ -95,6 +95,7 @@ class WriteTransaction(Transaction):
         return self
 
     def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> Literal[False]:
+        committed = False
         try:
             if exc is None:
                 try:
@@ -102,12 +103,13 @@ class WriteTransaction(Transaction):
                 except BaseException as failed:
                     self._fail(failed)
                     raise
+                committed = True
             else:
                 self._fail(exc)
             return False
         finally:
             if self._lock is not None:
-                self._release(self._lock, committed=exc is None)
+                self._release(self._lock, committed=committed)
             if not self._database.is_sqlite:
                 self._connection.close()  # back to the pool
 
