@@ -102,3 +102,11 @@ class Unavailable(RapkiError):
     code = "unavailable"
     exit_code = 1
     http_status = 503
+
+
+class DatabaseBusy(Unavailable):
+    """Another process held the database's write lock (a table lock on PostgreSQL) for longer
+    than a write may wait (``[database] busy_timeout``): nothing was written; try again."""
+
+    code = "database_busy"
+    retry_after = 1

@@ -67,7 +67,8 @@ class CertificateAuthority(Issuance, RevocationAndCrls, Inventory, ProfileCatalo
     def open(cls, home_path: str | Path) -> CertificateAuthority:
         home = Home(Path(home_path))
         config = home.load_config()
-        db = Database(home.database_url(config), sqlite_synchronous=config.sqlite_synchronous)
+        db = Database(home.database_url(config), sqlite_synchronous=config.sqlite_synchronous,
+                      busy_timeout=config.busy_timeout.total_seconds())
         db.migrate()
         return cls(home, config, db)
 
@@ -97,7 +98,8 @@ class CertificateAuthority(Issuance, RevocationAndCrls, Inventory, ProfileCatalo
             key_type=options.key_type, serial_bytes=options.serial_bytes,
             database_url=options.database_url, passphrase_file=passphrase_file,
         )
-        db = Database(home.database_url(config), sqlite_synchronous=config.sqlite_synchronous)
+        db = Database(home.database_url(config), sqlite_synchronous=config.sqlite_synchronous,
+                      busy_timeout=config.busy_timeout.total_seconds())
         db.migrate()
         with db.engine.connect() as conn:
             if issuer_rows.count(conn):

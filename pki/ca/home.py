@@ -33,6 +33,9 @@ CONFIG_NAME = "rapki.toml"
 CONFIG_VERSION = 1
 MIN_SERIAL_BYTES = 9  # >= 64 random bits after clearing the sign bit
 MAX_SERIAL_BYTES = 20  # RFC 5280 and Roles Anywhere limit
+# A write waits at most this long for another process's lock. The API answers on the thread that
+# waits, so the bound stays well under gunicorn's worker timeout (60 s).
+MAX_BUSY_TIMEOUT = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Config:
     serial_bytes: int = 16
     database_url: str = ""  # empty: sqlite file rapki.db in the home
     sqlite_synchronous: str = "normal"
+    busy_timeout: timedelta = timedelta(seconds=2)  # how long a write waits for another's lock
     passphrase_file: str = ""  # relative to the home, or absolute
     crl_validity: timedelta = timedelta(days=7)
     crl_republish_before: timedelta = timedelta(days=2)
@@ -56,12 +60,16 @@ class Config:
             )
         if self.sqlite_synchronous not in ("off", "normal", "full", "extra"):
             raise InvalidInput("sqlite_synchronous must be one of off, normal, full, extra")
+        if self.busy_timeout > MAX_BUSY_TIMEOUT:
+            raise InvalidInput(f"busy_timeout must be at most {format_duration(MAX_BUSY_TIMEOUT)}, "
+                               f"not {format_duration(self.busy_timeout)}")
 
     def to_toml(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "rapki": {"config_version": CONFIG_VERSION},
             "ca": {"key_type": self.key_type.value, "serial_bytes": self.serial_bytes},
-            "database": {"url": self.database_url, "sqlite_synchronous": self.sqlite_synchronous},
+            "database": {"url": self.database_url, "sqlite_synchronous": self.sqlite_synchronous,
+                         "busy_timeout": format_duration(self.busy_timeout)},
             "passphrase": {"file": self.passphrase_file},
             "crl": {
                 "validity": format_duration(self.crl_validity),
@@ -89,6 +97,7 @@ class Config:
             serial_bytes=serial_bytes,
             database_url=str(db.get("url", "")),
             sqlite_synchronous=str(db.get("sqlite_synchronous", "normal")).lower(),
+            busy_timeout=parse_duration(db.get("busy_timeout", "2s")),
             passphrase_file=str(doc.get("passphrase", {}).get("file", "")),
             crl_validity=parse_duration(crl.get("validity", "7d")),
             crl_republish_before=parse_duration(crl.get("republish_before", "2d")),

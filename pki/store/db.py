@@ -1,20 +1,28 @@
 """Engine creation, migrations on start, the pragmas that make SQLite a fit default, and the
-write transactions of the issuance path (``Database.write``)."""
+write transactions of the issuance path (``Database.write``).
+
+Lock waits are bounded (``busy_timeout``, from ``[database] busy_timeout``): SQLite's busy
+timeout, PostgreSQL's ``lock_timeout``. A statement that waited that long for another process's
+lock comes out as ``pki.errors.DatabaseBusy`` (503 ``database_busy`` with ``Retry-After`` in the
+API, one line in the CLI), from the engine's connections (``handle_error``) and from the issuance
+path's own (``Database.write``, ``Database.query``) alike."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, event, inspect, make_url, text
+from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
-from pki.errors import InvalidInput, Unavailable
+from pki.errors import DatabaseBusy, InvalidInput, Unavailable
 from pki.store.statements import PreparedStatement, Transaction, wrap_dbapi_error
 from pki.store.writelock import WriterLock
 
@@ -25,6 +33,23 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 HEAD_REVISION = "0002"  # bump with every new revision in migrations/versions
+
+
+# How long an API write waits for SQLite's lock once another has waited out the busy timeout in
+# vain (``pki.store.writelock``): long enough for another process's ordinary transaction.
+BRIEF_WAIT = 0.1
+# PostgreSQL's SQLSTATE for a lock not granted within lock_timeout ("lock_not_available").
+_PG_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` (a driver's exception, or SQLAlchemy's around one) says that another
+    connection held a lock for longer than this one would wait."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.OperationalError):
+        # SQLITE_BUSY and its extended codes (BUSY_SNAPSHOT: another writer got in first)
+        return (getattr(orig, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+    return getattr(orig, "sqlstate", None) == _PG_LOCK_NOT_AVAILABLE
 
 
 def _json_text(value: Any) -> str:
@@ -38,10 +63,14 @@ _JSON: dict[str, Any] = {"json_serializer": _json_text, "json_deserializer": orj
 
 class WriteTransaction(Transaction):
     """``Database.write``'s transaction: takes the writer lock (if any) on entry; on exit commits,
-    or rolls back and re-raises (a driver error as SQLAlchemy's), then lets go of the lock (and,
-    pooled, of the connection). A class rather than a generator: it runs once per certificate."""
+    or rolls back and re-raises (a driver error as SQLAlchemy's, a lock wait that timed out as
+    ``DatabaseBusy``), then lets go of the lock (and, pooled, of the connection). A class rather
+    than a generator: it runs once per certificate.
 
-    __slots__ = ("_connection", "_database", "_lock")
+    With a writer lock, a writer that finds it stamped busy (``WriterLock.recently_busy``) waits
+    for SQLite's lock only ``BRIEF_WAIT``: see ``pki.store.writelock``."""
+
+    __slots__ = ("_brief", "_busy", "_connection", "_database", "_lock")
 
     def __init__(self, database: Database, connection: PoolProxiedConnection, lock: WriterLock | None) -> None:
         self.dbapi = connection.driver_connection
@@ -49,13 +78,24 @@ class WriteTransaction(Transaction):
         self._database = database
         self._connection = connection
         self._lock = lock
+        self._brief = False
+        self._busy = False
 
     def __enter__(self) -> WriteTransaction:
-        if self._lock is not None:
-            self._lock.acquire()
+        lock = self._lock
+        if lock is not None:
+            lock.acquire()
+            try:
+                if lock.recently_busy():
+                    _set_sqlite_busy_timeout(self.dbapi, min(BRIEF_WAIT, self._database.busy_timeout))
+                    self._brief = True
+            except BaseException:
+                lock.release()
+                raise
         return self
 
     def __exit__(self, _type: Any, exc: BaseException | None, _tb: Any) -> Literal[False]:
+        committed = False
         try:
             if exc is None:
                 try:
@@ -63,27 +103,50 @@ class WriteTransaction(Transaction):
                 except BaseException as failed:
                     self._fail(failed)
                     raise
+                committed = True
             else:
                 self._fail(exc)
             return False
         finally:
             if self._lock is not None:
-                self._lock.release()
+                self._release(self._lock, committed=committed)
             if not self._database.is_sqlite:
                 self._connection.close()  # back to the pool
 
+    def _release(self, lock: WriterLock, *, committed: bool) -> None:
+        try:
+            if self._busy:
+                lock.mark_busy()
+            elif self._brief and committed:
+                lock.clear_busy()  # the lock was let go: writers wait normally again
+            if self._brief:
+                with contextlib.suppress(self.dialect.loaded_dbapi.Error):  # a connection dropped on failure
+                    _set_sqlite_busy_timeout(self.dbapi, self._database.busy_timeout)
+        finally:
+            lock.release()
+
     def _fail(self, exc: BaseException) -> None:
         self._database._rollback(self._connection, exc)
+        if is_lock_timeout(exc):
+            self._busy = True
+            raise self._database.busy_error() from exc
         if isinstance(exc, self.dialect.loaded_dbapi.Error):
             raise wrap_dbapi_error(exc, self.dialect, None) from exc
+
+
+def _set_sqlite_busy_timeout(dbapi_connection: Any, seconds: float) -> None:
+    dbapi_connection.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
 
 
 class Database:
     """One engine per process, migrated to the head revision when opened."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "normal") -> None:
+    def __init__(self, url: str, *, sqlite_synchronous: str = "normal", busy_timeout: float = 2.0) -> None:
+        """``busy_timeout``: seconds a statement waits for another connection's lock before it
+        gives up with ``DatabaseBusy``."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.busy_timeout = busy_timeout
         try:
             self.engine: Engine = self._create_engine(url, sqlite_synchronous)
             # SQLite connections held by threads (``write``/``query``) come from an engine of their
@@ -120,10 +183,18 @@ class Database:
             return statement.execute(connection.driver_connection, self.engine.dialect, values)
         except DBAPIError as exc:
             self._rollback(connection, exc)
+            if is_lock_timeout(exc):
+                raise self.busy_error() from exc
             raise
         finally:
             if not self.is_sqlite:
                 connection.close()
+
+    def busy_error(self) -> DatabaseBusy:
+        """The error for a lock wait that timed out, naming the database (never its password)."""
+        url = make_url(self.url)
+        where = url.database if self.is_sqlite else url.render_as_string(hide_password=True)
+        return DatabaseBusy(f"database busy: another process holds a write lock on {where}; try again")
 
     def _connection(self) -> PoolProxiedConnection:
         if not self.is_sqlite:
@@ -170,24 +241,39 @@ class Database:
             connection.invalidate()
             self._held.pop(threading.get_ident(), None)
 
-    @staticmethod
-    def _create_engine(url: str, synchronous: str, *, pooled: bool = True) -> Engine:
+    def _create_engine(self, url: str, synchronous: str, *, pooled: bool = True) -> Engine:
+        wait_ms = int(self.busy_timeout * 1000)
         if not url.startswith("sqlite"):
-            return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **_JSON)
-        extra: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
-        engine = create_engine(url, connect_args={"timeout": 30}, **extra, **_JSON)
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **_JSON)
 
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # WAL lets readers run beside the writer; busy_timeout makes writers queue instead of
-            # failing; synchronous=NORMAL in WAL never corrupts, but a power loss (not a process
-            # crash) may drop the last transactions. See README, "Durability".
-            cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+            @event.listens_for(engine, "connect")
+            def _lock_timeout(dbapi_conn: Any, _record: Any) -> None:
+                # For the session, committed, so that the pool's rollback on check-in keeps it.
+                cursor = dbapi_conn.cursor()
+                cursor.execute(f"SET lock_timeout = {wait_ms}")
+                cursor.close()
+                dbapi_conn.commit()
+        else:
+            extra: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
+            engine = create_engine(url, connect_args={"timeout": self.busy_timeout}, **extra, **_JSON)
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                # WAL lets readers run beside the writer; busy_timeout makes writers queue instead
+                # of failing, for a bounded time; synchronous=NORMAL in WAL never corrupts, but a
+                # power loss (not a process crash) may drop the last transactions. See
+                # docs/operations.md, "Durability" and "Lock waits".
+                cursor = dbapi_conn.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                cursor.execute(f"PRAGMA busy_timeout={wait_ms}")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.close()
+
+        @event.listens_for(engine, "handle_error")
+        def _busy(context: ExceptionContext) -> None:
+            if is_lock_timeout(context.original_exception):
+                raise self.busy_error() from context.sqlalchemy_exception
 
         return engine
 

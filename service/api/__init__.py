@@ -9,6 +9,7 @@ Request bodies are declared once in ``service.api.shapes``; both the OpenAPI doc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from flask import Flask, Response, g, request
 
 from pki.ca.authority import CertificateAuthority
 from pki.ca.tokens import TokenStore
+from pki.errors import RapkiError
 from service.api import errors, metrics
 from service.api.context import ApiContext, Settings
 from service.api.jsonio import JsonProvider
@@ -36,6 +38,7 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
     app.json = JsonProvider(app)
     settings = Settings.from_config(ca.config.extra.get("api", {}))
     ca.db.serialize_writers(ca.home.path / "run" / "sqlite-writer.lock")  # workers take turns in the kernel
+    _load_ca_material(ca)
     app.extensions["rapki"] = ApiContext(ca, TokenStore(ca), SharedState(ca.home.path / STATE_FILE), settings)
     logging.getLogger("rapki.api").setLevel(logging.INFO)
 
@@ -64,3 +67,12 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
     # Flask's documented way to add WSGI middleware is to replace the wsgi_app method.
     app.wsgi_app = DirectEnroll(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
+
+
+def _load_ca_material(ca: CertificateAuthority) -> None:
+    """The root and issuing CA certificates into memory now (each process keeps them), so that
+    ``GET /v1/ca/root`` and ``/v1/ca/chain`` are answered from memory, never waiting on the
+    database. A home missing them still starts; those endpoints then say what is missing."""
+    with contextlib.suppress(RapkiError):
+        ca.root_certificate  # noqa: B018 - loaded for its side effect, the cache
+    ca.issuers()

@@ -1,9 +1,10 @@
 """Every error leaves the API as ``{"error": "<code>", "message": "<what was wrong, what to do>"}``
 (plus the members an error names in ``RapkiError.fields``, e.g. ``superseded_by``).
 
-Library errors (``pki.errors``) carry their own code and status; HTTP-level failures from
-Werkzeug (404, 405, 413) and database outages are mapped here, so no handler ever answers with an
-HTML page or a traceback.
+Library errors (``pki.errors``) carry their own code and status (a lock wait that timed out is
+``DatabaseBusy``: 503 ``database_busy``, ``Retry-After: 1``); HTTP-level failures from Werkzeug
+(404, 405, 413) and database outages are mapped here, so no handler ever answers with an HTML page
+or a traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from pki.errors import InvalidInput, RapkiError
+from pki.errors import DatabaseBusy, InvalidInput, RapkiError
 from service.api import metrics
 
 log = logging.getLogger("rapki.api")
@@ -45,7 +46,9 @@ def describe(exc: BaseException) -> tuple[str, str, int, dict[str, str]]:
             headers["Retry-After"] = str(retry_after)
         if exc.http_status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="rapki"'
-        if exc.http_status >= 500 and exc.http_status != 503:
+        if isinstance(exc, DatabaseBusy):  # the operator should see who holds the lock, and for how long
+            log.warning("write refused: %s", exc)
+        elif exc.http_status >= 500 and exc.http_status != 503:
             log.error("request failed: %s", exc)
         return exc.code, str(exc), exc.http_status, headers
     if isinstance(exc, HTTPException):

@@ -47,7 +47,8 @@ _ERROR_TEXT = {
     413: "Request body over 64 KiB.",
     422: "Refused by policy: CN, SAN, key type or TTL outside the profile; CSR asking for CA:TRUE.",
     429: "Rate limit reached (per client address and per credential); see Retry-After.",
-    503: "The CA database is unreachable; retry later.",
+    503: ("The CA database is unreachable (unavailable) or another process holds its write lock "
+          "(database_busy); retry after Retry-After."),
 }
 
 _WRITE_ERRORS = (400, 401, 403, 413, 429, 503)
