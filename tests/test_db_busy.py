@@ -66,6 +66,7 @@ def csr_pem(cn: str) -> str:
 
 
 # --- SQLite --------------------------------------------------------------------------------------
+@pytest.mark.e2e
 @pytest.mark.timeout(25)
 def test_cli_issue_gives_up_in_one_line_while_sqlite_is_locked(ca: CertificateAuthority) -> None:
     db = ca.home.path / "rapki.db"
@@ -113,6 +114,7 @@ def test_api_writers_do_not_queue_behind_one_that_gave_up(ca: CertificateAuthori
     assert workload_rows(ca) == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_served_writes_get_503_database_busy_and_reads_answer(tmp_path: Path, passphrase_env: str) -> None:
     """A real ``rapki serve``: while another process holds the write lock, enrollment and token
@@ -179,6 +181,7 @@ def pg_table_locked(url: str, table: str) -> Iterator[None]:
         engine.dispose()
 
 
+@pytest.mark.e2e
 @pytest.mark.timeout(60)
 def test_postgresql_writes_give_up_with_database_busy(tmp_path: Path, passphrase_env: str,
                                                       pg_database_url: str) -> None:
