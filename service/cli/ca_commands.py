@@ -11,6 +11,7 @@ import click
 from pki.ca.authority import CertificateAuthority, InitOptions
 from pki.ca.home import Home
 from pki.errors import Conflict, InvalidInput
+from pki.store.db import without_password
 from pki.x509.durations import format_duration, parse_duration
 from pki.x509.keys import KeyType
 from pki.x509.pem import Pem
@@ -79,7 +80,7 @@ def init(home: Path | None, key_type: str, organization: str, country: str | Non
         "root": ca.root_certificate.subject.rfc4514_string(),
         "issuing_ca": issuer.certificate.subject.rfc4514_string(),
         "root_key": str(offline_root or ca.home.root_key_path),
-        "database": ca.db.url,
+        "database": without_password(ca.db.url),
     }
     if as_json:
         echo_json(summary)
