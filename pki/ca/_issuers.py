@@ -139,7 +139,7 @@ class IssuingCAs(AuditTrail):
         return (self.issuer().certificate,)
 
     def _create_issuer(self, root_key: PrivateKey, key_type: KeyType, cn: str, organization: str | None,
-                       country: str | None, lifetime: timedelta, path_length: int) -> Issuer:
+                       country: str | None, lifetime: timedelta, path_length: int, *, active: bool = True) -> Issuer:
         with self.db.engine.connect() as conn:
             number = issuer_rows.count(conn) + 1
         name = f"issuing-{number}"
@@ -152,8 +152,8 @@ class IssuingCAs(AuditTrail):
         Pem(private_key_pem(key, self.passphrase)).write_to_path(self.home.resolve(key_ref), secret=True)
         Pem.of_certificates([cert]).write_to_path(self.home.ca_dir / f"{name}.pem")
         with self.db.engine.begin() as conn:
-            issuer_id = issuer_rows.add_active(
-                conn, name=name, subject=cert.subject.rfc4514_string(),
+            issuer_id = issuer_rows.add(
+                conn, active=active, name=name, subject=cert.subject.rfc4514_string(),
                 ski=cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex(),
                 key_type=key_type.value, key_ref=key_ref, der=cert.public_bytes(Encoding.DER),
                 not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
@@ -167,9 +167,10 @@ class IssuingCAs(AuditTrail):
 
     def sign_intermediate(self, *, root_key_path: Path | None = None, key_type: KeyType | None = None,
                           cn: str | None = None, lifetime: timedelta = timedelta(days=1095),
-                          actor: str | None = None) -> Issuer:
-        """Rotate: a new issuing CA signed by the root becomes active. Older issuers keep signing
-        CRLs for the certificates they issued until those expire."""
+                          actor: str | None = None, activate: bool = True) -> Issuer:
+        """Rotate: a new issuing CA signed by the root becomes active (with ``activate=False``, it
+        is only made: ``activate_issuer`` switches once its key file is on every replica). Older
+        issuers keep signing CRLs for the certificates they issued until those expire."""
         path = root_key_path or self.home.root_key_path
         if not path.is_file():
             raise InvalidInput(
@@ -184,8 +185,22 @@ class IssuingCAs(AuditTrail):
         issuer = self._create_issuer(
             root_key, key_type or self.config.key_type, cn or f"rapki Issuing CA {len(current) + 1}",
             str(org_attrs[0].value) if org_attrs else None, str(country[0].value) if country else None,
-            lifetime, 0,
+            lifetime, 0, active=activate,
         )
         self.audit(actor or local_actor(), "ca.sign_intermediate", issuer.name,
-                   {"subject": issuer.certificate.subject.rfc4514_string()})
+                   {"subject": issuer.certificate.subject.rfc4514_string(), "active": activate})
         return issuer
+
+    def activate_issuer(self, name: str, *, actor: str | None = None) -> Issuer:
+        """Make the issuing CA ``name`` the one that issues (the end of a staged rotation, or a
+        step back to an older CA). Its key must load here first. Every server and replica follows
+        within ``ISSUERS_REFRESH`` seconds."""
+        issuer = self.issuer(name)
+        if issuer.not_after <= datetime.now(UTC):
+            raise InvalidInput(f"{name} expired on {issuer.not_after:%Y-%m-%d}: it cannot issue")
+        self.issuer_key(issuer)
+        with self.db.engine.begin() as conn:
+            issuer_rows.activate(conn, issuer.id)
+            self.audit_in(conn, actor or local_actor(), "ca.activate", issuer.name, {})
+        self._read_issuers()
+        return self.issuer(name)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import orjson
 from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
@@ -34,7 +34,11 @@ def without_password(url: str) -> str:
         parsed = make_url(url)
     except Exception as exc:  # an unparsable URL
         raise InvalidInput(f"cannot use the database URL: {exc}") from exc
-    return parsed.set(password=None).render_as_string(hide_password=False) if parsed.password else url
+    if not parsed.password:
+        return url
+    bare = URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database,
+                      parsed.query)  # URL.set() cannot unset a part
+    return bare.render_as_string(hide_password=False)
 
 
 def with_password(url: str, password: str | None) -> str:
