@@ -110,3 +110,29 @@ class DatabaseBusy(Unavailable):
 
     code = "database_busy"
     retry_after = 1
+
+
+class IssuerKeyMissing(Unavailable):
+    """An issuing CA's key file is not on this host (a replica that was not given it after a
+    rotation): the message names the file to copy. Exit 2: the set-up, not the request, is wrong."""
+
+    code = "issuer_key_missing"
+    exit_code = 2
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DatabaseUnreachable(Unavailable):
+    """The database cannot be reached (or does not exist on its server). HTTP 503; a command
+    refuses with exit 2 (nothing was done, the set-up must change or the server come back)."""
+
+    code = "database_unreachable"
+    exit_code = 2
+
+
+class DatabaseMissing(InvalidInput):
+    """The home's database does not exist (or holds no rapki CA): refused rather than created empty."""
+
+    code = "database_missing"

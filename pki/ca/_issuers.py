@@ -3,6 +3,7 @@ hierarchy), their keys, and rotation to a new issuing CA (``sign_intermediate``)
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from pki.ca._audit import AuditTrail, local_actor
 from pki.ca.home import Config, Home
 from pki.ca.values import Issuer
-from pki.errors import InvalidInput, NotFound
+from pki.errors import InvalidInput, IssuerKeyMissing, NotFound
 from pki.store import crls as crl_rows
 from pki.store import issuers as issuer_rows
 from pki.x509.hierarchy import build_intermediate, ca_name
@@ -20,14 +21,20 @@ from pki.x509.issuance import LeafSigner
 from pki.x509.keys import KeyType, PrivateKey, load_private_key, private_key_pem, public_key_matches
 from pki.x509.pem import Pem, load_certificate
 
+# How long a process trusts the issuers it read before reading them again: the bound on how long
+# a rotation made elsewhere (another worker, a replica, the CLI) takes to reach it.
+ISSUERS_REFRESH = 2.0
+
 
 class IssuingCAs(AuditTrail):
-    """The root and the issuing CAs, read once per process (``sign_intermediate`` refreshes them)."""
+    """The root and the issuing CAs, re-read from the database every ``ISSUERS_REFRESH`` seconds
+    and whenever one is asked for that is not known yet."""
 
     home: Home
     config: Config
     _passphrase: bytes | None
     _issuers: dict[int, Issuer] | None
+    _issuers_read_at: float
     _root: x509.Certificate | None
 
     @property
@@ -49,34 +56,70 @@ class IssuingCAs(AuditTrail):
         return list(self._issuers_by_id().values())
 
     def _issuers_by_id(self) -> dict[int, Issuer]:
-        if self._issuers is None:
-            with self.db.engine.connect() as conn:
-                rows = issuer_rows.all_rows(conn)
-            self._issuers = {
-                r.id: Issuer(r.id, r.name, x509.load_der_x509_certificate(r.der), KeyType(r.key_type),
-                             r.key_ref, r.active)
-                for r in rows
-            }
+        """The issuers as the database has them, re-read at most every ``ISSUERS_REFRESH``
+        seconds: a rotation or retirement by another process (another worker, a replica, the CLI)
+        reaches this one within that time, without a restart."""
+        if self._issuers is None or time.monotonic() - self._issuers_read_at >= ISSUERS_REFRESH:
+            self._read_issuers()
+        assert self._issuers is not None
         return self._issuers
 
+    def _read_issuers(self) -> None:
+        """Read the issuers table; an issuer whose row did not change keeps its object (and so its
+        loaded key and signer)."""
+        with self.db.engine.connect() as conn:
+            rows = issuer_rows.all_rows(conn)
+        known = self._issuers or {}
+        fresh: dict[int, Issuer] = {}
+        for r in rows:
+            kept = known.get(r.id)
+            if kept is not None and kept.key_ref == r.key_ref and kept.key_type.value == r.key_type:
+                kept.active = r.active
+                fresh[r.id] = kept
+            else:
+                fresh[r.id] = Issuer(r.id, r.name, x509.load_der_x509_certificate(r.der), KeyType(r.key_type),
+                                     r.key_ref, r.active)
+        self._issuers, self._issuers_read_at = fresh, time.monotonic()
+
     def issuer(self, name: str | None = None) -> Issuer:
-        """The active issuing CA, or the one named."""
-        for candidate in self._issuers_by_id().values():
-            if (name is None and candidate.active) or candidate.name == name:
-                return candidate
+        """The active issuing CA, or the one named (one made since the last read is read now)."""
+        found = self._find_issuer(name)
+        if found is None:
+            self._read_issuers()
+            found = self._find_issuer(name)
+        if found is not None:
+            return found
         if name is None:
             raise NotFound("no active issuing CA: run 'rapki ca sign-intermediate'")
         known = ", ".join(i.name for i in self.issuers())
         raise NotFound(f"no issuing CA named {name!r} (known: {known})")
 
+    def _find_issuer(self, name: str | None) -> Issuer | None:
+        for candidate in self._issuers_by_id().values():
+            if (name is None and candidate.active) or candidate.name == name:
+                return candidate
+        return None
+
     def _issuer_by_id(self, issuer_id: int) -> Issuer:
-        return self._issuers_by_id()[issuer_id]
+        """The issuer with this id; one made since the last read (a certificate of a CA another
+        process just created) is read now."""
+        found = self._issuers_by_id().get(issuer_id)
+        if found is None:
+            self._read_issuers()
+            found = self._issuers_by_id().get(issuer_id)
+        if found is None:
+            raise NotFound(f"no issuing CA with id {issuer_id} in the database")
+        return found
 
     def issuer_key(self, issuer: Issuer) -> PrivateKey:
         if issuer.key is None:
             path = self.home.resolve(issuer.key_ref)
             try:
                 data = path.read_bytes()
+            except FileNotFoundError as exc:
+                raise IssuerKeyMissing(
+                    f"the key of {issuer.name} is not on this host: copy {issuer.key_ref} from the home where "
+                    f"'rapki ca sign-intermediate' made it to {path} (mode 0600)", str(path)) from exc
             except OSError as exc:
                 raise InvalidInput(f"cannot read the key of {issuer.name} at {path}: {exc.strerror}") from exc
             key = load_private_key(data, self.passphrase, what=f"key of {issuer.name}")
@@ -96,7 +139,7 @@ class IssuingCAs(AuditTrail):
         return (self.issuer().certificate,)
 
     def _create_issuer(self, root_key: PrivateKey, key_type: KeyType, cn: str, organization: str | None,
-                       country: str | None, lifetime: timedelta, path_length: int) -> Issuer:
+                       country: str | None, lifetime: timedelta, path_length: int, *, active: bool = True) -> Issuer:
         with self.db.engine.connect() as conn:
             number = issuer_rows.count(conn) + 1
         name = f"issuing-{number}"
@@ -109,24 +152,25 @@ class IssuingCAs(AuditTrail):
         Pem(private_key_pem(key, self.passphrase)).write_to_path(self.home.resolve(key_ref), secret=True)
         Pem.of_certificates([cert]).write_to_path(self.home.ca_dir / f"{name}.pem")
         with self.db.engine.begin() as conn:
-            issuer_id = issuer_rows.add_active(
-                conn, name=name, subject=cert.subject.rfc4514_string(),
+            issuer_id = issuer_rows.add(
+                conn, active=active, name=name, subject=cert.subject.rfc4514_string(),
                 ski=cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex(),
                 key_type=key_type.value, key_ref=key_ref, der=cert.public_bytes(Encoding.DER),
                 not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
                 created_at=datetime.now(UTC),
             )
             crl_rows.start(conn, issuer_id)
-        self._issuers = None
+        self._read_issuers()
         issuer = self._issuer_by_id(issuer_id)
         issuer.key = key
         return issuer
 
     def sign_intermediate(self, *, root_key_path: Path | None = None, key_type: KeyType | None = None,
                           cn: str | None = None, lifetime: timedelta = timedelta(days=1095),
-                          actor: str | None = None) -> Issuer:
-        """Rotate: a new issuing CA signed by the root becomes active. Older issuers keep signing
-        CRLs for the certificates they issued until those expire."""
+                          actor: str | None = None, activate: bool = True) -> Issuer:
+        """Rotate: a new issuing CA signed by the root becomes active (with ``activate=False``, it
+        is only made: ``activate_issuer`` switches once its key file is on every replica). Older
+        issuers keep signing CRLs for the certificates they issued until those expire."""
         path = root_key_path or self.home.root_key_path
         if not path.is_file():
             raise InvalidInput(
@@ -141,8 +185,22 @@ class IssuingCAs(AuditTrail):
         issuer = self._create_issuer(
             root_key, key_type or self.config.key_type, cn or f"rapki Issuing CA {len(current) + 1}",
             str(org_attrs[0].value) if org_attrs else None, str(country[0].value) if country else None,
-            lifetime, 0,
+            lifetime, 0, active=activate,
         )
         self.audit(actor or local_actor(), "ca.sign_intermediate", issuer.name,
-                   {"subject": issuer.certificate.subject.rfc4514_string()})
+                   {"subject": issuer.certificate.subject.rfc4514_string(), "active": activate})
         return issuer
+
+    def activate_issuer(self, name: str, *, actor: str | None = None) -> Issuer:
+        """Make the issuing CA ``name`` the one that issues (the end of a staged rotation, or a
+        step back to an older CA). Its key must load here first. Every server and replica follows
+        within ``ISSUERS_REFRESH`` seconds."""
+        issuer = self.issuer(name)
+        if issuer.not_after <= datetime.now(UTC):
+            raise InvalidInput(f"{name} expired on {issuer.not_after:%Y-%m-%d}: it cannot issue")
+        self.issuer_key(issuer)
+        with self.db.engine.begin() as conn:
+            issuer_rows.activate(conn, issuer.id)
+            self.audit_in(conn, actor or local_actor(), "ca.activate", issuer.name, {})
+        self._read_issuers()
+        return self.issuer(name)

@@ -3,7 +3,8 @@
 Layout (all paths relative to the home)::
 
     rapki.toml          config (this module)
-    passphrase          0600, generated at init unless $RAPKI_PASSPHRASE or --passphrase-file is used
+    passphrase          0600, generated at init unless $RAPKI_PASSPHRASE, --passphrase-file or the
+                        systemd credential rapki-passphrase is used (production keeps it elsewhere)
     rapki.db            SQLite database (unless $RAPKI_DATABASE_URL / [database].url points elsewhere)
     ca/root.pem         root certificate
     ca/root.key.pem     root key, encrypted PKCS#8 (absent with --offline-root)
@@ -163,28 +164,73 @@ class Home:
         return config
 
     def database_url(self, config: Config) -> str:
+        """$RAPKI_DATABASE_URL, else ``[database].url``, else ``rapki.db`` in the home; the
+        password, kept out of both, from $RAPKI_DATABASE_PASSWORD (or libpq's own $PGPASSWORD and
+        ``~/.pgpass``, which psycopg reads when the URL has none)."""
+        from pki.store.db import with_password
+
         url = os.environ.get("RAPKI_DATABASE_URL") or config.database_url
-        return url or f"sqlite:///{(self.path / 'rapki.db').resolve()}"
+        return with_password(url or f"sqlite:///{self.sqlite_path.resolve()}",
+                             os.environ.get("RAPKI_DATABASE_PASSWORD"))
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.path / "rapki.db"
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative).expanduser()
         return path if path.is_absolute() else self.path / path
 
     def passphrase(self, config: Config) -> bytes:
-        """The CA key passphrase: $RAPKI_PASSPHRASE, else the configured passphrase file."""
+        """The CA key passphrase, from the first of: $RAPKI_PASSPHRASE; the systemd credential
+        ``$CREDENTIALS_DIRECTORY/rapki-passphrase`` (``LoadCredential=``); ``[passphrase].file``."""
         env = os.environ.get("RAPKI_PASSPHRASE")
         if env:
             return env.encode()
+        credential = systemd_credential()
+        if credential is not None:
+            return credential
         if not config.passphrase_file:
             raise InvalidInput(
-                "no CA passphrase: set $RAPKI_PASSPHRASE or [passphrase].file in rapki.toml"
+                "no CA passphrase: set $RAPKI_PASSPHRASE, give the systemd credential "
+                f"{SYSTEMD_CREDENTIAL} (LoadCredential=) or set [passphrase].file in rapki.toml"
             )
         return read_passphrase_file(self.resolve(config.passphrase_file))
+
+    def passphrase_source(self, config: Config) -> tuple[str, Path | None]:
+        """Where ``passphrase`` reads it from: ``environment``, ``systemd-credential``,
+        ``file-in-home``, ``file`` (elsewhere) or ``none``; with the file's path."""
+        if os.environ.get("RAPKI_PASSPHRASE"):
+            return "environment", None
+        if _credential_path() is not None:
+            return "systemd-credential", _credential_path()
+        if not config.passphrase_file:
+            return "none", None
+        path = self.resolve(config.passphrase_file).resolve()
+        return ("file-in-home" if path.is_relative_to(self.path.resolve()) else "file"), path
 
     def create_passphrase_file(self) -> bytes:
         value = secrets.token_urlsafe(32).encode()
         atomic_write(self.path / "passphrase", value + b"\n", private=True)
         return value
+
+
+SYSTEMD_CREDENTIAL = "rapki-passphrase"  # the credential's name under $CREDENTIALS_DIRECTORY
+
+
+def _credential_path() -> Path | None:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return None
+    path = Path(directory) / SYSTEMD_CREDENTIAL
+    return path if path.is_file() else None
+
+
+def systemd_credential() -> bytes | None:
+    """The passphrase systemd passes as credential ``rapki-passphrase`` (``LoadCredential=`` or
+    ``LoadCredentialEncrypted=``), or None when the unit has none."""
+    path = _credential_path()
+    return read_passphrase_file(path) if path is not None else None
 
 
 def read_passphrase_file(path: Path) -> bytes:

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import create_engine, event, inspect, make_url, text
-from sqlalchemy.engine import Engine, ExceptionContext
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import URL, Engine, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
-from pki.errors import DatabaseBusy, InvalidInput, Unavailable
+from pki.errors import DatabaseBusy, DatabaseMissing, DatabaseUnreachable, InvalidInput
 from pki.store.statements import PreparedStatement, Transaction, wrap_dbapi_error
 from pki.store.writelock import WriterLock
 
@@ -50,6 +50,41 @@ def is_lock_timeout(exc: BaseException) -> bool:
         # SQLITE_BUSY and its extended codes (BUSY_SNAPSHOT: another writer got in first)
         return (getattr(orig, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
     return getattr(orig, "sqlstate", None) == _PG_LOCK_NOT_AVAILABLE
+
+
+def without_password(url: str) -> str:
+    """``url`` as it may be written to ``rapki.toml`` or shown: any password taken out (it stays in
+    the environment: ``$RAPKI_DATABASE_PASSWORD``, or libpq's ``$PGPASSWORD`` / ``~/.pgpass``)."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # an unparsable URL
+        raise InvalidInput(f"cannot use the database URL: {exc}") from exc
+    if not parsed.password:
+        return url
+    bare = URL.create(parsed.drivername, parsed.username, None, parsed.host, parsed.port, parsed.database,
+                      parsed.query)  # URL.set() cannot unset a part
+    return bare.render_as_string(hide_password=False)
+
+
+def with_password(url: str, password: str | None) -> str:
+    """``url`` with ``password`` put in when it has none (``$RAPKI_DATABASE_PASSWORD``)."""
+    if not password or url.startswith("sqlite"):
+        return url
+    parsed = make_url(url)
+    return url if parsed.password else parsed.set(password=password).render_as_string(hide_password=False)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+def unreachable(exc: OperationalError) -> str:
+    """One line for an unreachable database (drivers' messages span lines)."""
+    return "the database is unreachable: " + " ".join(str(exc.orig).split())
 
 
 def _json_text(value: Any) -> str:
@@ -277,13 +312,19 @@ class Database:
 
         return engine
 
-    def migrate(self) -> None:
-        """Apply alembic migrations up to head; cheap when already there (one query)."""
+    def migrate(self, *, existing: bool = False) -> None:
+        """Apply alembic migrations up to head; cheap when already there (one query). With
+        ``existing``, a database that holds no rapki tables at all is refused (DatabaseMissing)
+        instead of being set up: an empty database is not the CA's."""
         try:
-            if self.current_revision() == HEAD_REVISION:
-                return
+            revision = self.current_revision()
         except OperationalError as exc:
-            raise Unavailable(f"the database is unreachable: {exc.orig}") from exc
+            raise DatabaseUnreachable(unreachable(exc)) from exc
+        if revision == HEAD_REVISION:
+            return
+        if revision is None and existing:
+            raise DatabaseMissing(f"the database {without_password(self.url)} holds no rapki CA: point "
+                                  "RAPKI_DATABASE_URL or [database].url in rapki.toml at the CA's database")
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
@@ -304,7 +345,7 @@ class Database:
             with self.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except OperationalError as exc:
-            raise Unavailable(f"the database is unreachable: {exc.orig}") from exc
+            raise DatabaseUnreachable(unreachable(exc)) from exc
 
     def dispose(self) -> None:
         pid = os.getpid()

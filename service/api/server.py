@@ -7,7 +7,8 @@
   fork; nothing is shared but files.
 * TLS: gunicorn's context, tightened in ``ssl_context``: TLS 1.2 minimum, client certificates
   requested but optional (``CERT_OPTIONAL``: enrollment by token needs none; renewal and
-  self-revocation use them), verified against root + issuing CAs. The verified client certificate
+  self-revocation use them), verified against root + issuing CAs, including those a rotation
+  adds while the server runs (``tls.ClientTrust``). The verified client certificate
   reaches the application through the ASGI TLS extension (``TlsScopeProtocol``).
 * Metrics: ``PROMETHEUS_MULTIPROC_DIR`` is set by ``rapki serve`` before this package (and so
   ``prometheus_client``) is imported at all (see ``metrics``).
@@ -80,6 +81,9 @@ def ssl_context(config: Any, default_factory: Callable[[], ssl.SSLContext]) -> s
     context.options |= ssl.OP_NO_COMPRESSION
     if config.ca_certs:
         context.verify_mode = ssl.CERT_OPTIONAL
+        from service.api.tls import CLIENT_TRUST
+
+        CLIENT_TRUST.attach(context)  # issuing CAs made after the start are trusted too
     return context
 
 
@@ -204,9 +208,11 @@ class ApiServer(BaseApplication):
     def load(self) -> Any:
         from service.api import create_app
         from service.api.asgi import InlineWsgi
+        from service.api.tls import CLIENT_TRUST
 
-        return InlineWsgi(create_app(self.home), max_body=MAX_BODY,
-                          body_timeout=self.connection_limits.body_timeout)
+        app = create_app(self.home)
+        CLIENT_TRUST.ca = app.extensions["rapki"].ca
+        return InlineWsgi(app, max_body=MAX_BODY, body_timeout=self.connection_limits.body_timeout)
 
 
 def run(home: Path, *, host: str, port: int, workers: int, certfile: Path, keyfile: Path,

@@ -6,11 +6,22 @@ when missing, when a third of its 90 days is left, when the issuing CA changed, 
 missing. Names are IP addresses and fully qualified host names only: single-label names such as
 ``localhost`` are not valid in a certificate rapki makes (linters refuse them), so local clients use
 ``https://127.0.0.1:PORT``.
+
+Client certificates and rotation: a worker's TLS context verifies client certificates against the
+root and the issuing CAs (``CERT_OPTIONAL``). ``ClientTrust`` keeps that trust store in step with
+the database: at each TLS handshake (the context's ``sni_callback``, which runs for every
+ClientHello, with or without SNI) it adds any issuing CA that appeared since, so a client of a CA
+made by a rotation on another host is accepted within ``ISSUERS_REFRESH`` seconds, without a
+restart. Certificates are only ever added (OpenSSL's store has no removal): a retired CA's
+certificates still complete the handshake, and the application's check (``auth.known_certificate``:
+issued by us, on record, unexpired, unrevoked) decides what they may do. A client certificate is
+trusted only as far as the database allows; the handshake only proves possession of its key.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import ssl
 from dataclasses import dataclass
@@ -18,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from pki.ca.authority import CertificateAuthority
 from pki.errors import InvalidInput
@@ -93,6 +105,39 @@ def server_material(ca: CertificateAuthority, names: list[str]) -> TlsFiles:
     return TlsFiles(certfile, keyfile, client_ca)
 
 
+class ClientTrust:
+    """The trust store of one worker's TLS context, kept in step with the CA's issuers."""
+
+    def __init__(self) -> None:
+        self.ca: CertificateAuthority | None = None
+        self.context: ssl.SSLContext | None = None
+        self._trusted: set[int] = set()  # issuer ids already in the context's store
+
+    def attach(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        context.sni_callback = self._on_client_hello
+
+    def _on_client_hello(self, _ssl_object: object, _server_name: str | None, _context: ssl.SSLContext) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Add the issuing CAs this context does not trust yet. Never raises: a handshake must not
+        fail because the database is briefly away (the store keeps what it had)."""
+        if self.ca is None or self.context is None:
+            return
+        try:
+            for issuer in self.ca.issuers():
+                if issuer.id not in self._trusted:
+                    pem = issuer.certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+                    self.context.load_verify_locations(cadata=pem)
+                    self._trusted.add(issuer.id)
+        except Exception as exc:
+            logging.getLogger("rapki.api").warning("could not refresh the client trust store: %s", exc)
+
+
+CLIENT_TRUST = ClientTrust()  # one per worker process: its TLS context and its CA
+
+
 def check_pair(certfile: Path, keyfile: Path) -> None:
     """InvalidInput unless ``certfile`` and ``keyfile`` load as one TLS server identity (PEM, the
     key unencrypted and matching the certificate), checked before any worker starts."""
@@ -109,4 +154,4 @@ def describe(path: Path) -> str:
     return f"{cert.subject.rfc4514_string()} until {cert.not_valid_after_utc:%Y-%m-%d}"
 
 
-__all__ = ["TlsFiles", "check_pair", "default_names", "describe", "server_material"]
+__all__ = ["CLIENT_TRUST", "ClientTrust", "TlsFiles", "check_pair", "default_names", "describe", "server_material"]

@@ -35,6 +35,8 @@ COMMANDS: dict[str, LazyCommand] = {
     "doctor": LazyCommand("service.cli.aws_commands:doctor",
                           "Replay Roles Anywhere's checks on a certificate and say what to fix "
                           "(e.g. 'Untrusted Signing Certificate')."),
+    "check": LazyCommand("service.cli.check_commands:check",
+                         "Check this home on this host: database, every issuing CA's key, root key, passphrase."),
     "serve": LazyCommand("service.cli.serve_commands:serve",
                          "Run the enrollment API over HTTPS under gunicorn (creates the home with defaults on "
                          "first run)."),

@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from pki.ca.authority import CertificateAuthority, InitOptions
+from pki.ca.authority import CertificateAuthority, InitOptions, Issuer
 from pki.ca.home import Home
 from pki.errors import Conflict, InvalidInput
+from pki.store.db import without_password
 from pki.x509.durations import format_duration, parse_duration
 from pki.x509.keys import KeyType
 from pki.x509.pem import Pem
@@ -79,7 +80,7 @@ def init(home: Path | None, key_type: str, organization: str, country: str | Non
         "root": ca.root_certificate.subject.rfc4514_string(),
         "issuing_ca": issuer.certificate.subject.rfc4514_string(),
         "root_key": str(offline_root or ca.home.root_key_path),
-        "database": ca.db.url,
+        "database": without_password(ca.db.url),
     }
     if as_json:
         echo_json(summary)
@@ -139,20 +140,40 @@ def ca_list(home: Path | None, as_json: bool) -> None:
 @click.option("--key-type", type=click.Choice(KEY_TYPES), default=None, help="Default: the home's key type.")
 @click.option("--cn", default=None, help="Subject CN of the new issuing CA.")
 @click.option("--lifetime", default="3y", show_default=True)
+@click.option("--inactive", is_flag=True,
+              help="Only make it: copy its key to every replica, then 'rapki ca activate NAME'.")
 @json_option
 def ca_sign_intermediate(home: Path | None, root_key: Path | None, key_type: str | None, cn: str | None,
-                         lifetime: str, as_json: bool) -> None:
+                         lifetime: str, inactive: bool, as_json: bool) -> None:
     """Make a new issuing CA the active one (rotation). Older issuing CAs keep signing CRLs."""
     authority = open_ca(home)
     progress("signing a new issuing CA ...")
     issuer = authority.sign_intermediate(root_key_path=root_key, key_type=KeyType(key_type) if key_type else None,
-                                         cn=cn, lifetime=parse_duration(lifetime))
+                                         cn=cn, lifetime=parse_duration(lifetime), activate=not inactive)
+    _print_issuer(issuer, as_json)
+
+
+@ca.command("activate")
+@home_option
+@click.argument("name")
+@json_option
+def ca_activate(home: Path | None, name: str, as_json: bool) -> None:
+    """Make issuing CA NAME the active one (every server and replica follows within seconds)."""
+    _print_issuer(open_ca(home).activate_issuer(name), as_json)
+
+
+def _print_issuer(issuer: Issuer, as_json: bool) -> None:
     info = {"name": issuer.name, "subject": issuer.certificate.subject.rfc4514_string(),
-            "not_after": issuer.not_after.isoformat()}
+            "not_after": issuer.not_after.isoformat(), "active": issuer.active}
     if as_json:
         echo_json(info)
+    elif issuer.active:
+        click.echo(f"{info['name']} is now the active issuing CA: {info['subject']} (until "
+                   f"{issuer.not_after:%Y-%m-%d}); servers and replicas switch within seconds, each needs "
+                   f"its key file ca/{issuer.name}.key.pem ('rapki check' on each)")
     else:
-        click.echo(f"{info['name']} is now the active issuing CA: {info['subject']} (until {info['not_after'][:10]})")
+        click.echo(f"{info['name']} made, not active: copy ca/{issuer.name}.key.pem to every replica's home, "
+                   f"run 'rapki check' there, then 'rapki ca activate {issuer.name}'")
 
 
 # --- profiles ---------------------------------------------------------------------------------
