@@ -180,16 +180,18 @@ class Issuance(ProfileCatalog, IssuingCAs):
             "fingerprint": hashlib.sha256(der).hexdigest(), "der": der, "created_at": now,
             "revoked_at": None, "revocation_reason": None, "superseded_by": None,
         })
-        audit_row = audit_rows.INSERT_ROW.bind(dialect, {
-            "at": now, "actor": actor or local_actor(),
-            "action": "certificate.renew" if supersedes else "certificate.issue", "target": serial,
-            "details": {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},
-        })
+        audit_entry = audit_rows.prepare(
+            dialect, at=now, actor=actor or local_actor(),
+            action="certificate.renew" if supersedes else "certificate.issue", target=serial,
+            details={"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},
+        )
         with self.db.write() as tx:
             if within is not None:
                 within(tx)
             tx.insert(certificate_row)
             if supersedes:
                 tx.run(certificate_rows.MARK_SUPERSEDED, {"old_serial": supersedes, "new_serial": serial})
-            tx.insert(audit_row)
+            # Last: appending takes the audit chain's head lock, held until the commit.
+            for statement in audit_entry.statements:
+                tx.insert(statement)
         return der

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
 from pki.errors import InvalidInput, Unavailable
+from pki.store.audit import SQLITE_SHA256, sqlite_sha256_hex
 from pki.store.statements import PreparedStatement, Transaction, wrap_dbapi_error
 from pki.store.writelock import WriterLock
 
@@ -24,7 +25,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # connections check it on every transaction.
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-HEAD_REVISION = "0002"  # bump with every new revision in migrations/versions
+HEAD_REVISION = "0003"  # bump with every new revision in migrations/versions
 
 
 def _json_text(value: Any) -> str:
@@ -188,6 +189,8 @@ class Database:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            # The audit chain's hash, computed where the head row is advanced (pki.store.audit).
+            dbapi_conn.create_function(SQLITE_SHA256, 1, sqlite_sha256_hex, deterministic=True)
 
         return engine
 
