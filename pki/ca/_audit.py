@@ -19,7 +19,7 @@ from pki.store import publications as publication_rows
 from pki.store.times import utc
 
 DEFAULT_ACTOR = "cli"
-EXPECTED = "expected head"  # the source of a head the caller gives to ``verify_audit_log``
+EXPECTED = "given with --expect-head"  # where a head the caller gives ``verify_audit_log`` comes from
 
 
 @functools.cache
@@ -35,7 +35,7 @@ class AnchoredHead:
     """A chain head recorded outside the log (a CRL publication), and whether the log holds it."""
 
     head: ChainHead
-    source: str  # e.g. "CRL publication 2025-01-02T03:04:05+00:00"
+    source: str  # e.g. "recorded by the CRL publication of 2025-01-02T03:04:05+00:00"
     found: bool
 
 
@@ -100,7 +100,7 @@ class AuditTrail:
             head_record = audit_rows.head(conn)
             published = publication_rows.audit_heads(conn)
             anchored = [(ChainHead(int(r.audit_seq), r.audit_hash),
-                         f"CRL publication {utc(r.published_at).isoformat()}") for r in published]
+                         f"recorded by the CRL publication of {utc(r.published_at).isoformat()}") for r in published]
             anchored += [(h, EXPECTED) for h in expect]
             watch = {h.seq for h, _source in anchored}
             report = verify(audit_rows.chain(conn), head=head_record, watch=watch)
@@ -113,7 +113,7 @@ class AuditTrail:
                 held = report.seen.get(head.seq)
                 why = (f"entry {head.seq} has hash {held[:16]}..." if held
                        else f"the log ends at entry {report.head.seq if report.head else 0}")
-                result.problems.append(f"the chain does not contain the head {head} of the {source} ({why})")
+                result.problems.append(f"the chain does not contain the head {head} {source} ({why})")
             if index == 0 or source == EXPECTED or not found:  # the newest publication's, and any that fails
                 result.anchors.append(AnchoredHead(head, source, found))
         return result

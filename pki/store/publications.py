@@ -41,7 +41,7 @@ def add(conn: Connection, *, issuer_id: int, anchor_arn: str, crl_id: str, crl_a
     ))
 
 
-def audit_heads(conn: Connection) -> Sequence[Row[Any]]:
+def audit_heads(conn: Connection) -> Sequence[Row[int, str, datetime]]:
     """(audit_seq, audit_hash, published_at) of every publication that recorded the audit
     chain's head, newest first."""
     p = crl_publications.c

@@ -92,7 +92,7 @@ def audit_verify(home: Path | None, expect: list[ChainHead], as_json: bool) -> N
         sys.exit(0 if result.ok else 1)
     report = result.report
     if result.ok:
-        anchors = "".join(f"; holds the head {a.head.seq} of the {a.source}" for a in result.anchors)
+        anchors = "".join(f"; holds the head {a.head.seq} {a.source}" for a in result.anchors)
         click.echo(report.summary() + anchors)
         return
     if report.head is not None:
