@@ -323,3 +323,17 @@ def test_concurrent_threads_keep_one_chain_sqlite(ca: CertificateAuthority) -> N
     assert not errors, errors
     result = ca.verify_audit_log()
     assert result.ok and result.report.entries == count(ca), result.problems
+
+
+def test_appending_on_postgresql_is_one_statement() -> None:
+    """No round trip of its own to read the previous hash: the head row's update and the insert
+    are one statement, as the audit row alone was before the chain."""
+    from sqlalchemy.dialects.postgresql import psycopg
+
+    from pki.store import audit as audit_rows
+
+    entry = audit_rows.prepare(psycopg.dialect(), at=datetime.now(UTC), actor="cli:a", action="certificate.issue",
+                               target="1f", details={"cn": "web-1"})
+    [statement] = entry.statements
+    sql = " ".join(statement.sql.split())
+    assert sql.startswith("WITH head AS (UPDATE audit_chain") and "INSERT INTO audit_log" in sql

@@ -147,13 +147,13 @@ def chain(conn: Connection, *, after: int = 0, since: datetime | None = None,
         query = select(*columns).where(_L.id > after).order_by(_L.id).limit(batch)
         if since is not None:
             query = query.where(_L.at >= since)
-        rows = conn.execute(query).all()
-        for r in rows:
-            yield {"seq": r.id, "at": r.at, "actor": r.actor, "action": r.action, "target": r.target,
-                   "details": r.details, "prev_hash": r.prev_hash, "hash": r.hash}
+        rows = conn.execute(query).tuples().all()
+        for seq, at, actor, action, target, details, prev_hash, digest in rows:
+            yield {"seq": seq, "at": at, "actor": actor, "action": action, "target": target, "details": details,
+                   "prev_hash": prev_hash, "hash": digest}
         if len(rows) < batch:
             return
-        after = rows[-1].id
+        after = rows[-1][0]
 
 
 def newest(conn: Connection, limit: int, *, action: str | None = None, actor: str | None = None,
