@@ -42,7 +42,7 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("pki.ca.*", "never", ("pki.aws.*", "pki.workload.*", "pki.signer.*")),
     ("pki.workload.*", "never", ("pki.ca.*", "pki.store.*")),
     ("pki.rolesanywhere.*", "only", ("pki.errors", "pki.x509.*", "pki.rolesanywhere.*")),
-    ("pki.store.*", "only", ("pki.errors", "pki.store.*")),
+    ("pki.store.*", "only", ("pki.errors", "pki.auditchain", "pki.store.*")),
     ("pki.custody.*", "only", ("pki.errors", "pki.x509.*", "pki.custody.*")),
 ]
 

@@ -136,6 +136,10 @@ def test_first_publish_imports_enables_reads_back_and_records(ca: CertificateAut
     [row] = publications(ca)
     assert (row.crl_id, row.crl_number, row.size, row.trust_anchor_arn) == (pub.crl_id, 1, pub.size, anchor)
     assert ca.audit_entries(1)[0]["action"] == "crl.publish"
+    # The audit chain's head, crl.publish entry included, is recorded with the publication and reported.
+    head = ca.audit_head()
+    assert head is not None and (row.audit_seq, row.audit_hash) == (head.seq, head.hash)
+    assert pub.audit_head == str(head)
     assert aws.emulator.stats()["writes"] == {"ImportCrl": 1}
 
 

@@ -39,6 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki.errors import InvalidInput, RapkiError
+from pki.store import audit as audit_rows
 from pki.store import crls as crl_rows
 from pki.store import publications as publication_rows
 from pki.store.times import utc
@@ -80,6 +81,7 @@ class IssuerPublication:
     built: bool = False  # this run signed a new CRL
     writes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    audit_head: str | None = None  # SEQ:HASH of the audit chain, recorded with the publication
 
     @property
     def budget_used(self) -> float:
@@ -507,15 +509,20 @@ class CrlPublisher:
         now = datetime.now(UTC)
         assert result.crl_id is not None  # set from the import, the update or the CRL found on the anchor
         with self.ca.db.engine.begin() as conn:
-            publication_rows.add(
-                conn, issuer_id=issuer.id, anchor_arn=anchor_arn, crl_id=result.crl_id, crl_arn=result.crl_arn,
-                crl_name=result.crl_name, crl_number=result.crl_number, sha256=sha, size=result.size,
-                published_at=now,
-            )
+            # The audit entry first, so the publication records the chain's head with it included:
+            # a copy of the head outside the log (rapki audit verify compares the two).
             self.ca.audit_in(conn, self.actor, "crl.publish", issuer.name, {
                 "trust_anchor_arn": anchor_arn, "crl_id": result.crl_id, "crl_number": result.crl_number,
                 "size": result.size, "entries": result.entries, "action": result.action, "writes": result.writes,
             })
+            head = audit_rows.head(conn)
+            assert head is not None  # the entry just written
+            result.audit_head = str(head)
+            publication_rows.add(
+                conn, issuer_id=issuer.id, anchor_arn=anchor_arn, crl_id=result.crl_id, crl_arn=result.crl_arn,
+                crl_name=result.crl_name, crl_number=result.crl_number, sha256=sha, size=result.size,
+                published_at=now, audit_seq=head.seq, audit_hash=head.hash,
+            )
 
 
 # --- entry points shared by the CLI -------------------------------------------------------------

@@ -193,11 +193,11 @@ class Issuance(ProfileCatalog, IssuingCAs):
             "fingerprint": hashlib.sha256(der).hexdigest(), "der": der, "created_at": now,
             "revoked_at": None, "revocation_reason": None, "superseded_by": None,
         })
-        audit_row = audit_rows.INSERT_ROW.bind(dialect, {
-            "at": now, "actor": actor or local_actor(),
-            "action": "certificate.renew" if supersedes else "certificate.issue", "target": serial,
-            "details": {"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},
-        })
+        audit_entry = audit_rows.prepare(
+            dialect, at=now, actor=actor or local_actor(),
+            action="certificate.renew" if supersedes else "certificate.issue", target=serial,
+            details={"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},
+        )
         try:
             with self.db.write() as tx:
                 if within is not None:
@@ -206,9 +206,11 @@ class Issuance(ProfileCatalog, IssuingCAs):
                                              {"old_serial": supersedes, "new_serial": serial}):
                     raise _RenewedMeanwhile  # another renewal of it committed first: roll back
                 tx.insert(certificate_row)
-                tx.insert(audit_row)
                 if before_commit is not None:
                     before_commit(issued)
+                # Last: appending takes the audit chain's head lock, held until the commit.
+                for statement in audit_entry.statements:
+                    tx.insert(statement)
         except _RenewedMeanwhile:
             assert supersedes is not None
             self._check_not_renewed(supersedes, actor)

@@ -7,12 +7,13 @@ every statement the library runs.
 - ``pki.store.statements``: statements compiled once per dialect and run on the driver's
   connection (the issuance path).
 - One module of statements per concern, functions taking a ``Connection`` (and the prepared
-  statements of the hot paths): ``audit``, ``issuers``, ``profiles``, ``certificates``, ``crls``,
-  ``publications`` (and the publish lock), ``tokens``.
+  statements of the hot paths): ``audit`` (and its hash chain's head row), ``issuers``,
+  ``profiles``, ``certificates``, ``crls``, ``publications`` (and the publish lock), ``tokens``.
 
 Owns: how rows are read and written; not what they mean (that is ``pki.ca``). Rows come back as
 SQLAlchemy rows; ``pki.store.times.utc`` gives back the zone SQLite drops.
-May import: ``pki.errors``, SQLAlchemy and alembic. Nothing else in ``pki``: the CA, the AWS
+May import: ``pki.errors``, ``pki.auditchain`` (the audit chain's hashing), SQLAlchemy and alembic.
+Nothing else in ``pki``: the CA, the AWS
 publisher and the service call these functions instead of building SQL of their own.
 Core (not the ORM) throughout: issuance is the hot path of the CA.
 """

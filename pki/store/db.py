@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import NullPool, PoolProxiedConnection
 
 from pki.errors import DatabaseBusy, DatabaseMissing, DatabaseUnreachable, InvalidInput
+from pki.store.audit import SQLITE_SHA256, sqlite_sha256_hex
 from pki.store.statements import PreparedStatement, Transaction, wrap_dbapi_error
 from pki.store.writelock import WriterLock
 
@@ -32,7 +33,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # connections check it on every transaction.
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-HEAD_REVISION = "0002"  # bump with every new revision in migrations/versions
+HEAD_REVISION = "0003"  # bump with every new revision in migrations/versions
 
 
 # How long an API write waits for SQLite's lock once another has waited out the busy timeout in
@@ -304,6 +305,8 @@ class Database:
                 cursor.execute(f"PRAGMA busy_timeout={wait_ms}")
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.close()
+                # The audit chain's hash, computed where the head row is advanced (pki.store.audit).
+                dbapi_conn.create_function(SQLITE_SHA256, 1, sqlite_sha256_hex, deterministic=True)
 
         @event.listens_for(engine, "handle_error")
         def _busy(context: ExceptionContext) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -32,11 +32,21 @@ def issuer_by_crl_id(conn: Connection, anchor_arn: str) -> dict[str, int]:
 
 
 def add(conn: Connection, *, issuer_id: int, anchor_arn: str, crl_id: str, crl_arn: str | None, crl_name: str,
-        crl_number: int, sha256: str, size: int, published_at: datetime) -> None:
+        crl_number: int, sha256: str, size: int, published_at: datetime, audit_seq: int | None = None,
+        audit_hash: str | None = None) -> None:
     conn.execute(insert(crl_publications).values(
         issuer_id=issuer_id, trust_anchor_arn=anchor_arn, crl_id=crl_id, crl_arn=crl_arn, crl_name=crl_name,
-        crl_number=crl_number, sha256=sha256, size=size, published_at=published_at,
+        crl_number=crl_number, sha256=sha256, size=size, published_at=published_at, audit_seq=audit_seq,
+        audit_hash=audit_hash,
     ))
+
+
+def audit_heads(conn: Connection) -> Sequence[Row[int, str, datetime]]:
+    """(audit_seq, audit_hash, published_at) of every publication that recorded the audit
+    chain's head, newest first."""
+    p = crl_publications.c
+    return conn.execute(select(p.audit_seq, p.audit_hash, p.published_at).where(p.audit_seq.is_not(None))
+                        .order_by(p.id.desc())).all()
 
 
 @contextlib.contextmanager

@@ -90,12 +90,27 @@ profiles = Table(
 audit_log = Table(
     "audit_log",
     metadata,
+    # The entry number in the hash chain: 1, 2, 3... with no gaps, given by ``audit_chain`` (see
+    # ``pki.store.audit``), never by the database's own sequence.
     Column("id", Integer, primary_key=True),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("actor", String(255), nullable=False),
     Column("action", String(64), nullable=False),
     Column("target", String(255), nullable=False),
     Column("details", JSON, nullable=True),  # never secrets; ordered by id (append-only)
+    Column("prev_hash", String(64), nullable=False),  # the previous entry's hash (pki.auditchain)
+    Column("hash", String(64), nullable=False),
+)
+
+# One row (id 1): the newest audit entry's number and hash. Every writer advances it in the
+# transaction that appends the entry; its row lock is what makes concurrent writers one chain.
+audit_chain = Table(
+    "audit_chain",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
 )
 
 enrollment_tokens = Table(
@@ -140,5 +155,9 @@ crl_publications = Table(
     Column("sha256", String(64), nullable=False),
     Column("size", Integer, nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=False),
+    # The audit chain's head when this was recorded (the crl.publish entry included): a copy of
+    # the head outside the log, to check the log against (``rapki audit verify``).
+    Column("audit_seq", Integer, nullable=True),
+    Column("audit_hash", String(64), nullable=True),
     Index("ix_crl_publications_anchor", "trust_anchor_arn", "issuer_id"),
 )

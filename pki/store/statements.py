@@ -104,6 +104,14 @@ class PreparedStatement:
             compiled = self._compiled[dialect.name] = (done.string, positional, binds, results)
         return compiled
 
+    def bind(self, dialect: Dialect, values: dict[str, Any]) -> BoundInsert:
+        """The statement with ``values`` converted for ``dialect``'s driver, to run later in a
+        transaction (``Transaction.insert``) without reading a result: a write whose values are
+        all known before the transaction, converted outside the writer lock."""
+        sql, positional, binds, _results = self._for(dialect)
+        params = {k: (p(v) if (p := binds[k]) is not None else v) for k, v in values.items() if k in binds}
+        return BoundInsert(sql, tuple(params[n] for n in positional) if positional else params)
+
     def execute(self, dbapi_connection: Any, dialect: Dialect, values: dict[str, Any]) -> Any:
         """Run on ``dbapi_connection``: the row count for statements without result columns, else
         the first row (processed) or None."""
@@ -165,7 +173,8 @@ class PreparedInsert:
 
 
 class BoundInsert(NamedTuple):
-    """One row of a ``PreparedInsert``, its values converted: ready to run in a transaction."""
+    """A write with its values converted (a ``PreparedInsert`` row, or ``PreparedStatement.bind``):
+    ready to run in a transaction."""
 
     sql: str
     args: Any

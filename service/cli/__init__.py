@@ -28,7 +28,7 @@ COMMANDS: dict[str, LazyCommand] = {
                           "Revoke certificate SERIAL (hex as 'rapki list' shows, or decimal)."),
     "list": LazyCommand("service.cli.cert_commands:list_certificates", "List issued certificates."),
     "show": LazyCommand("service.cli.cert_commands:show", "Show certificate SERIAL."),
-    "audit": LazyCommand("service.cli.cert_commands:audit", "Read the audit log (who did what, when; never secrets)."),
+    "audit": LazyCommand("service.cli.audit_commands:audit", "Read the audit log (who did what, when; never secrets)."),
     "crl": LazyCommand("service.cli.crl_commands:crl", "Certificate revocation lists."),
     "aws": LazyCommand("service.cli.aws_commands:aws_group",
                        "Roles Anywhere set-up: registration and role trust policies."),

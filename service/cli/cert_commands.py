@@ -1,4 +1,4 @@
-"""``rapki issue``, ``revoke``, ``list``, ``show`` and ``audit``."""
+"""``rapki issue``, ``revoke``, ``list`` and ``show``."""
 
 from __future__ import annotations
 
@@ -144,26 +144,3 @@ def show(home: Path | None, serial: str, as_pem: bool, as_json: bool) -> None:
     else:
         for key, value in record.to_dict().items():
             click.echo(f"{key + ':':<20} {value}")
-
-
-@click.command()
-@home_option
-@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="Newest entries first.")
-@click.option("--action", default=None, help="e.g. certificate.issue, or a prefix ending in a dot: certificate.")
-@click.option("--actor", default=None, help="A part of the actor, e.g. enrollment-token: or cli:alice.")
-@click.option("--target", default=None, help="A serial, token id, issuer or profile name.")
-@click.option("--since", default=None, help="Only entries this recent, e.g. 24h or 7d.")
-@json_option
-def audit(home: Path | None, limit: int, action: str | None, actor: str | None, target: str | None,
-          since: str | None, as_json: bool) -> None:
-    """Read the audit log (who did what, when; never secrets)."""
-    from datetime import UTC, datetime
-
-    after = datetime.now(UTC) - parse_duration(since) if since else None
-    entries = open_ca(home).audit_entries(limit, action=action, actor=actor, target=target, since=after)
-    if as_json:
-        echo_json(entries)
-        return
-    for e in entries:
-        details = " ".join(f"{k}={v}" for k, v in (e["details"] or {}).items() if v is not None)
-        click.echo(f"{e['at']}  {e['action']:<24} {e['target']:<34} {e['actor']}" + (f"  {details}" if details else ""))

@@ -102,6 +102,8 @@ def print_report(report: Any, err: bool = False) -> None:
                    + (f" [{', '.join(pub.writes)}]" if pub.writes else ""), err=err)
         for note in pub.notes:
             click.echo(f"  note: {note}", err=err)
+        if pub.audit_head:  # a copy for the cron log: 'rapki audit verify --expect-head' checks it
+            click.echo(f"  audit chain head: {pub.audit_head}", err=err)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{report.writes} write call(s), {sum(report.calls.values())} call(s), {report.retries} retr"
