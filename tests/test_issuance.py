@@ -6,6 +6,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -478,3 +479,24 @@ def test_csr_with_a_small_rsa_exponent_is_refused(ca: CertificateAuthority) -> N
     with pytest.raises(PolicyViolation, match="RSA public exponent 3 is not accepted"):
         ca.issue("web", csr=csr_for(key, cn="web-1"))
     assert count_rows(ca) == 0
+
+
+def test_listing_by_status_and_by_name(ca: CertificateAuthority) -> None:
+    """active excludes renewed certificates (they have their own status); --name finds a CN or SAN."""
+    old = ca.issue("web", cn="web-1", sans=["dns:api.example.com"])
+    new = ca.issue("web", cn="web-1", sans=["dns:api.example.com"], supersedes=old.serial_hex)
+    other = ca.issue("web", cn="web-22")
+    gone = ca.issue("web", cn="web-3")
+    ca.revoke(gone.serial_hex)
+
+    def serials(**query: Any) -> list[str]:
+        return [r.serial for r in ca.list_certificates(**query)]
+
+    assert serials(status="active") == [new.serial_hex, other.serial_hex]
+    assert serials(status="superseded") == [old.serial_hex]
+    assert serials(status="revoked") == [gone.serial_hex]
+    assert serials(name="WEB-2") == [other.serial_hex]
+    assert serials(name="API.example") == [old.serial_hex, new.serial_hex]
+    assert serials(name="%") == []  # no wildcard: a literal percent sign
+    with pytest.raises(InvalidInput, match="use active, superseded, revoked, expired"):
+        ca.list_certificates(status="valid")

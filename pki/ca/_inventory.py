@@ -43,13 +43,14 @@ class Inventory(IssuingCAs):
         raise NotFound(f"no certificate with serial {serial}: see 'rapki list'")
 
     def list_certificates(self, *, status: str | None = None, profile: str | None = None,
-                          expiring_within: timedelta | None = None,
+                          expiring_within: timedelta | None = None, name: str | None = None,
                           limit: int | None = None) -> list[CertificateRecord]:
-        """In issuance order. ``status``: active, revoked or expired (now); ``expiring_within``:
-        unexpired and expiring within that time."""
+        """In issuance order. ``status``: active, superseded, revoked or expired (now, as
+        ``CertificateRecord.status`` says); ``expiring_within``: unexpired and expiring within that
+        time; ``name``: the CN or a SAN contains it, case-insensitive."""
         if status is not None and status not in certificate_rows.STATUSES:
-            raise InvalidInput(f"unknown status {status!r}: use active, revoked or expired")
+            raise InvalidInput(f"unknown status {status!r}: use {', '.join(certificate_rows.STATUSES)}")
         with self.db.engine.connect() as conn:
             rows = certificate_rows.matching(conn, now=datetime.now(UTC), status=status, profile=profile,
-                                             expiring_within=expiring_within, limit=limit)
+                                             expiring_within=expiring_within, name=name, limit=limit)
             return [self._to_record(row) for row in rows]

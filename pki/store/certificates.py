@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import String, and_, bindparam, cast, func, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from pki.store.schema import certificates
@@ -23,7 +23,7 @@ MARK_SUPERSEDED = PreparedStatement(
     .values(superseded_by=bindparam("new_serial")),
     {"old_serial": certificates.c.serial, "new_serial": certificates.c.superseded_by})
 
-STATUSES = ("active", "revoked", "expired")
+STATUSES = ("active", "superseded", "revoked", "expired")  # as CertificateRecord.status() decides
 
 
 def with_serial(conn: Connection, serial: str) -> Sequence[Row[Any]]:
@@ -36,17 +36,27 @@ def with_id(conn: Connection, certificate_id: int) -> Row[Any]:
 
 
 def matching(conn: Connection, *, now: datetime, status: str | None = None, profile: str | None = None,
-             expiring_within: timedelta | None = None, limit: int | None = None) -> Sequence[Row[Any]]:
-    """Certificates in issuance order. ``status``: one of ``STATUSES`` (at ``now``), or None for all."""
-    query = select(certificates).order_by(certificates.c.id)
+             expiring_within: timedelta | None = None, name: str | None = None,
+             limit: int | None = None) -> Sequence[Row[Any]]:
+    """Certificates in issuance order. ``status``: one of ``STATUSES`` (at ``now``), or None for all;
+    ``name``: the CN or a SAN contains it (case-insensitive)."""
+    c = certificates.c
+    query = select(certificates).order_by(c.id)
     if profile:
-        query = query.where(certificates.c.profile == profile)
+        query = query.where(c.profile == profile)
+    if name:
+        wanted = name.lower()
+        query = query.where(or_(func.lower(c.common_name).contains(wanted, autoescape=True),
+                                func.lower(cast(c.sans, String)).contains(wanted, autoescape=True)))
+    unexpired_and_unrevoked = and_(c.revoked_at.is_(None), c.not_after > now)
     if status == "revoked":
-        query = query.where(certificates.c.revoked_at.is_not(None))
+        query = query.where(c.revoked_at.is_not(None))
     elif status == "expired":
-        query = query.where(and_(certificates.c.revoked_at.is_(None), certificates.c.not_after <= now))
+        query = query.where(and_(c.revoked_at.is_(None), c.not_after <= now))
+    elif status == "superseded":
+        query = query.where(and_(unexpired_and_unrevoked, c.superseded_by.is_not(None)))
     elif status == "active":
-        query = query.where(and_(certificates.c.revoked_at.is_(None), certificates.c.not_after > now))
+        query = query.where(and_(unexpired_and_unrevoked, c.superseded_by.is_(None)))
     elif status is not None:
         raise ValueError(f"unknown status {status!r}")
     if expiring_within is not None:

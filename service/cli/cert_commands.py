@@ -108,16 +108,18 @@ def revoke(home: Path | None, serial: str, reason: str | None, publish_crl: bool
 
 @click.command("list")
 @home_option
-@click.option("--status", type=click.Choice(["active", "revoked", "expired"]), default=None)
+@click.option("--status", type=click.Choice(["active", "superseded", "revoked", "expired"]), default=None,
+              help="active: usable and not renewed; superseded: renewed, the newer one is in use.")
 @click.option("--profile", "profile_name", default=None)
+@click.option("--name", default=None, help="Only certificates whose CN or a SAN contains this text (any case).")
 @click.option("--expiring-within", default=None, help="Only certificates expiring within this duration, e.g. 7d.")
 @click.option("--limit", type=click.IntRange(1), default=None)
 @json_option
-def list_certificates(home: Path | None, status: str | None, profile_name: str | None,
+def list_certificates(home: Path | None, status: str | None, profile_name: str | None, name: str | None,
                       expiring_within: str | None, limit: int | None, as_json: bool) -> None:
     """List issued certificates."""
     records = open_ca(home).list_certificates(
-        status=status, profile=profile_name,
+        status=status, profile=profile_name, name=name,
         expiring_within=parse_duration(expiring_within) if expiring_within else None, limit=limit,
     )
     if as_json:
