@@ -13,7 +13,6 @@ Re-running with the same arguments makes no write call; it never creates a secon
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from pki.aws.client import AwsError, RolesAnywhere
 from pki.aws.publish import SECTION, CrlPublisher, PublishReport, settings
 from pki.errors import InvalidInput
 from pki.rolesanywhere.arns import check_role_arn
+from pki.rolesanywhere.credential_process import credential_process_line as signer_line
 
 if TYPE_CHECKING:
     from pki.ca.authority import CertificateAuthority
@@ -175,14 +175,10 @@ class Registrar:
 def credential_process_line(*, anchor: str, profile: str, role: str, files: str = "/etc/rapki",
                             endpoint_url: str | None = None, ca_bundle: str | None = None) -> str:
     """The ``credential_process`` line for ``~/.aws/config`` (cert.pem, key.pem, chain.pem in ``files``)."""
-    args = ["rapki-signer", "credential-process", "--certificate", f"{files}/cert.pem",
-            "--private-key", f"{files}/key.pem", "--intermediates", f"{files}/chain.pem",
-            "--trust-anchor-arn", anchor, "--profile-arn", profile, "--role-arn", role]
-    if endpoint_url:
-        args += ["--endpoint", endpoint_url]
-    if ca_bundle:
-        args += ["--ca-bundle", ca_bundle]
-    return "credential_process = " + shlex.join(args)
+    return "credential_process = " + signer_line(
+        certificate=f"{files}/cert.pem", private_key=f"{files}/key.pem", intermediates=f"{files}/chain.pem",
+        trust_anchor_arn=anchor, profile_arn=profile, role_arn=role, endpoint=endpoint_url or "",
+        ca_bundle=ca_bundle or "")
 
 
 def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_arns: list[str],
@@ -224,7 +220,8 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
         from pki.x509.profiles import RolesAnywhereBinding
 
         binding = RolesAnywhereBinding(profile_arn=profile_arn, role_arns=tuple(roles), trust_anchor_arn=anchor_arn,
-                                       session_duration=duration)
+                                       session_duration=duration, endpoint_url=endpoint_url or "",
+                                       ca_bundle=ca_bundle or "")
         if binding_profile.roles_anywhere != binding:
             ca.add_profile(replace(binding_profile, roles_anywhere=binding), replace=True, actor=actor)
             registrar.actions.append(f"bound rapki profile {binding_profile.name!r}")

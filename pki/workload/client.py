@@ -28,7 +28,6 @@ import hashlib
 import http.client
 import json
 import os
-import shlex
 import ssl
 import time
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.errors import InvalidInput, RapkiError, Unauthenticated, Unavailable
+from pki.rolesanywhere.credential_process import credential_process_line as signer_line
 from pki.x509.keys import KeyType, PrivateKey, load_private_key, private_key_pem
 from pki.x509.pem import Pem, load_certificate, load_certificates
 
@@ -215,12 +215,11 @@ def write_material(out: Path, certificate_pem: str, chain_pem: str, key_pem: byt
 def credential_process_line(out: Path, binding: dict[str, Any]) -> str:
     """The ``credential_process`` line for files in ``out`` (absolute paths)."""
     out = out.resolve()
-    return shlex.join([
-        "rapki-signer", "credential-process", "--certificate", str(out / "cert.pem"),
-        "--private-key", str(out / "key.pem"), "--intermediates", str(out / "chain.pem"),
-        "--trust-anchor-arn", binding["trust_anchor_arn"], "--profile-arn", binding["profile_arn"],
-        "--role-arn", binding["role_arn"],
-    ])
+    return signer_line(
+        certificate=str(out / "cert.pem"), private_key=str(out / "key.pem"), intermediates=str(out / "chain.pem"),
+        trust_anchor_arn=binding["trust_anchor_arn"], profile_arn=binding["profile_arn"],
+        role_arn=binding["role_arn"], endpoint=binding.get("endpoint_url") or "",
+        ca_bundle=binding.get("ca_bundle") or "")
 
 
 def enroll(client: EnrollmentClient, token: str, out: Path, *, key_type: str | None = None,

@@ -34,6 +34,10 @@ class RolesAnywhereBinding:
     role_arns: tuple[str, ...] = ()
     trust_anchor_arn: str = ""
     session_duration: int = 3600
+    # Where the signer reaches Roles Anywhere when it is not AWS's own endpoint (a private
+    # endpoint, the emulator), as registered: printed into the credential_process line.
+    endpoint_url: str = ""
+    ca_bundle: str = ""
 
     def __post_init__(self) -> None:
         """Each ARN given is one of its kind; the roles are in the trust anchor's partition."""
@@ -155,5 +159,7 @@ class Profile:
                 role_arns=tuple(ra.get("role_arns", ())),
                 trust_anchor_arn=ra.get("trust_anchor_arn", ""),
                 session_duration=int(ra.get("session_duration", 3600)),
+                endpoint_url=str(ra.get("endpoint_url", "")),
+                ca_bundle=str(ra.get("ca_bundle", "")),
             ),
         )

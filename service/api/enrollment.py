@@ -15,7 +15,6 @@ any key or certificate is made) -> certificate recorded and token use consumed i
 from __future__ import annotations
 
 import base64
-import shlex
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from pki.ca.authority import CertificateAuthority, IssuedCertificate
 from pki.ca.tokens import EnrollmentToken, TokenStore
 from pki.errors import Forbidden, InvalidInput
+from pki.rolesanywhere.credential_process import credential_process_line
 from pki.x509.crl import parse_reason
 from pki.x509.durations import parse_duration
 from pki.x509.issuance import CsrContent, SubjectAltNames, load_csr, read_csr
@@ -139,14 +139,14 @@ def roles_anywhere(profile: Profile) -> dict[str, Any] | None:
     if not binding.is_bound:
         return None
     role_arn = binding.role_arns[0]
-    line = shlex.join([
-        "rapki-signer", "credential-process", "--certificate", "cert.pem", "--private-key", "key.pem",
-        "--intermediates", "chain.pem", "--trust-anchor-arn", binding.trust_anchor_arn,
-        "--profile-arn", binding.profile_arn, "--role-arn", role_arn,
-    ])
+    line = credential_process_line(
+        certificate="cert.pem", private_key="key.pem", intermediates="chain.pem",
+        trust_anchor_arn=binding.trust_anchor_arn, profile_arn=binding.profile_arn, role_arn=role_arn,
+        endpoint=binding.endpoint_url, ca_bundle=binding.ca_bundle)
     return {"trust_anchor_arn": binding.trust_anchor_arn, "profile_arn": binding.profile_arn,
             "role_arn": role_arn, "role_arns": list(binding.role_arns),
-            "session_duration": binding.session_duration, "credential_process": line}
+            "session_duration": binding.session_duration, "endpoint_url": binding.endpoint_url or None,
+            "ca_bundle": binding.ca_bundle or None, "credential_process": line}
 
 
 _CHAIN_PEM: dict[tuple[int, ...], tuple[tuple[x509.Certificate, ...], str]] = {}

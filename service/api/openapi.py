@@ -78,6 +78,10 @@ def _schemas() -> dict[str, Any]:
                 "trust_anchor_arn": {"type": "string"}, "profile_arn": {"type": "string"},
                 "role_arn": {"type": "string"}, "role_arns": {"type": "array", "items": {"type": "string"}},
                 "session_duration": {"type": "integer"},
+                "endpoint_url": {"type": ["string", "null"],
+                                 "description": "the Roles Anywhere endpoint registered, when not AWS's own"},
+                "ca_bundle": {"type": ["string", "null"],
+                              "description": "the CA bundle for that endpoint, as registered"},
                 "credential_process": {"type": "string", "description": "rapki-signer credential-process ... "
                                        "with cert.pem, key.pem, chain.pem relative to the certificate directory"},
             },

@@ -61,7 +61,7 @@ def serve(home: Path | None, host: str, port: int, workers: int | None, tls_cert
     workers = workers or server.default_workers()
     pinned = server.cpu_affinity_plan(cpu_affinity, workers)
     placement = f", pinned to CPUs {','.join(map(str, pinned))}" if pinned else ""
-    progress(f"serving https://{host}:{port} ({workers} workers{placement}), "
+    progress(f"serving https://{host}:{port} ({workers} worker{'s' if workers != 1 else ''}{placement}), "
              f"certificate {tls.describe(certfile)}; CA root: {ca.home.root_cert_path}")
     ca.db.dispose()  # workers open their own connections after the fork
     server.run(target.resolve(), host=host, port=port, workers=workers, certfile=certfile,
