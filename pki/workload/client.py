@@ -134,7 +134,11 @@ class EnrollmentClient:
         self.prefix = parts.path.rstrip("/")
 
     def _context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=str(self.ca_bundle) if self.ca_bundle else None)
+        try:
+            context = ssl.create_default_context(cafile=str(self.ca_bundle) if self.ca_bundle else None)
+        except ssl.SSLError as exc:  # a file that holds no PEM certificate: bad input, not a connection failure
+            raise InvalidInput(f"the CA bundle {self.ca_bundle} holds no PEM certificate ({exc.reason}): pass the "
+                               "CA's root certificate ('rapki ca root')") from None
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.client_cert is not None:
             context.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))

@@ -147,9 +147,10 @@ def ca_sign_intermediate(home: Path | None, root_key: Path | None, key_type: str
                          lifetime: str, inactive: bool, as_json: bool) -> None:
     """Make a new issuing CA the active one (rotation). Older issuing CAs keep signing CRLs."""
     authority = open_ca(home)
+    validity = parse_duration(lifetime)  # refused before the progress line, so a refusal is one line
     progress("signing a new issuing CA ...")
     issuer = authority.sign_intermediate(root_key_path=root_key, key_type=KeyType(key_type) if key_type else None,
-                                         cn=cn, lifetime=parse_duration(lifetime), activate=not inactive)
+                                         cn=cn, lifetime=validity, activate=not inactive)
     _print_issuer(issuer, as_json)
 
 
