@@ -47,6 +47,39 @@ class ExternalSigner(Protocol):
         ...
 
 
+SigningKey = PrivateKey | ExternalSigner
+"""What rapki's builders sign with: a ``cryptography`` key object (signed by ``cryptography``
+directly: a file key, already in memory) or an ``ExternalSigner`` (an HSM or KMS key)."""
+
+
+def key_object(key: SigningKey) -> PrivateKey | None:
+    """``key`` when it is a ``cryptography`` key object (signed with directly), else None."""
+    return key if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
+
+
+def signing_key_type(key: SigningKey) -> KeyType:
+    """The key type of either kind of signing key."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return KeyType.of(key)
+    return key.key_type
+
+
+def certificate_signed_by(builder: x509.CertificateBuilder, key: SigningKey) -> x509.Certificate:
+    """``builder``'s certificate signed by ``key``: by ``cryptography`` for a key object, else
+    through ``sign_certificate``."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return builder.sign(key, signature_hash(KeyType.of(key)))
+    return sign_certificate(builder, key)
+
+
+def crl_signed_by(builder: x509.CertificateRevocationListBuilder,
+                  key: SigningKey) -> x509.CertificateRevocationList:
+    """``builder``'s CRL signed by ``key`` (as ``certificate_signed_by``)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return builder.sign(key, signature_hash(KeyType.of(key)))
+    return sign_crl(builder, key)
+
+
 class ExternalSignatureInvalid(RapkiError):
     """The key backend returned a signature that does not verify with the key's public key (a key
     that is not the one configured, or a faulty device): nothing was issued."""
