@@ -80,3 +80,11 @@ class Unavailable(RapkiError):
     code = "unavailable"
     exit_code = 1
     http_status = 503
+
+
+class KeyUnavailable(Unavailable):
+    """A CA key's HSM token or KMS cannot be reached, or refuses to sign. At the CLI this is a
+    usage error (exit 2): the module, token, endpoint or credentials need fixing."""
+
+    code = "key_unavailable"
+    exit_code = 2
