@@ -1,5 +1,5 @@
 """A CA whose keys are on a PKCS#11 token (SoftHSM2) or in AWS KMS (moto on 127.0.0.1, signing
-DIGEST messages as AWS does: tests/kms_moto.py): everything it signs (CA certificates, leaves, its
+DIGEST messages as AWS does: service/emulator/kms.py): everything it signs (CA certificates, leaves, its
 own TLS certificate, CRLs) is judged by pkilint and ``openssl verify -x509_strict -crl_check``, no
 key file is ever written, and the whole loop runs end to end on SoftHSM2: ``rapki init`` ->
 ``rapki serve`` -> enroll over HTTPS -> ``rapki-signer`` credentials from the emulator -> revoke ->
@@ -27,10 +27,10 @@ from pki.custody.refs import KmsRef, Pkcs11Ref, key_ref_for, parse_key_ref, plac
 from pki.errors import Conflict
 from pki.x509.keys import KeyType
 from pki.x509.profiles import Profile
+from service.emulator.kms import kms_server
 from tests.commands import rapki_cmd, signer_cmd
 from tests.conftest import PASSPHRASE
 from tests.emulator_fixture import RunningEmulator
-from tests.kms_moto import kms_server
 from tests.softhsm_fixture import SoftHsmToken
 from tests.validators import lint_cert, lint_chain, lint_crl, openssl_verify
 

@@ -1,9 +1,11 @@
-"""moto's KMS in server mode on 127.0.0.1, with ``Sign`` honouring ``MessageType=DIGEST``.
+"""A local AWS KMS for tests and benchmarks: moto's KMS in server mode on 127.0.0.1, with ``Sign``
+honouring ``MessageType=DIGEST``. moto is a dev dependency, imported only when a server starts.
 
 moto (5.x) treats a DIGEST message as a message: it hashes it again, so a signature it returns
-verifies over nothing rapki signed, and a CA whose key is in moto refuses every certificate. AWS signs the digest itself. ``kms_server`` starts moto with its Sign
-handler taught DIGEST the way AWS does it: the digest is checked to be as long as the algorithm's
-hash and signed as a prehashed value, with the private key moto holds. Everything else (CreateKey,
+verifies over nothing rapki signed, and a CA whose key is in moto refuses every certificate. AWS
+signs the digest itself. ``kms_server`` starts moto with its Sign handler taught DIGEST as AWS does:
+the digest is checked to be as long as the algorithm's hash and signed as a prehashed value, with
+the private key moto holds. Everything else (CreateKey,
 DescribeKey, GetPublicKey, errors, RAW messages) is moto's own, over HTTP; rapki's side is its real
 boto3 client. What this adds leans on moto's internals (``KmsResponse``, ``Key.private_key``), so
 pyproject.toml bounds moto below 6.
