@@ -136,3 +136,11 @@ class DatabaseMissing(InvalidInput):
     """The home's database does not exist (or holds no rapki CA): refused rather than created empty."""
 
     code = "database_missing"
+
+
+class KeyUnavailable(Unavailable):
+    """A CA key's HSM token or KMS cannot be reached, or refuses to sign. At the CLI this is a
+    usage error (exit 2): the module, token, endpoint or credentials need fixing."""
+
+    code = "key_unavailable"
+    exit_code = 2

@@ -21,6 +21,7 @@ import pytest
 from pki.ca.authority import CertificateAuthority, InitOptions
 from pki.x509.keys import KeyType
 from pki.x509.profiles import Profile
+from tests.softhsm_fixture import SoftHsmToken, private_token
 
 pytest_plugins: list[str] = ["tests.emulator_fixture"]
 
@@ -97,6 +98,13 @@ def make_ca(home: Path, key_type: KeyType = KeyType.EC_P256, **options: object) 
 def ca(tmp_path: Path, passphrase_env: str) -> CertificateAuthority:
     """An EC P-256 CA with a profile ``web`` (CN web-N, DNS *.example.com, URI https://example.com/...)."""
     return make_ca(tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsmToken]:
+    """A private SoftHSM2 token for the session (tests/softhsm_fixture.py): one per process, as a
+    PKCS#11 module reads its configuration once. Tests tell their keys apart by label."""
+    yield from private_token(tmp_path_factory)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pkcs11
@@ -21,12 +20,7 @@ from pki.errors import Conflict, InvalidInput, NotFound, WrongPassphrase
 from pki.x509 import external
 from pki.x509.keys import KeyType
 from tests.custody_builders import CLEAN_LINT, ca_builder, crl_builder, judge, signed_set
-from tests.softhsm_fixture import SoftHsmToken, private_token, unavailable
-
-
-@pytest.fixture(scope="session")
-def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsmToken]:
-    yield from private_token(tmp_path_factory)
+from tests.softhsm_fixture import SoftHsmToken, unavailable
 
 
 def _ref(token: SoftHsmToken, label: str | None, key_id: bytes | None = None, **changes: str) -> Pkcs11Ref:

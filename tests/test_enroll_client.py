@@ -15,8 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pki.ca.authority import CertificateAuthority
+from pki.custody.keys import signing_key
 from pki.errors import InvalidInput, Unauthenticated, Unavailable
 from pki.workload.client import EnrollmentClient, make_csr, renewal_due, sign_request, verify_request_signature
+from pki.x509.external import certificate_signed_by
 from pki.x509.issuance import load_csr, read_csr
 from pki.x509.keys import KeyType
 
@@ -72,11 +74,12 @@ def test_renew_refuses_expired_certificate_locally(ca: CertificateAuthority, tmp
     issued.write_to(tmp_path)
     # Rewrite cert.pem with a certificate that expired (same key), signed by the same issuer.
     issuer = ca.issuer()
-    old = (x509.CertificateBuilder().subject_name(issued.certificate.subject).issuer_name(issuer.certificate.subject)
-           .public_key(issued.private_key.public_key()).serial_number(x509.random_serial_number())  # type: ignore[union-attr]
-           .not_valid_before(datetime.now(UTC) - timedelta(days=2))
-           .not_valid_after(datetime.now(UTC) - timedelta(days=1))
-           .sign(ca.issuer_key(issuer), issuer.key_type.signature_hash()))
+    old = certificate_signed_by(
+        x509.CertificateBuilder().subject_name(issued.certificate.subject).issuer_name(issuer.certificate.subject)
+        .public_key(issued.private_key.public_key()).serial_number(x509.random_serial_number())  # type: ignore[union-attr]
+        .not_valid_before(datetime.now(UTC) - timedelta(days=2))
+        .not_valid_after(datetime.now(UTC) - timedelta(days=1)),
+        signing_key(ca.issuer_key(issuer)))
     from cryptography.hazmat.primitives import serialization
 
     (tmp_path / "cert.pem").write_bytes(old.public_bytes(serialization.Encoding.PEM))

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from pki.custody.keys import signing_key
 from pki.errors import InvalidInput, RapkiError
 from pki.store import audit as audit_rows
 from pki.store import crls as crl_rows
@@ -323,7 +324,7 @@ class CrlPublisher:
             entries = self.ca.revoked_entries(conn, issuer, now)
             number = crl_rows.last_number(conn, issuer.id) + 1
         next_update = min(now + self.ca.config.crl_validity, issuer.not_after)
-        built = build_crl(entries, issuer_cert=issuer.certificate, issuer_key=self.ca.issuer_key(issuer),
+        built = build_crl(entries, issuer_cert=issuer.certificate, issuer_key=signing_key(self.ca.issuer_key(issuer)),
                           number=number, this_update=now, next_update=next_update)
         check_size(built)
         return built, True

@@ -8,17 +8,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pki.ca._audit import AuditTrail, local_actor
 from pki.ca.home import Config, Home
 from pki.ca.values import Issuer
-from pki.errors import InvalidInput, IssuerKeyMissing, NotFound
+from pki.custody.keys import CaKey, make_key, open_key, signing_key
+from pki.custody.refs import FileRef, KeyRef, key_ref_for, parse_key_ref, placement_of
+from pki.errors import Conflict, InvalidInput, IssuerKeyMissing, NotFound
 from pki.store import crls as crl_rows
 from pki.store import issuers as issuer_rows
 from pki.x509.hierarchy import build_intermediate, ca_name
 from pki.x509.issuance import LeafSigner
-from pki.x509.keys import KeyType, PrivateKey, load_private_key, private_key_pem, public_key_matches
+from pki.x509.keys import KeyType
 from pki.x509.pem import Pem, load_certificate
 
 # How long a process trusts the issuers it read before reading them again: the bound on how long
@@ -111,51 +114,58 @@ class IssuingCAs(AuditTrail):
             raise NotFound(f"no issuing CA with id {issuer_id} in the database")
         return found
 
-    def issuer_key(self, issuer: Issuer) -> PrivateKey:
+    def issuer_key(self, issuer: Issuer) -> CaKey:
+        """``issuer``'s key, opened once (a file decrypted, a token logged in to, a KMS key
+        described) and checked to be the key of its certificate."""
         if issuer.key is None:
-            path = self.home.resolve(issuer.key_ref)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError as exc:
+            ref = parse_key_ref(issuer.key_ref)
+            path = self.home.resolve(ref.path) if isinstance(ref, FileRef) else None
+            if path is not None and not path.exists():  # a replica not given the key after a rotation
                 raise IssuerKeyMissing(
                     f"the key of {issuer.name} is not on this host: copy {issuer.key_ref} from the home where "
-                    f"'rapki ca sign-intermediate' made it to {path} (mode 0600)", str(path)) from exc
-            except OSError as exc:
-                raise InvalidInput(f"cannot read the key of {issuer.name} at {path}: {exc.strerror}") from exc
-            key = load_private_key(data, self.passphrase, what=f"key of {issuer.name}")
-            if not public_key_matches(key, issuer.certificate.public_key()):
-                raise InvalidInput(f"{path} does not hold the key of {issuer.name}'s certificate")
-            issuer.key = key
+                    f"'rapki ca sign-intermediate' made it to {path} (mode 0600)", str(path))
+            issuer.key = self._open_ca_key(issuer.key_ref, issuer.certificate.public_key(), f"key of {issuer.name}")
         return issuer.key
+
+    def _open_ca_key(self, ref: str | KeyRef, public_key: CertificatePublicKeyTypes, what: str) -> CaKey:
+        key = open_key(ref, base_dir=self.home.path, passphrase=lambda: self.passphrase)
+        if not _same_public_key(key.public_key(), public_key):
+            raise InvalidInput(f"{key.describe()} is not the {what} (its public key differs from the certificate's)")
+        return key
 
     def leaf_signer(self, issuer: Issuer) -> LeafSigner:
         """What signing ``issuer``'s leaves takes (its key loaded once), kept with the issuer."""
         if issuer.signer is None:
-            issuer.signer = LeafSigner(issuer.certificate.subject, issuer.aki, self.issuer_key(issuer), issuer.key_type)
+            issuer.signer = LeafSigner(issuer.certificate.subject, issuer.aki, signing_key(self.issuer_key(issuer)),
+                                       issuer.key_type)
         return issuer.signer
 
     def chain(self) -> tuple[x509.Certificate, ...]:
         """What a leaf of the active issuer sends as ``X-Amz-X509-Chain``: the intermediates."""
         return (self.issuer().certificate,)
 
-    def _create_issuer(self, root_key: PrivateKey, key_type: KeyType, cn: str, organization: str | None,
-                       country: str | None, lifetime: timedelta, path_length: int, *, active: bool = True) -> Issuer:
+    def _create_issuer(self, root_key: CaKey, key_type: KeyType, cn: str, organization: str | None,
+                       country: str | None, lifetime: timedelta, path_length: int,
+                       placement: KeyRef | None = None, *, active: bool = True) -> Issuer:
+        """A new issuing CA signed by ``root_key`` (the active one unless ``active`` is False), its
+        key made where ``placement`` says (``pki.custody.refs.key_ref_for``: a file in the home by
+        default)."""
         with self.db.engine.connect() as conn:
             number = issuer_rows.count(conn) + 1
         name = f"issuing-{number}"
-        key = key_type.generate()
+        key = make_key(key_ref_for(placement, name), key_type, base_dir=self.home.path,
+                       passphrase=lambda: self.passphrase, description=f"rapki {name} CA key")
+        self._refuse_reused_key(key, root_key)
         cert = build_intermediate(
-            key, ca_name(cn, organization, country), issuer_cert=self.root_certificate,
-            issuer_key=root_key, lifetime=lifetime, path_length=path_length,
+            key.public_key(), ca_name(cn, organization, country), issuer_cert=self.root_certificate,
+            issuer_key=signing_key(root_key), lifetime=lifetime, path_length=path_length,
         )
-        key_ref = f"ca/{name}.key.pem"
-        Pem(private_key_pem(key, self.passphrase)).write_to_path(self.home.resolve(key_ref), secret=True)
         Pem.of_certificates([cert]).write_to_path(self.home.ca_dir / f"{name}.pem")
         with self.db.engine.begin() as conn:
             issuer_id = issuer_rows.add(
                 conn, active=active, name=name, subject=cert.subject.rfc4514_string(),
                 ski=cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex(),
-                key_type=key_type.value, key_ref=key_ref, der=cert.public_bytes(Encoding.DER),
+                key_type=key.key_type.value, key_ref=str(key.ref), der=cert.public_bytes(Encoding.DER),
                 not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
                 created_at=datetime.now(UTC),
             )
@@ -165,30 +175,53 @@ class IssuingCAs(AuditTrail):
         issuer.key = key
         return issuer
 
+    def _refuse_reused_key(self, key: CaKey, root_key: CaKey) -> None:
+        """An adopted key must be new to this CA: two CAs sharing a key would share revocation."""
+        taken: list[tuple[str, CertificatePublicKeyTypes]] = [("the root", root_key.public_key())]
+        taken += [(i.name, i.certificate.public_key()) for i in self.issuers()]
+        for name, public_key in taken:
+            if _same_public_key(key.public_key(), public_key):
+                raise Conflict(f"{key.describe()} is already the key of {name}: a new CA needs a new key")
+
+    def root_key(self, root_key_path: Path | None = None) -> CaKey:
+        """The root's key: the file ``root_key_path`` (a root kept offline), else the key the
+        configuration names (``[ca.root_key]``: a token or KMS key), else ``ca/root.key.pem``."""
+        if root_key_path is not None:
+            ref: KeyRef = FileRef(str(root_key_path.resolve()))
+        elif self.config.root_key:
+            ref = parse_key_ref(self.config.root_key)
+        else:
+            ref = FileRef(str(self.home.root_key_path.relative_to(self.home.path)))
+        if isinstance(ref, FileRef) and not self.home.resolve(ref.path).is_file():
+            raise InvalidInput(
+                f"the root key is not at {self.home.resolve(ref.path)}: pass --root-key with the offline root key file"
+            )
+        return self._open_ca_key(ref, self.root_certificate.public_key(), "key of this home's root certificate")
+
     def sign_intermediate(self, *, root_key_path: Path | None = None, key_type: KeyType | None = None,
                           cn: str | None = None, lifetime: timedelta = timedelta(days=1095),
-                          actor: str | None = None, activate: bool = True) -> Issuer:
+                          actor: str | None = None, activate: bool = True,
+                          placement: KeyRef | None = None) -> Issuer:
         """Rotate: a new issuing CA signed by the root becomes active (with ``activate=False``, it
-        is only made: ``activate_issuer`` switches once its key file is on every replica). Older
-        issuers keep signing CRLs for the certificates they issued until those expire."""
-        path = root_key_path or self.home.root_key_path
-        if not path.is_file():
-            raise InvalidInput(
-                f"the root key is not at {path}: pass --root-key with the offline root key file"
-            )
-        root_key = load_private_key(path.read_bytes(), self.passphrase, what="root key")
-        if not public_key_matches(root_key, self.root_certificate.public_key()):
-            raise InvalidInput(f"{path} is not the key of this home's root certificate")
+        is only made: ``activate_issuer`` switches once its key is on every replica). Older issuers
+        keep signing CRLs for the certificates they issued until those expire. Its key is made
+        where ``placement`` says, by default where the active issuing CA's key is (a new file, a
+        new key pair on the same token, a new key in the same KMS region)."""
+        root_key = self.root_key(root_key_path)
         current = self.issuers()
+        if placement is None:
+            active = next((i for i in current if i.active), None)
+            placement = placement_of(parse_key_ref(active.key_ref)) if active is not None else None
         org_attrs = self.root_certificate.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
         country = self.root_certificate.subject.get_attributes_for_oid(x509.NameOID.COUNTRY_NAME)
         issuer = self._create_issuer(
             root_key, key_type or self.config.key_type, cn or f"rapki Issuing CA {len(current) + 1}",
             str(org_attrs[0].value) if org_attrs else None, str(country[0].value) if country else None,
-            lifetime, 0, active=activate,
+            lifetime, 0, placement, active=activate,
         )
         self.audit(actor or local_actor(), "ca.sign_intermediate", issuer.name,
-                   {"subject": issuer.certificate.subject.rfc4514_string(), "active": activate})
+                   {"subject": issuer.certificate.subject.rfc4514_string(), "active": activate,
+                    "key": issuer.backend})
         return issuer
 
     def activate_issuer(self, name: str, *, actor: str | None = None) -> Issuer:
@@ -204,3 +237,8 @@ class IssuingCAs(AuditTrail):
             self.audit_in(conn, actor or local_actor(), "ca.activate", issuer.name, {})
         self._read_issuers()
         return self.issuer(name)
+
+
+def _same_public_key(one: CertificatePublicKeyTypes, other: CertificatePublicKeyTypes) -> bool:
+    spki = PublicFormat.SubjectPublicKeyInfo
+    return one.public_bytes(Encoding.DER, spki) == other.public_bytes(Encoding.DER, spki)

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from pki.ca._inventory import Inventory
 from pki.ca.values import Issuer, Revocation
+from pki.custody.keys import signing_key
 from pki.store import certificates as certificate_rows
 from pki.store import crls as crl_rows
 from pki.store.times import utc, utc_or_none
@@ -48,7 +49,7 @@ class RevocationAndCrls(Inventory):
         """Sign a new CRL with the next CRLNumber (strictly increasing, never reused: the number is
         taken and the CRL recorded in one transaction, which concurrent builders serialise on)."""
         target = self.issuer(issuer)
-        key = self.issuer_key(target)
+        key = signing_key(self.issuer_key(target))
         validity = validity or self.config.crl_validity
         with self.db.engine.begin() as conn:
             number = crl_rows.take_number(conn, target.id)

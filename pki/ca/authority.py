@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from cryptography import x509
@@ -40,12 +41,13 @@ from pki.ca._profiles import ProfileCatalog
 from pki.ca._revocation import RevocationAndCrls
 from pki.ca.home import CONFIG_NAME, Config, Home, read_passphrase_file, systemd_credential
 from pki.ca.values import CertificateRecord, InitOptions, IssuedCertificate, Issuer, Revocation
+from pki.custody.keys import make_key, signing_key
+from pki.custody.refs import FileRef, KeyRef, key_ref_for
 from pki.errors import Conflict, DatabaseMissing, InvalidInput
 from pki.store import Database
 from pki.store import issuers as issuer_rows
 from pki.store.db import sqlite_file, without_password
 from pki.x509.hierarchy import build_root, ca_name
-from pki.x509.keys import private_key_pem
 from pki.x509.pem import Pem
 from pki.x509.profiles import Profile
 
@@ -163,18 +165,26 @@ class CertificateAuthority(Issuance, RevocationAndCrls, Inventory, ProfileCatalo
             raise
         ca = cls(home, config, db)
         ca._passphrase = passphrase
-        root_key = options.key_type.generate()
+        if options.offline_root_key_out is not None:
+            root_ref: KeyRef = FileRef(str(options.offline_root_key_out.resolve()))
+        else:
+            root_ref = key_ref_for(options.root_key_placement, "root")
+        root_key = make_key(root_ref, options.key_type, base_dir=home.path, passphrase=passphrase,
+                            description="rapki root CA key")
         root = build_root(
-            root_key, ca_name(options.root_cn, options.organization, options.country),
+            signing_key(root_key), ca_name(options.root_cn, options.organization, options.country),
             lifetime=options.root_lifetime, path_length=options.root_path_length,
         )
         Pem.of_certificates([root]).write_to_path(home.root_cert_path)
-        root_key_path = options.offline_root_key_out or home.root_key_path
-        Pem(private_key_pem(root_key, passphrase)).write_to_path(root_key_path, secret=True)
+        if not isinstance(root_key.ref, FileRef):
+            config = replace(config, root_key=str(root_key.ref))
+            ca.config = config
         ca._root = root
         ca._create_issuer(root_key, options.key_type, options.issuing_cn, options.organization,
-                          options.country, options.issuing_lifetime, options.issuing_path_length)
-        home.save_config(config)
+                          options.country, options.issuing_lifetime, options.issuing_path_length,
+                          options.issuing_key_placement)
+        home.save_config(config)  # last: a home without config is not a home, so a failed init can be retried
         ca.audit(actor or local_actor(), "ca.init", root.subject.rfc4514_string(),
-                 {"key_type": options.key_type.value, "offline_root": options.offline_root_key_out is not None})
+                 {"key_type": options.key_type.value, "offline_root": options.offline_root_key_out is not None,
+                  "root_key": root_key.ref.backend, "issuing_key": ca.issuer().backend})
         return ca

@@ -7,8 +7,9 @@ Layout (all paths relative to the home)::
                         systemd credential rapki-passphrase is used (production keeps it elsewhere)
     rapki.db            SQLite database (unless $RAPKI_DATABASE_URL / [database].url points elsewhere)
     ca/root.pem         root certificate
-    ca/root.key.pem     root key, encrypted PKCS#8 (absent with --offline-root)
-    ca/issuing-N.pem    issuing CA certificates; ca/issuing-N.key.pem their encrypted keys
+    ca/root.key.pem     root key, encrypted PKCS#8 (absent with --offline-root, or when [ca.root_key]
+                        names a key on a PKCS#11 token or in KMS)
+    ca/issuing-N.pem    issuing CA certificates; ca/issuing-N.key.pem their encrypted keys (file keys)
 
 Precedence for every setting: environment variable, then ``rapki.toml``, then the built-in default.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 import tomli_w
 
+from pki.custody.refs import parse_key_ref
 from pki.errors import InvalidInput, NotARapkiHome
 from pki.files import atomic_write
 from pki.x509.durations import format_duration, parse_duration
@@ -51,6 +53,7 @@ class Config:
     passphrase_file: str = ""  # relative to the home, or absolute
     crl_validity: timedelta = timedelta(days=7)
     crl_republish_before: timedelta = timedelta(days=2)
+    root_key: str = ""  # a key reference (pki.custody.refs); empty: ca/root.key.pem, or offline
     extra: dict[str, Any] = field(default_factory=dict)  # sections owned by other components
 
     def __post_init__(self) -> None:
@@ -68,7 +71,8 @@ class Config:
     def to_toml(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
             "rapki": {"config_version": CONFIG_VERSION},
-            "ca": {"key_type": self.key_type.value, "serial_bytes": self.serial_bytes},
+            "ca": {"key_type": self.key_type.value, "serial_bytes": self.serial_bytes,
+                   **({"root_key": parse_key_ref(self.root_key).as_dict()} if self.root_key else {})},
             "database": {"url": self.database_url, "sqlite_synchronous": self.sqlite_synchronous,
                          "busy_timeout": format_duration(self.busy_timeout)},
             "passphrase": {"file": self.passphrase_file},
@@ -102,6 +106,7 @@ class Config:
             passphrase_file=str(doc.get("passphrase", {}).get("file", "")),
             crl_validity=parse_duration(crl.get("validity", "7d")),
             crl_republish_before=parse_duration(crl.get("republish_before", "2d")),
+            root_key=str(parse_key_ref(ca["root_key"])) if ca.get("root_key") else "",
             extra={k: v for k, v in doc.items() if k not in known},
         )
 

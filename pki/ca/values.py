@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 
 from cryptography import x509
 
+from pki.custody.keys import CaKey
+from pki.custody.refs import KeyRef, parse_key_ref
 from pki.x509.issuance import LeafSigner
 from pki.x509.keys import KeyType, PrivateKey, private_key_pem
 from pki.x509.pem import Pem
@@ -18,7 +20,8 @@ from pki.x509.serials import serial_hex
 
 @dataclass
 class Issuer:
-    """An issuing CA: its certificate, its key reference and (once loaded) its key."""
+    """An issuing CA: its certificate, its key reference (``pki.custody.refs``: a file path, a
+    ``pkcs11:`` URI or a ``kms:`` key) and, once opened, its key."""
 
     id: int
     name: str
@@ -26,7 +29,7 @@ class Issuer:
     key_type: KeyType
     key_ref: str
     active: bool
-    key: PrivateKey | None = None
+    key: CaKey | None = None
     aki: x509.AuthorityKeyIdentifier = field(init=False)
     not_after: datetime = field(init=False)
     signer: LeafSigner | None = field(default=None, init=False, repr=False)  # once the key is loaded
@@ -35,6 +38,11 @@ class Issuer:
         ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         self.aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
         self.not_after = self.certificate.not_valid_after_utc
+
+    @property
+    def backend(self) -> str:
+        """Where its key is kept: ``file``, ``pkcs11`` or ``kms``."""
+        return parse_key_ref(self.key_ref).backend
 
 
 class IssuedCertificate(NamedTuple):
@@ -156,3 +164,7 @@ class InitOptions:
     passphrase_file: Path | None = None
     serial_bytes: int = 16
     database_url: str = ""
+    # Where the CA keys are made (pki.custody.refs.key_ref_for): None for encrypted files in the
+    # home; a Pkcs11Ref whose label prefixes the keys' labels; a KmsRef (no key id: a new key).
+    root_key_placement: KeyRef | None = None
+    issuing_key_placement: KeyRef | None = None

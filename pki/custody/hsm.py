@@ -32,7 +32,7 @@ from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from pki.custody.refs import Pkcs11Ref
-from pki.errors import Conflict, InvalidInput, NotFound, Unavailable, WrongPassphrase
+from pki.errors import Conflict, InvalidInput, KeyUnavailable, NotFound, WrongPassphrase
 from pki.x509.external import ecdsa_der_signature
 from pki.x509.keys import KeyType, PublicKey
 
@@ -83,7 +83,7 @@ class _Module:
             except p11.PinIncorrect:
                 raise WrongPassphrase(f"wrong PIN for token {ref.token!r} ({_pin_source(ref)})") from None
             except (p11.PinLocked, p11.PinExpired) as exc:
-                raise Unavailable(f"the PIN of token {ref.token!r} is {type(exc).__name__[3:].lower()}: "
+                raise KeyUnavailable(f"the PIN of token {ref.token!r} is {type(exc).__name__[3:].lower()}: "
                                   "the token's security officer must reset it") from None
             self.sessions[ref.token] = session
         return session
@@ -161,9 +161,10 @@ def _call(ref: Pkcs11Ref, action: Callable[[pkcs11.Session], T]) -> T:
             except _STALE as exc:
                 module.drop(ref.token)
                 if attempt == 2:
-                    raise Unavailable(f"token {ref.token!r} in {ref.module}: {type(exc).__name__}") from exc
+                    raise KeyUnavailable(f"token {ref.token!r} in {ref.module}: {type(exc).__name__}") from exc
             except p11.PKCS11Error as exc:
-                raise Unavailable(f"token {ref.token!r} in {ref.module}: {type(exc).__name__} {exc}".strip()) from exc
+                detail = f"{type(exc).__name__} {exc}".strip()
+                raise KeyUnavailable(f"token {ref.token!r} in {ref.module}: {detail}") from exc
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -77,6 +77,22 @@ def create_key(ref: RefLike, key_type: KeyType, *, base_dir: Path | None = None,
     return KmsKey.create(parsed, key_type, description=description)
 
 
+def signing_key(key: CaKey) -> external.SigningKey:
+    """What ``pki.x509``'s builders sign with: a file key's key object (``cryptography`` signs
+    with it directly: the fast path), any other key as it is (``pki.x509.external``)."""
+    return key.private_key if isinstance(key, FileKey) else key
+
+
+def make_key(ref: RefLike, key_type: KeyType, *, base_dir: Path | None = None,
+             passphrase: Passphrase | None = None, description: str = "rapki CA key") -> CaKey:
+    """The key of a new CA: a KMS key named by id is adopted (``open_key``); anything else is
+    created (``create_key``: a new file, a key pair generated on the token, a new KMS key)."""
+    parsed = parse_key_ref(ref)
+    if isinstance(parsed, KmsRef) and parsed.key_id:
+        return open_key(parsed)
+    return create_key(parsed, key_type, base_dir=base_dir, passphrase=passphrase, description=description)
+
+
 def _direct(key: CaKey) -> FileKey | None:
     return key if isinstance(key, FileKey) else None
 
@@ -107,5 +123,5 @@ def close_all() -> None:
         close()
 
 
-__all__ = ["CaKey", "FileRef", "KeyRef", "KmsRef", "Pkcs11Ref", "close_all", "create_key", "open_key",
-           "parse_key_ref", "sign_certificate", "sign_crl"]
+__all__ = ["CaKey", "FileRef", "KeyRef", "KmsRef", "Pkcs11Ref", "close_all", "create_key", "make_key", "open_key",
+           "parse_key_ref", "sign_certificate", "sign_crl", "signing_key"]

@@ -18,7 +18,7 @@ import hashlib
 from typing import Any
 
 from pki.custody.refs import KmsRef
-from pki.errors import InvalidInput, NotFound, Unavailable
+from pki.errors import InvalidInput, KeyUnavailable, NotFound
 from pki.x509.keys import KeyType, PublicKey
 
 KEY_SPECS = {
@@ -38,13 +38,16 @@ SIGNING_ALGORITHMS = {
 }
 
 
+ATTEMPTS = 3  # per call: a KMS that cannot be reached fails within seconds, never hangs a command
+
+
 def make_client(ref: KmsRef) -> Any:
     """A KMS client for ``ref``'s region and endpoint (boto3 clients are safe to share between threads)."""
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError
 
-    config = Config(use_fips_endpoint=ref.use_fips_endpoint, retries={"mode": "standard", "max_attempts": 3},
+    config = Config(use_fips_endpoint=ref.use_fips_endpoint, retries={"mode": "standard", "max_attempts": ATTEMPTS},
                     connect_timeout=5, read_timeout=15)
     try:
         return boto3.session.Session().client("kms", region_name=ref.region, endpoint_url=ref.endpoint_url,
@@ -55,11 +58,13 @@ def make_client(ref: KmsRef) -> Any:
 
 def _kms_error(exc: Exception, ref: KmsRef, action: str) -> Exception:
     """The project error for a failed KMS call, naming the key and the KMS error code."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError, ConnectionError
 
     what = f"KMS {action} for key {ref.key_id or '(new)'}"
-    if not isinstance(exc, ClientError):  # no connection, no credentials, timeouts
-        return Unavailable(f"{what} failed: {exc}")
+    if isinstance(exc, ConnectionError):  # refused, unresolvable, timed out: retried first
+        return KeyUnavailable(f"{what} failed after {ATTEMPTS} attempts: {exc}")
+    if not isinstance(exc, ClientError):  # no credentials, a bad region
+        return KeyUnavailable(f"{what} failed: {exc}")
     code = exc.response.get("Error", {}).get("Code", "")
     message = exc.response.get("Error", {}).get("Message", "")
     detail = f"{what}: {code} {message}".strip()
@@ -68,7 +73,7 @@ def _kms_error(exc: Exception, ref: KmsRef, action: str) -> Exception:
     if code in ("ValidationException", "InvalidKeyUsageException", "UnsupportedOperationException",
                 "InvalidArnException"):
         return InvalidInput(detail)
-    return Unavailable(detail)  # access denied, disabled or pending deletion, throttled, KMS down
+    return KeyUnavailable(detail)  # access denied, disabled or pending deletion, throttled, KMS down
 
 
 def _call(ref: KmsRef, action: str, function: Any, **params: Any) -> dict[str, Any]:
@@ -112,7 +117,7 @@ class KmsKey:
         meta = _call(ref, "DescribeKey", client.describe_key, KeyId=ref.key_id)["KeyMetadata"]
         arn, state = str(meta["Arn"]), meta.get("KeyState", "Enabled")
         if state != "Enabled":
-            raise Unavailable(f"KMS key {arn} is {state}: a CA key must be enabled")
+            raise KeyUnavailable(f"KMS key {arn} is {state}: a CA key must be enabled")
         usage = meta.get("KeyUsage", "")
         if usage != "SIGN_VERIFY":
             raise InvalidInput(f"KMS key {arn} is for {usage}, not SIGN_VERIFY: a CA key signs")

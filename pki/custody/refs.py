@@ -147,6 +147,33 @@ KeyRef = FileRef | Pkcs11Ref | KmsRef
 BACKENDS = ("file", "pkcs11", "kms")
 
 
+def key_ref_for(placement: KeyRef | None, name: str) -> KeyRef:
+    """The reference of a new CA key called ``name`` (``root``, ``issuing-3``), made where
+    ``placement`` says: a file ``ca/<name>.key.pem`` in the home (``None`` or any ``FileRef``); on
+    ``placement``'s token, labelled ``<prefix>-<name>`` (its label, or the prefix of a label made
+    this way: ``rapki-issuing-2`` gives ``rapki``); in KMS, as ``placement`` names a key to adopt,
+    or else a new key in its region and endpoint."""
+    if isinstance(placement, Pkcs11Ref):
+        prefix = _LABEL_SUFFIX.sub("", placement.label or "") or "rapki"
+        return Pkcs11Ref(module=placement.module, token=placement.token, label=f"{prefix}-{name}",
+                         pin_env=placement.pin_env, pin_file=placement.pin_file)
+    if isinstance(placement, KmsRef):
+        return placement
+    return FileRef(f"ca/{name}.key.pem")
+
+
+def placement_of(ref: KeyRef) -> KeyRef | None:
+    """Where a CA key like ``ref`` is made (``key_ref_for``): the same backend, token or region,
+    never the same key (a KMS key id is dropped: a new key is created)."""
+    if isinstance(ref, KmsRef):
+        return KmsRef(key_id="", region=ref.region, use_fips_endpoint=ref.use_fips_endpoint,
+                      endpoint_url=ref.endpoint_url)
+    return ref if isinstance(ref, Pkcs11Ref) else None
+
+
+_LABEL_SUFFIX = re.compile(r"-(root|issuing-\d+)$")
+
+
 def _scheme(text: str) -> str | None:
     for scheme in ("file:", "pkcs11:", "kms:"):
         if text.startswith(scheme):

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from pki.errors import CrlTooLarge, InvalidInput
-from pki.x509.keys import KeyType, PrivateKey
+from pki.x509.external import SigningKey, crl_signed_by
 
 ROLES_ANYWHERE_CRL_LIMIT = 300_000  # bytes of PEM in ImportCrl/UpdateCrl crlData
 
@@ -80,7 +80,7 @@ def _revoked(entry: RevokedEntry) -> x509.RevokedCertificate:
     return builder.build()
 
 
-def build_crl(entries: Iterable[RevokedEntry], *, issuer_cert: x509.Certificate, issuer_key: PrivateKey,
+def build_crl(entries: Iterable[RevokedEntry], *, issuer_cert: x509.Certificate, issuer_key: SigningKey,
               number: int, this_update: datetime, next_update: datetime) -> BuiltCrl:
     revoked = [_revoked(e) for e in entries]
     ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -97,7 +97,7 @@ def build_crl(entries: Iterable[RevokedEntry], *, issuer_cert: x509.Certificate,
             x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(number)),
         ],
     )
-    crl = builder.sign(issuer_key, KeyType.of(issuer_key).signature_hash())
+    crl = crl_signed_by(builder, issuer_key)
     return BuiltCrl(crl=crl, number=number, entries=len(revoked))
 
 

@@ -5,8 +5,8 @@ one held by an HSM or a cloud KMS, reached through an ``ExternalSigner``.
 throwaway key of the same family and with the hash the real key signs with: that fixes the
 to-be-signed structure, signatureAlgorithm included (the algorithm identifier names the family and
 the hash, never the curve or the modulus size). The external signer then signs those TBS bytes, and
-``asn1crypto`` puts TBS, algorithm and signature together: it takes the builder's output and
-replaces only its signature, so the TBS bytes are the builder's, never re-encoded. The result is
+``asn1crypto``'s DER parser puts TBS, algorithm and signature together: it cuts the builder's
+output apart and replaces only its signature, so the TBS bytes are the builder's, never re-encoded. The result is
 checked against the real public key before it is returned: a certificate or CRL that does not
 verify is never handed out.
 
@@ -20,13 +20,12 @@ from __future__ import annotations
 import functools
 from typing import Protocol
 
-from asn1crypto import algos as asn1_algos
-from asn1crypto import crl as asn1_crl
-from asn1crypto import x509 as asn1_x509
+from asn1crypto import parser as asn1_parser
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from pki.errors import RapkiError
@@ -45,6 +44,39 @@ class ExternalSigner(Protocol):
         """The X.509 signature over ``data`` (the whole TBS, not a digest), with the hash
         ``key_type.signature_hash()`` and, for RSA, PKCS#1 v1.5 padding; ECDSA as DER."""
         ...
+
+
+SigningKey = PrivateKey | ExternalSigner
+"""What rapki's builders sign with: a ``cryptography`` key object (signed by ``cryptography``
+directly: a file key, already in memory) or an ``ExternalSigner`` (an HSM or KMS key)."""
+
+
+def key_object(key: SigningKey) -> PrivateKey | None:
+    """``key`` when it is a ``cryptography`` key object (signed with directly), else None."""
+    return key if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
+
+
+def signing_key_type(key: SigningKey) -> KeyType:
+    """The key type of either kind of signing key."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return KeyType.of(key)
+    return key.key_type
+
+
+def certificate_signed_by(builder: x509.CertificateBuilder, key: SigningKey) -> x509.Certificate:
+    """``builder``'s certificate signed by ``key``: by ``cryptography`` for a key object, else
+    through ``sign_certificate``."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return builder.sign(key, signature_hash(KeyType.of(key)))
+    return sign_certificate(builder, key)
+
+
+def crl_signed_by(builder: x509.CertificateRevocationListBuilder,
+                  key: SigningKey) -> x509.CertificateRevocationList:
+    """``builder``'s CRL signed by ``key`` (as ``certificate_signed_by``)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return builder.sign(key, signature_hash(KeyType.of(key)))
+    return sign_crl(builder, key)
 
 
 class ExternalSignatureInvalid(RapkiError):
@@ -90,7 +122,8 @@ def ecdsa_der_signature(raw: bytes) -> bytes:
     ``Ecdsa-Sig-Value`` form X.509 carries."""
     if not raw or len(raw) % 2:
         raise ValueError(f"a raw ECDSA signature is r||s of equal lengths, not {len(raw)} bytes")
-    return asn1_algos.DSASignature.from_p1363(raw).dump()
+    half = len(raw) // 2
+    return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
 
 
 def verify_signature(public_key: PublicKey, key_type: KeyType, signature: bytes, data: bytes) -> bool:
@@ -130,18 +163,33 @@ def _check_algorithm(found: x509.ObjectIdentifier, key_type: KeyType) -> None:
         raise ExternalSignatureInvalid(f"the builder chose {found.dotted_string}, not {expected.dotted_string}")
 
 
+def _split(signed_der: bytes) -> tuple[bytes, bytes]:
+    """The TBS and the signatureAlgorithm of a signed certificate or CRL (a SEQUENCE of TBS,
+    signatureAlgorithm and signature), as the bytes they are in it: asn1crypto's parser finds
+    their boundaries; nothing is decoded or encoded again."""
+    contents = asn1_parser.parse(signed_der, strict=True)[4]
+    _class, _method, _tag, header, body, _trailer = asn1_parser.parse(contents, strict=False)
+    tbs = header + body
+    _class, _method, _tag, header, body, _trailer = asn1_parser.parse(contents[len(tbs):], strict=False)
+    return tbs, header + body
+
+
+def _assemble(tbs_der: bytes, algorithm_der: bytes, signature: bytes) -> bytes:
+    """TBS, signatureAlgorithm and the signature as a BIT STRING, in the outer SEQUENCE."""
+    bit_string = asn1_parser.emit(0, 0, 3, b"\x00" + signature)  # universal, primitive, BIT STRING; no unused bits
+    return asn1_parser.emit(0, 1, 16, tbs_der + algorithm_der + bit_string)  # universal, constructed, SEQUENCE
+
+
 def sign_certificate(builder: x509.CertificateBuilder, signer: ExternalSigner) -> x509.Certificate:
     """The certificate ``builder`` describes, signed by ``signer``; verified before it is returned."""
     public_key = _checked_signer_key(signer)
     template = builder.sign(_throwaway_key(signer.key_type.is_ec), signature_hash(signer.key_type))
     _check_algorithm(template.signature_algorithm_oid, signer.key_type)
-    tbs_der = template.tbs_certificate_bytes
+    tbs_der, algorithm_der = _split(template.public_bytes(serialization.Encoding.DER))
     signature = _external_signature(signer, public_key, tbs_der, "certificate")
-    assembled = asn1_x509.Certificate.load(template.public_bytes(serialization.Encoding.DER))
-    assembled["signature_value"] = signature  # TBS and signatureAlgorithm stay the builder's bytes
-    certificate = x509.load_der_x509_certificate(assembled.dump())
-    if certificate.tbs_certificate_bytes != tbs_der or certificate.signature != signature:
-        raise ExternalSignatureInvalid("the assembled certificate does not carry the signed TBS")  # pragma: no cover
+    certificate = x509.load_der_x509_certificate(_assemble(tbs_der, algorithm_der, signature))
+    if certificate.signature != signature:  # pragma: no cover - would mean the splice is wrong
+        raise ExternalSignatureInvalid("the assembled certificate does not carry the signature")
     return certificate
 
 
@@ -151,11 +199,9 @@ def sign_crl(builder: x509.CertificateRevocationListBuilder,
     public_key = _checked_signer_key(signer)
     template = builder.sign(_throwaway_key(signer.key_type.is_ec), signature_hash(signer.key_type))
     _check_algorithm(template.signature_algorithm_oid, signer.key_type)
-    tbs_der = template.tbs_certlist_bytes
+    tbs_der, algorithm_der = _split(template.public_bytes(serialization.Encoding.DER))
     signature = _external_signature(signer, public_key, tbs_der, "CRL")
-    assembled = asn1_crl.CertificateList.load(template.public_bytes(serialization.Encoding.DER))
-    assembled["signature"] = signature
-    crl = x509.load_der_x509_crl(assembled.dump())
+    crl = x509.load_der_x509_crl(_assemble(tbs_der, algorithm_der, signature))
     if crl.tbs_certlist_bytes != tbs_der or crl.signature != signature:
         raise ExternalSignatureInvalid("the assembled CRL does not carry the signed TBS")  # pragma: no cover
     return crl

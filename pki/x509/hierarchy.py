@@ -1,4 +1,8 @@
-"""Building CA certificates: the self-signed root and the issuing CAs it signs."""
+"""Building CA certificates: the self-signed root and the issuing CAs it signs.
+
+The signing key is a ``SigningKey``: a key object (file keys) or a key kept in an HSM or KMS
+(``pki.x509.external``); a new issuing CA is named by its public key alone.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from pki.x509.keys import KeyType, PrivateKey, subject_key_identifier
+from pki.x509.external import SigningKey, certificate_signed_by
+from pki.x509.keys import PublicKey, subject_key_identifier
 from pki.x509.serials import random_serial
 
 BACKDATE = timedelta(minutes=5)
@@ -23,13 +28,13 @@ def ca_name(common_name: str, organization: str | None = None, country: str | No
     return x509.Name(attrs)
 
 
-def _ca_builder(subject: x509.Name, issuer: x509.Name, key: PrivateKey, lifetime: timedelta,
+def _ca_builder(subject: x509.Name, issuer: x509.Name, public_key: PublicKey, lifetime: timedelta,
                 path_length: int, now: datetime) -> x509.CertificateBuilder:
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(random_serial(16))
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + lifetime)
@@ -42,26 +47,26 @@ def _ca_builder(subject: x509.Name, issuer: x509.Name, key: PrivateKey, lifetime
             ),
             critical=True,
         )
-        .add_extension(subject_key_identifier(key.public_key()), critical=False)
+        .add_extension(subject_key_identifier(public_key), critical=False)
     )
 
 
-def build_root(key: PrivateKey, subject: x509.Name, *, lifetime: timedelta = timedelta(days=3650),
+def build_root(key: SigningKey, subject: x509.Name, *, lifetime: timedelta = timedelta(days=3650),
                path_length: int = 1, now: datetime | None = None) -> x509.Certificate:
     now = now or datetime.now(UTC)
-    builder = _ca_builder(subject, subject, key, lifetime, path_length, now)
-    return builder.sign(key, KeyType.of(key).signature_hash())
+    builder = _ca_builder(subject, subject, key.public_key(), lifetime, path_length, now)
+    return certificate_signed_by(builder, key)
 
 
-def build_intermediate(key: PrivateKey, subject: x509.Name, *, issuer_cert: x509.Certificate,
-                       issuer_key: PrivateKey, lifetime: timedelta = timedelta(days=1095),
+def build_intermediate(public_key: PublicKey, subject: x509.Name, *, issuer_cert: x509.Certificate,
+                       issuer_key: SigningKey, lifetime: timedelta = timedelta(days=1095),
                        path_length: int = 0, now: datetime | None = None) -> x509.Certificate:
     """An issuing CA signed by ``issuer_key``; never outlives its issuer."""
     now = now or datetime.now(UTC)
     lifetime = min(lifetime, issuer_cert.not_valid_after_utc - now)
-    builder = _ca_builder(subject, issuer_cert.subject, key, lifetime, path_length, now)
+    builder = _ca_builder(subject, issuer_cert.subject, public_key, lifetime, path_length, now)
     ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = builder.add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
     )
-    return builder.sign(issuer_key, KeyType.of(issuer_key).signature_hash())
+    return certificate_signed_by(builder, issuer_key)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from pki.errors import InvalidInput, PolicyViolation
+from pki.x509 import external
 from pki.x509.keys import KeyType, PrivateKey, PublicKey, key_family, subject_key_identifier
 
 BACKDATE = timedelta(minutes=5)  # tolerate clients whose clock runs a little behind
@@ -286,16 +287,21 @@ class LeafSigner:
     """One issuing CA as every leaf it signs sees it: its name, its key identifier (the leaves'
     AKI), its key and hash. Made once per issuer (``CertificateAuthority`` keeps it), so issuing
     neither re-reads the issuer's name out of its certificate nor rebuilds what all its leaves
-    share: basicConstraints, keyUsage, extendedKeyUsage and AKI, per usage."""
+    share: basicConstraints, keyUsage, extendedKeyUsage and AKI, per usage.
+
+    ``key`` is a key object (a file key: ``cryptography`` signs with it directly, ``direct``) or
+    an HSM or KMS key (``pki.x509.external`` assembles the certificate around its signature)."""
 
     issuer_name: x509.Name
     issuer_aki: x509.AuthorityKeyIdentifier
-    key: PrivateKey
+    key: external.SigningKey
     key_type: KeyType
+    direct: PrivateKey | None = field(init=False)
     hash: hashes.SHA256 | hashes.SHA384 = field(init=False)
     shared: dict[x509.ObjectIdentifier, tuple[x509.Extension[x509.ExtensionType], ...]] = field(init=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "direct", external.key_object(self.key))
         object.__setattr__(self, "hash", self.key_type.signature_hash())
         object.__setattr__(self, "shared", {
             usage: (_extension(_BASIC, critical=True), _extension(_KEY_USAGE, critical=True), _extension(eku),
@@ -332,4 +338,6 @@ def build_leaf(spec: LeafSpec, signer: LeafSigner,
         signer.issuer_name, leaf_subject(spec.common_name), spec.public_key, spec.serial,
         _naive_utc(spec.not_before), _naive_utc(spec.not_after), extensions,
     )
-    return builder.sign(signer.key, signer.hash)
+    if signer.direct is not None:
+        return builder.sign(signer.direct, signer.hash)
+    return external.sign_certificate(builder, cast(external.ExternalSigner, signer.key))

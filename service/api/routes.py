@@ -238,7 +238,7 @@ def healthz() -> tuple[Response, int]:
         status = 503
     try:
         issuer = c.ca.issuer()
-        if not c.ca.home.resolve(issuer.key_ref).is_file():
+        if issuer.backend == "file" and not c.ca.home.resolve(issuer.key_ref).is_file():
             raise InvalidInput(f"the key file of {issuer.name} is missing")
         c.ca.issuer_key(issuer)
         checks["ca_key"] = "ok"

@@ -10,6 +10,7 @@ import click
 
 from pki.ca.authority import CertificateAuthority, InitOptions, Issuer
 from pki.ca.home import Home
+from pki.custody.refs import KeyRef, KmsRef, Pkcs11Ref, parse_key_ref
 from pki.errors import Conflict, InvalidInput
 from pki.store.db import without_password
 from pki.x509.durations import format_duration, parse_duration
@@ -19,6 +20,64 @@ from pki.x509.profiles import Profile, RolesAnywhereBinding
 from service.cli.base import echo_json, home_option, json_option, resolve_home
 
 KEY_TYPES = [k.value for k in KeyType]
+KEY_BACKENDS = ["file", "pkcs11", "kms"]
+
+
+def key_backend_options(default: str | None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The options that say where new CA keys are made (docs/key-custody.md)."""
+    where = "the home's encrypted files" if default else "where the active issuing CA's key is"
+    options = [
+        click.option("--key-backend", type=click.Choice(KEY_BACKENDS), default=default, show_default=bool(default),
+                     help=f"Where new CA keys are made (default: {where})."),
+        click.option("--pkcs11-module", default=None, help="pkcs11: path of the token's PKCS#11 library."),
+        click.option("--pkcs11-token", default=None, help="pkcs11: label of the token."),
+        click.option("--pkcs11-pin-env", default=None, help="pkcs11: environment variable holding the PIN."),
+        click.option("--pkcs11-pin-file", default=None,
+                     help="pkcs11: file holding the PIN (mode 0600, outside the home)."),
+        click.option("--key-label", default=None,
+                     help="pkcs11: prefix of the keys' labels on the token (default: rapki; keys "
+                          "PREFIX-root, PREFIX-issuing-N)."),
+        click.option("--kms-key-id", default=None,
+                     help="kms: adopt this key (ARN, id or alias) for the issuing CA instead of creating one."),
+        click.option("--kms-region", default=None,
+                     help="kms: AWS region (default: from the key ARN or the AWS config)."),
+        click.option("--kms-fips", is_flag=True, default=False, help="kms: use the FIPS endpoint."),
+        click.option("--kms-endpoint-url", default=None, help="kms: endpoint URL (a VPC endpoint)."),
+    ]
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def key_placement(key_backend: str | None, pkcs11_module: str | None, pkcs11_token: str | None,
+                  pkcs11_pin_env: str | None, pkcs11_pin_file: str | None, key_label: str | None,
+                  kms_key_id: str | None, kms_region: str | None, kms_fips: bool,
+                  kms_endpoint_url: str | None) -> KeyRef | None:
+    """Where the key backend options say new CA keys go (``pki.custody.refs.key_ref_for``); None
+    for files in the home (or, with no ``--key-backend``, wherever the active issuing CA's key is)."""
+    given = {"--pkcs11-module": pkcs11_module, "--pkcs11-token": pkcs11_token, "--pkcs11-pin-env": pkcs11_pin_env,
+             "--pkcs11-pin-file": pkcs11_pin_file, "--key-label": key_label, "--kms-key-id": kms_key_id,
+             "--kms-region": kms_region, "--kms-fips": kms_fips or None, "--kms-endpoint-url": kms_endpoint_url}
+    allowed = {"pkcs11": ("--pkcs11-", "--key-label"), "kms": ("--kms-",)}.get(key_backend or "", ())
+    stray = [name for name, value in given.items() if value is not None and not (allowed and name.startswith(allowed))]
+    if stray:
+        raise InvalidInput(f"{stray[0]} does not apply to --key-backend {key_backend or '(not given)'}")
+    if key_backend == "pkcs11":
+        if not pkcs11_module or not pkcs11_token:
+            raise InvalidInput("--key-backend pkcs11 needs --pkcs11-module and --pkcs11-token")
+        if (pkcs11_pin_env is None) == (pkcs11_pin_file is None):
+            raise InvalidInput("--key-backend pkcs11 needs the PIN's source: --pkcs11-pin-env NAME or "
+                               "--pkcs11-pin-file PATH (never the PIN itself)")
+        return Pkcs11Ref(module=pkcs11_module, token=pkcs11_token, label=key_label or "rapki",
+                         pin_env=pkcs11_pin_env, pin_file=pkcs11_pin_file)
+    if key_backend == "kms":
+        return KmsRef(key_id=kms_key_id or "", region=kms_region, use_fips_endpoint=kms_fips,
+                      endpoint_url=kms_endpoint_url)
+    return None
 
 
 def open_ca(home: Path | None) -> CertificateAuthority:
@@ -48,12 +107,16 @@ def progress(message: str) -> None:
                    "HOME/passphrase, mode 0600).")
 @click.option("--serial-bytes", type=click.IntRange(9, 20), default=16, show_default=True,
               help="Length of new certificate serials (shorter fits more entries in a CRL).")
+@key_backend_options("file")
 @json_option
 def init(home: Path | None, key_type: str, organization: str, country: str | None, root_cn: str,
          issuing_cn: str, root_lifetime: str, issuing_lifetime: str, root_path_len: int,
          issuing_path_len: int, offline_root: Path | None, passphrase_file: Path | None,
-         serial_bytes: int, as_json: bool) -> None:
-    """Create a rapki home: config, root CA, issuing CA and database."""
+         serial_bytes: int, as_json: bool, **key_options: Any) -> None:
+    """Create a rapki home: config, root CA, issuing CA and database.
+
+    With --key-backend pkcs11 or kms both CA keys are made on the token or in KMS (the root's
+    unless --offline-root), and never leave it."""
     if country is not None and len(country) != 2:
         raise InvalidInput("--country must be a two-letter ISO 3166 code")
     if issuing_path_len >= root_path_len:
@@ -61,17 +124,19 @@ def init(home: Path | None, key_type: str, organization: str, country: str | Non
     import os
 
     env_passphrase = os.environ.get("RAPKI_PASSPHRASE")
+    root_placement, issuing_placement = _init_placements(key_placement(**key_options))
     options = InitOptions(
         key_type=KeyType(key_type), organization=organization or None, country=country,
         root_cn=root_cn, issuing_cn=issuing_cn, root_lifetime=parse_duration(root_lifetime),
         issuing_lifetime=parse_duration(issuing_lifetime), root_path_length=root_path_len,
         issuing_path_length=issuing_path_len, offline_root_key_out=offline_root,
         passphrase_file=passphrase_file, serial_bytes=serial_bytes,
+        root_key_placement=root_placement, issuing_key_placement=issuing_placement,
     )
     target = resolve_home(home)
     if Home(target).exists():
         raise Conflict(f"{target} is already a rapki home: refusing to overwrite its CA")
-    progress(f"creating {key_type} root and issuing CA in {target} ...")
+    progress(f"creating {key_type} root and issuing CA in {target} (keys: {key_options['key_backend']}) ...")
     passphrase = env_passphrase.encode() if env_passphrase and not passphrase_file else None
     ca = CertificateAuthority.init(target, options, passphrase=passphrase)
     issuer = ca.issuer()
@@ -79,7 +144,9 @@ def init(home: Path | None, key_type: str, organization: str, country: str | Non
         "home": str(ca.home.path),
         "root": ca.root_certificate.subject.rfc4514_string(),
         "issuing_ca": issuer.certificate.subject.rfc4514_string(),
-        "root_key": str(offline_root or ca.home.root_key_path),
+        "root_key": str(offline_root or ca.config.root_key or ca.home.root_key_path),
+        "issuing_key": issuer.key_ref,
+        "key_backend": issuer.backend,
         "database": without_password(ca.db.url),
     }
     if as_json:
@@ -88,6 +155,8 @@ def init(home: Path | None, key_type: str, organization: str, country: str | Non
     click.echo(f"Initialised {summary['home']}")
     click.echo(f"  root CA:    {summary['root']}")
     click.echo(f"  issuing CA: {summary['issuing_ca']}")
+    if issuer.backend != "file":
+        click.echo(f"  keys:       {issuer.key.describe() if issuer.key is not None else issuer.key_ref}")
     if offline_root:
         click.echo(f"  root key:   {offline_root}  <- move it offline; "
                    "'rapki ca sign-intermediate --root-key' needs it")
@@ -119,18 +188,36 @@ def ca_root(home: Path | None) -> None:
 @home_option
 @json_option
 def ca_list(home: Path | None, as_json: bool) -> None:
-    """List the issuing CAs (the active one signs new certificates)."""
+    """List the root and the issuing CAs (the active one, *, signs new certificates) and where each key is."""
+    authority = open_ca(home)
+    root = authority.root_certificate
     rows: list[dict[str, Any]] = [
-        {"name": i.name, "subject": i.certificate.subject.rfc4514_string(), "key_type": i.key_type.value,
-         "not_after": i.not_after.isoformat(), "active": i.active}
-        for i in open_ca(home).issuers()
+        {"name": "root", "role": "root", "subject": root.subject.rfc4514_string(),
+         "key_type": authority.config.key_type.value, "not_after": root.not_valid_after_utc.isoformat(),
+         "active": False, **_root_key(authority)},
+    ]
+    rows += [
+        {"name": i.name, "role": "issuing", "subject": i.certificate.subject.rfc4514_string(),
+         "key_type": i.key_type.value, "not_after": i.not_after.isoformat(), "active": i.active,
+         "backend": i.backend, "key_ref": i.key_ref}
+        for i in authority.issuers()
     ]
     if as_json:
         echo_json(rows)
         return
     for r in rows:
         mark = "*" if r["active"] else " "
-        click.echo(f"{mark} {r['name']:<12} {r['key_type']:<9} until {r['not_after'][:10]}  {r['subject']}")
+        click.echo(f"{mark} {r['name']:<12} {r['key_type']:<9} {r['backend']:<7} until {r['not_after'][:10]}  "
+                   f"{r['subject']}")
+
+
+def _root_key(authority: CertificateAuthority) -> dict[str, str]:
+    """Where the root's key is: the configured reference, the home's key file, or offline."""
+    if authority.config.root_key:
+        return {"backend": parse_key_ref(authority.config.root_key).backend, "key_ref": authority.config.root_key}
+    if authority.home.root_key_path.is_file():
+        return {"backend": "file", "key_ref": str(authority.home.root_key_path.relative_to(authority.home.path))}
+    return {"backend": "offline", "key_ref": ""}
 
 
 @ca.command("sign-intermediate")
@@ -142,15 +229,21 @@ def ca_list(home: Path | None, as_json: bool) -> None:
 @click.option("--lifetime", default="3y", show_default=True)
 @click.option("--inactive", is_flag=True,
               help="Only make it: copy its key to every replica, then 'rapki ca activate NAME'.")
+@key_backend_options(None)
 @json_option
 def ca_sign_intermediate(home: Path | None, root_key: Path | None, key_type: str | None, cn: str | None,
-                         lifetime: str, inactive: bool, as_json: bool) -> None:
-    """Make a new issuing CA the active one (rotation). Older issuing CAs keep signing CRLs."""
+                         lifetime: str, inactive: bool, as_json: bool, **key_options: Any) -> None:
+    """Make a new issuing CA the active one (rotation). Older issuing CAs keep signing CRLs.
+
+    Its key is made where the active issuing CA's key is (a new file, a new key pair on the same
+    token, a new key in the same KMS region) unless --key-backend says otherwise."""
+    placement = key_placement(**key_options)
     authority = open_ca(home)
     validity = parse_duration(lifetime)  # refused before the progress line, so a refusal is one line
     progress("signing a new issuing CA ...")
     issuer = authority.sign_intermediate(root_key_path=root_key, key_type=KeyType(key_type) if key_type else None,
-                                         cn=cn, lifetime=validity, activate=not inactive)
+                                         cn=cn, lifetime=validity, activate=not inactive,
+                                         placement=placement)
     _print_issuer(issuer, as_json)
 
 
@@ -165,16 +258,29 @@ def ca_activate(home: Path | None, name: str, as_json: bool) -> None:
 
 def _print_issuer(issuer: Issuer, as_json: bool) -> None:
     info = {"name": issuer.name, "subject": issuer.certificate.subject.rfc4514_string(),
-            "not_after": issuer.not_after.isoformat(), "active": issuer.active}
+            "not_after": issuer.not_after.isoformat(), "active": issuer.active, "backend": issuer.backend,
+            "key_ref": issuer.key_ref}
     if as_json:
         echo_json(info)
     elif issuer.active:
+        needs = (f"each needs its key file {issuer.key_ref} ('rapki check' on each)" if issuer.backend == "file"
+                 else f"key: {issuer.backend}, reachable from every replica")
         click.echo(f"{info['name']} is now the active issuing CA: {info['subject']} (until "
-                   f"{issuer.not_after:%Y-%m-%d}); servers and replicas switch within seconds, each needs "
-                   f"its key file ca/{issuer.name}.key.pem ('rapki check' on each)")
+                   f"{issuer.not_after:%Y-%m-%d}); servers and replicas switch within seconds, {needs}")
     else:
-        click.echo(f"{info['name']} made, not active: copy ca/{issuer.name}.key.pem to every replica's home, "
-                   f"run 'rapki check' there, then 'rapki ca activate {issuer.name}'")
+        copy = f"copy {issuer.key_ref} to every replica's home, " if issuer.backend == "file" else ""
+        click.echo(f"{info['name']} made, not active: {copy}run 'rapki check' on every replica, "
+                   f"then 'rapki ca activate {issuer.name}'")
+
+
+def _init_placements(placement: KeyRef | None) -> tuple[KeyRef | None, KeyRef | None]:
+    """The root's and the issuing CA's key placements for ``InitOptions``: a KMS key to adopt
+    (``--kms-key-id``) is the issuing CA's; the root's is then created beside it."""
+    if isinstance(placement, KmsRef) and placement.key_id:
+        root = KmsRef(key_id="", region=placement.region, use_fips_endpoint=placement.use_fips_endpoint,
+                      endpoint_url=placement.endpoint_url)
+        return root, placement
+    return placement, placement
 
 
 # --- profiles ---------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ model the signer and ``rapki doctor`` use; this package adds the HTTP surface, s
 
 In-process use for fast tests: ``create_app(state_path=..., clock=...)`` and Flask's test client.
 Driving a real one from outside (tests, benchmarks): ``service.emulator.harness`` starts a
-``rapki emulator`` and talks to it, ``service.emulator.testpki`` builds a throwaway PKI; the
-emulator itself imports neither.
+``rapki emulator`` and talks to it, ``service.emulator.testpki`` builds a throwaway PKI and
+``service.emulator.kms`` runs a local KMS (moto, signing DIGEST messages as AWS does) for CA keys
+kept in KMS; the emulator itself imports none of them.
 """
 
 from service.emulator.app import DEFAULT_ACCOUNT, DEFAULT_REGION, create_app
