@@ -119,3 +119,20 @@ def test_init_with_postgresql(tmp_path: Path, passphrase_env: str, pg_database_u
     assert reopened.build_crl().entries == 1
     with pytest.raises(Conflict, match="already holds a CA"):
         CertificateAuthority.init(tmp_path / "other", InitOptions(), passphrase=PASSPHRASE.encode())
+
+
+def test_default_names_tell_installations_apart(tmp_path: Path, passphrase_env: str) -> None:
+    """Two homes made with defaults have different CA names (a short id of the root key), and a
+    rotation keeps that id; names given explicitly are kept as they are."""
+    one, two = make_ca(tmp_path / "one"), make_ca(tmp_path / "two")
+
+    def cn(cert: x509.Certificate) -> str:
+        return str(cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+
+    tag = cn(one.root_certificate).removeprefix("rapki Root CA ")
+    assert len(tag) == 6 and int(tag, 16) >= 0
+    assert cn(one.root_certificate) != cn(two.root_certificate)
+    assert cn(one.issuer().certificate) == f"rapki Issuing CA 1 {tag}"
+    assert cn(one.sign_intermediate().certificate) == f"rapki Issuing CA 2 {tag}"
+    named = make_ca(tmp_path / "named", root_cn="Example Root", issuing_cn="Example Issuing 1")
+    assert (cn(named.root_certificate), cn(named.issuer().certificate)) == ("Example Root", "Example Issuing 1")

@@ -19,7 +19,7 @@ from pki.custody.refs import FileRef, KeyRef, key_ref_for, parse_key_ref, placem
 from pki.errors import Conflict, InvalidInput, IssuerKeyMissing, NotFound
 from pki.store import crls as crl_rows
 from pki.store import issuers as issuer_rows
-from pki.x509.hierarchy import build_intermediate, ca_name
+from pki.x509.hierarchy import build_intermediate, ca_name, installation_tag
 from pki.x509.issuance import LeafSigner
 from pki.x509.keys import KeyType
 from pki.x509.pem import Pem, load_certificate
@@ -215,7 +215,8 @@ class IssuingCAs(AuditTrail):
         org_attrs = self.root_certificate.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
         country = self.root_certificate.subject.get_attributes_for_oid(x509.NameOID.COUNTRY_NAME)
         issuer = self._create_issuer(
-            root_key, key_type or self.config.key_type, cn or f"rapki Issuing CA {len(current) + 1}",
+            root_key, key_type or self.config.key_type,
+            cn or f"rapki Issuing CA {len(current) + 1} {installation_tag(self.root_certificate.public_key())}",
             str(org_attrs[0].value) if org_attrs else None, str(country[0].value) if country else None,
             lifetime, 0, placement, active=activate,
         )

@@ -47,7 +47,7 @@ from pki.errors import Conflict, DatabaseMissing, InvalidInput
 from pki.store import Database
 from pki.store import issuers as issuer_rows
 from pki.store.db import sqlite_file, without_password
-from pki.x509.hierarchy import build_root, ca_name
+from pki.x509.hierarchy import build_root, ca_name, installation_tag
 from pki.x509.pem import Pem
 from pki.x509.profiles import Profile
 
@@ -171,8 +171,10 @@ class CertificateAuthority(Issuance, RevocationAndCrls, Inventory, ProfileCatalo
             root_ref = key_ref_for(options.root_key_placement, "root")
         root_key = make_key(root_ref, options.key_type, base_dir=home.path, passphrase=passphrase,
                             description="rapki root CA key")
+        tag = installation_tag(root_key.public_key())
         root = build_root(
-            signing_key(root_key), ca_name(options.root_cn, options.organization, options.country),
+            signing_key(root_key), ca_name(options.root_cn or f"rapki Root CA {tag}", options.organization,
+                                           options.country),
             lifetime=options.root_lifetime, path_length=options.root_path_length,
         )
         Pem.of_certificates([root]).write_to_path(home.root_cert_path)
@@ -180,7 +182,8 @@ class CertificateAuthority(Issuance, RevocationAndCrls, Inventory, ProfileCatalo
             config = replace(config, root_key=str(root_key.ref))
             ca.config = config
         ca._root = root
-        ca._create_issuer(root_key, options.key_type, options.issuing_cn, options.organization,
+        ca._create_issuer(root_key, options.key_type, options.issuing_cn or f"rapki Issuing CA 1 {tag}",
+                          options.organization,
                           options.country, options.issuing_lifetime, options.issuing_path_length,
                           options.issuing_key_placement)
         home.save_config(config)  # last: a home without config is not a home, so a failed init can be retried

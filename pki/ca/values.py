@@ -154,8 +154,8 @@ class InitOptions:
     key_type: KeyType = KeyType.EC_P256
     organization: str | None = "rapki"
     country: str | None = None
-    root_cn: str = "rapki Root CA"
-    issuing_cn: str = "rapki Issuing CA 1"
+    root_cn: str | None = None  # None: "rapki Root CA <installation tag>"
+    issuing_cn: str | None = None  # None: "rapki Issuing CA 1 <installation tag>"
     root_lifetime: timedelta = timedelta(days=3650)
     issuing_lifetime: timedelta = timedelta(days=1095)
     root_path_length: int = 1

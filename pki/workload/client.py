@@ -43,9 +43,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.errors import InvalidInput, RapkiError, Unauthenticated, Unavailable
+from pki.files import atomic_write
 from pki.rolesanywhere.credential_process import credential_process_line as signer_line
 from pki.x509.keys import KeyType, PrivateKey, load_private_key, private_key_pem
-from pki.x509.pem import Pem, load_certificate, load_certificates
+from pki.x509.pem import Pem, load_certificate, load_certificates, pkcs12_bundle
 
 SIGNATURE_SCHEME = "RAPKI-SIG-V1"
 SIGNATURE_MAX_SKEW = 300
@@ -228,8 +229,13 @@ def credential_process_line(out: Path, binding: dict[str, Any]) -> str:
 
 def enroll(client: EnrollmentClient, token: str, out: Path, *, key_type: str | None = None,
            csr_mode: bool = False, cn: str | None = None, sans: list[str] | None = None,
-           ttl: str | None = None) -> dict[str, Any]:
-    """Redeem ``token``: with ``csr_mode`` the key is made here and never leaves this host."""
+           ttl: str | None = None, pkcs12_password: bytes | None = None) -> dict[str, Any]:
+    """Redeem ``token``: with ``csr_mode`` the key is made here and never leaves this host.
+
+    With ``pkcs12_password`` the key goes into ``bundle.p12`` (with the certificate and chain,
+    encrypted with that password, made here: the password never travels) instead of key.pem;
+    cert.pem and chain.pem are written as always. ``rapki renew`` needs key.pem, so a PKCS#12
+    enrollment is renewed by enrolling again."""
     body: dict[str, Any] = {}
     key: PrivateKey | None = None
     if csr_mode:
@@ -245,7 +251,14 @@ def enroll(client: EnrollmentClient, token: str, out: Path, *, key_type: str | N
         body["ttl"] = ttl
     answer = client.call("POST", "/v1/enroll", body, headers={"Authorization": f"Bearer {token}"})
     key_pem = private_key_pem(key) if key is not None else answer["private_key"].encode()
-    files = write_material(out, answer["certificate"], answer["chain"], key_pem)
+    if pkcs12_password is None:
+        files = write_material(out, answer["certificate"], answer["chain"], key_pem)
+    else:
+        files = write_material(out, answer["certificate"], answer["chain"], None)
+        certificate = x509.load_pem_x509_certificate(answer["certificate"].encode())
+        bundle = pkcs12_bundle(certificate.subject.rfc4514_string().encode(), load_private_key(key_pem), certificate,
+                               load_certificates(answer["chain"].encode()), pkcs12_password)
+        files["pkcs12"] = atomic_write(out / "bundle.p12", bundle, private=True)
     return _summary(answer, files, out)
 
 

@@ -7,6 +7,7 @@ The signing key is a ``SigningKey``: a key object (file keys) or a key kept in a
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -16,6 +17,13 @@ from pki.x509.keys import PublicKey, subject_key_identifier
 from pki.x509.serials import random_serial
 
 BACKDATE = timedelta(minutes=5)
+
+
+def installation_tag(root_public_key: object) -> str:
+    """Six hex digits of the root's key identifier: the default CA names carry it ("rapki Root CA
+    3f9a2c", "rapki Issuing CA 1 3f9a2c"), so the CAs of two installations never share a name and
+    doctor or signer output tells them apart."""
+    return subject_key_identifier(cast(PublicKey, root_public_key)).digest.hex()[:6]
 
 
 def ca_name(common_name: str, organization: str | None = None, country: str | None = None) -> x509.Name:

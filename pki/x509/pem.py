@@ -1,17 +1,20 @@
-"""``Pem``: a small value wrapping PEM bytes, with the few things callers do with them."""
+"""``Pem``: a small value wrapping PEM bytes, with the few things callers do with them; and the
+one way rapki writes a PKCS#12 bundle."""
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from pki.errors import InvalidInput
 from pki.files import atomic_write
+from pki.x509.keys import PrivateKey
 
 
 @dataclass(frozen=True)
@@ -52,3 +55,22 @@ def load_certificates(data: bytes, *, what: str = "certificate") -> list[x509.Ce
 
 def load_certificate(data: bytes, *, what: str = "certificate") -> x509.Certificate:
     return load_certificates(data, what=what)[0]
+
+
+PKCS12_KDF_ROUNDS = 50_000
+
+
+def pkcs12_bundle(name: bytes, key: PrivateKey | None, certificate: x509.Certificate,
+                  chain: Sequence[x509.Certificate], password: bytes) -> bytes:
+    """A PKCS#12 file holding ``key`` (None: certificates only), ``certificate`` and ``chain``,
+    encrypted with ``password``:
+    PBES2 (PBKDF2-SHA256, AES-256-CBC) and an HMAC-SHA256 MAC, which current OpenSSL, Java and
+    Windows read (the legacy RC2/3DES forms are not used)."""
+    encryption = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(PKCS12_KDF_ROUNDS)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(password)
+    )
+    return pkcs12.serialize_key_and_certificates(name, key, certificate, list(chain), encryption)

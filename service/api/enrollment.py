@@ -19,8 +19,6 @@ from datetime import timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from pki.ca.authority import CertificateAuthority, IssuedCertificate
@@ -31,7 +29,7 @@ from pki.x509.crl import parse_reason
 from pki.x509.durations import parse_duration
 from pki.x509.issuance import CsrContent, SubjectAltNames, load_csr, read_csr
 from pki.x509.keys import KeyType
-from pki.x509.pem import Pem
+from pki.x509.pem import Pem, pkcs12_bundle
 from pki.x509.profiles import Profile
 from service.api.auth import Caller
 from service.api.shapes import ENROLL_REQUEST, MIN_PKCS12_PASSWORD, RENEW_REQUEST, REVOKE_REQUEST, Shape
@@ -182,15 +180,8 @@ def answer(issued: IssuedCertificate, req: Request, profile: Profile) -> dict[st
             result["private_key"] = issued.key_pem.text()
     else:
         assert req.password is not None
-        encryption = (
-            serialization.PrivateFormat.PKCS12.encryption_builder()
-            .kdf_rounds(50_000)
-            .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
-            .hmac_hash(hashes.SHA256())
-            .build(req.password.encode())
-        )
-        cn = issued.subject.encode()
-        bundle = pkcs12.serialize_key_and_certificates(cn, issued.private_key, cert, list(issued.chain), encryption)
+        bundle = pkcs12_bundle(issued.subject.encode(), issued.private_key, cert, issued.chain,
+                               req.password.encode())
         result["pkcs12"] = base64.b64encode(bundle).decode()
         # PEM copies of the public parts, so a client can use them without opening the bundle.
         result["certificate"] = issued.cert_pem.text()

@@ -94,8 +94,9 @@ def progress(message: str) -> None:
               help="Key type of the root and issuing CA.")
 @click.option("--org", "organization", default="rapki", show_default=True, help="Subject O of the CA certificates.")
 @click.option("--country", default=None, help="Subject C (two letters) of the CA certificates.")
-@click.option("--root-cn", default="rapki Root CA", show_default=True)
-@click.option("--issuing-cn", default="rapki Issuing CA 1", show_default=True)
+@click.option("--root-cn", default=None,
+              help="Root CA name (default: 'rapki Root CA' and a short id of this installation's root key).")
+@click.option("--issuing-cn", default=None, help="Issuing CA name (default: 'rapki Issuing CA 1' and the same id).")
 @click.option("--root-lifetime", default="10y", show_default=True)
 @click.option("--issuing-lifetime", default="3y", show_default=True)
 @click.option("--root-path-len", type=click.IntRange(0, 5), default=1, show_default=True)

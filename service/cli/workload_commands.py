@@ -6,6 +6,7 @@ they use, import nothing of the CA, its store, AWS or the API.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import cast
 
@@ -30,16 +31,25 @@ ca_bundle_option = click.option("--ca-bundle", type=click.Path(dir_okay=False, e
 @click.option("--cn", default=None, help="CN to ask for (needed when the token allows a CN pattern).")
 @click.option("--san", multiple=True, help="dns:NAME or uri:URI (repeatable).")
 @click.option("--ttl", default=None)
+@click.option("--format", "output_format", type=click.Choice(["pem", "pkcs12"]), default="pem", show_default=True,
+              help="pkcs12: the key goes into bundle.p12 (with the certificate and chain), encrypted here with the "
+                   "password in $RAPKI_PKCS12_PASSWORD (at least 8 characters), instead of key.pem.")
 @ca_bundle_option
 @json_option
 def enroll(url: str, token_value: str, out: Path, key_type: str | None, csr_mode: bool, cn: str | None,
-           san: tuple[str, ...], ttl: str | None, ca_bundle: Path | None, as_json: bool) -> None:
+           san: tuple[str, ...], ttl: str | None, output_format: str, ca_bundle: Path | None, as_json: bool) -> None:
     """Redeem an enrollment token: writes cert.pem, key.pem (0600) and chain.pem to --out."""
     from pki.workload.client import EnrollmentClient
     from pki.workload.client import enroll as do_enroll
 
+    password = None
+    if output_format == "pkcs12":
+        password = os.environ.get("RAPKI_PKCS12_PASSWORD", "")
+        if len(password) < 8:
+            raise click.UsageError("--format pkcs12 needs the bundle's password in $RAPKI_PKCS12_PASSWORD "
+                                   "(at least 8 characters)")
     result = do_enroll(EnrollmentClient(url, ca_bundle), token_value, out, key_type=key_type, csr_mode=csr_mode,
-                       cn=cn, sans=list(san), ttl=ttl)
+                       cn=cn, sans=list(san), ttl=ttl, pkcs12_password=password.encode() if password else None)
     _print_result(result, as_json, "enrolled")
 
 
