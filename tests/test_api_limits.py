@@ -16,7 +16,7 @@ from pki.ca.authority import CertificateAuthority
 from pki.ca.home import Home
 from pki.ca.tokens import TokenStore
 from pki.store import Database
-from service.api.state import Limit, RateLimited, SharedState
+from service.api.state import FileState, Limit, RateLimited
 from tests.conftest import PASSPHRASE, make_ca
 from tests.test_api import RAPKI, free_port, stop
 
@@ -69,8 +69,8 @@ def test_limit_parsing_and_counter(tmp_path: Path) -> None:
     assert Limit.parse("1000/1h") == Limit(1000, 3600)
     assert Limit.parse("off") is None
     now = [7200.0 + 600]  # both workers' clock: 10 minutes into a one-hour window
-    state = SharedState(tmp_path / "state.db", clock=lambda: now[0])
-    other = SharedState(tmp_path / "state.db", clock=lambda: now[0])  # another worker: same file
+    state = FileState(tmp_path / "state.db", clock=lambda: now[0])
+    other = FileState(tmp_path / "state.db", clock=lambda: now[0])  # another worker: same file
     limit = Limit(3, 3600)
     state.hit("k", limit, "x")
     other.hit("k", limit, "x")
@@ -88,8 +88,8 @@ def test_limit_parsing_and_counter(tmp_path: Path) -> None:
 
 
 def test_counters_in_one_write_stop_at_the_first_refusal(tmp_path: Path) -> None:
-    state = SharedState(tmp_path / "state.db", clock=lambda: 7200.0)  # all in one window
-    other = SharedState(tmp_path / "state.db", clock=lambda: 7200.0)  # another worker
+    state = FileState(tmp_path / "state.db", clock=lambda: 7200.0)  # all in one window
+    other = FileState(tmp_path / "state.db", clock=lambda: 7200.0)  # another worker
     per_address, per_token = Limit(2, 3600), Limit(10, 3600)
     state.hit_all([("addr", per_address, "from here"), ("token", per_token, "with it")])
     other.hit_all([("addr", per_address, "from here"), ("token", per_token, "with it")])

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # (``sqlalchemy.exc``) may be used anywhere.
 STATEMENT_BUILDERS = {"select", "insert", "update", "delete", "text", "func", "and_", "or_", "not_", "bindparam",
                       "literal", "literal_column", "exists", "case", "cast", "column", "table"}
-# Not the library's database: the API workers' own rate-limit file (sqlite3, beside the CA database).
+# Not the library's database: a SQLite home's own rate-limit file (sqlite3, beside the CA database;
+# on PostgreSQL the counters are in the CA database, through pki.store.ratelimits).
 NOT_CA_DATABASE = {ROOT / "service" / "api" / "state.py"}
 
 

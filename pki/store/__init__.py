@@ -8,7 +8,8 @@ every statement the library runs.
   connection (the issuance path).
 - One module of statements per concern, functions taking a ``Connection`` (and the prepared
   statements of the hot paths): ``audit`` (and its hash chain's head row), ``issuers``,
-  ``profiles``, ``certificates``, ``crls``, ``publications`` (and the publish lock), ``tokens``.
+  ``profiles``, ``certificates``, ``crls``, ``publications`` (and the publish lock), ``tokens``,
+  ``ratelimits`` (the API's counters and seen signatures when replicas share PostgreSQL).
 
 Owns: how rows are read and written; not what they mean (that is ``pki.ca``). Rows come back as
 SQLAlchemy rows; ``pki.store.times.utc`` gives back the zone SQLite drops.

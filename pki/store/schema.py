@@ -161,3 +161,24 @@ crl_publications = Table(
     Column("audit_hash", String(64), nullable=True),
     Index("ix_crl_publications_anchor", "trust_anchor_arn", "issuer_id"),
 )
+
+# The API's rate-limit counters and seen request signatures, for servers on PostgreSQL: every
+# replica counts in these rows (``pki.store.ratelimits``). A SQLite home keeps them in a file of
+# its own beside the CA database instead (``HOME/api-state.db``), and leaves these tables empty.
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("window", BigInteger, primary_key=True, autoincrement=False),  # Unix time // the limit's period
+    Column("count", Integer, nullable=False),
+    Column("expires", BigInteger, nullable=False),  # Unix seconds: when the window ends
+    Index("ix_rate_counters_expires", "expires"),
+)
+
+seen_signatures = Table(
+    "seen_signatures",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("expires", BigInteger, nullable=False),  # Unix seconds: past it the row may be dropped
+    Index("ix_seen_signatures_expires", "expires"),
+)

@@ -22,7 +22,7 @@ from pki.errors import RapkiError
 from service.api import errors, metrics
 from service.api.context import ApiContext, Settings
 from service.api.jsonio import JsonProvider
-from service.api.state import SharedState
+from service.api.state import DatabaseState, FileState, SharedState
 
 STATE_FILE = "api-state.db"
 
@@ -39,7 +39,7 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
     settings = Settings.from_config(ca.config.extra.get("api", {}))
     ca.db.serialize_writers(ca.home.path / "run" / "sqlite-writer.lock")  # workers take turns in the kernel
     _load_ca_material(ca)
-    app.extensions["rapki"] = ApiContext(ca, TokenStore(ca), SharedState(ca.home.path / STATE_FILE), settings)
+    app.extensions["rapki"] = ApiContext(ca, TokenStore(ca), shared_state(ca), settings)
     logging.getLogger("rapki.api").setLevel(logging.INFO)
 
     from service.api.routes import ops, v1
@@ -67,6 +67,14 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
     # Flask's documented way to add WSGI middleware is to replace the wsgi_app method.
     app.wsgi_app = DirectEnroll(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
+
+
+def shared_state(ca: CertificateAuthority) -> SharedState:
+    """Where the API counts requests and remembers signatures: the CA database when it is
+    PostgreSQL (shared by every replica), else a file of this host's (``service.api.state``)."""
+    if ca.db.is_sqlite:
+        return FileState(ca.home.path / STATE_FILE)
+    return DatabaseState(ca.db)
 
 
 def _load_ca_material(ca: CertificateAuthority) -> None:
