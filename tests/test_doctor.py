@@ -17,6 +17,7 @@ from pki.aws.client import AwsOptions, RolesAnywhere
 from pki.aws.doctor import AnchorView, anchor_from_aws, diagnose
 from pki.aws.register import register
 from pki.ca.authority import CertificateAuthority
+from pki.custody.keys import signing_key
 from pki.store.schema import certificates
 from tests.emulator_fixture import SimpleCa, make_ca, make_leaf
 from tests.test_publish import Aws, aws  # noqa: F401 (fixture)
@@ -169,7 +170,7 @@ def test_a_revoked_certificate_that_expired_is_not_sent_to_crl_publish(ca: Certi
     would be wrong advice, publishing cannot put it back."""
     issuer = ca.issuer()
     now = datetime.now(UTC)
-    leaf, _ = make_leaf(SimpleCa(issuer.certificate, ca.issuer_key(issuer)), "web-1",
+    leaf, _ = make_leaf(SimpleCa(issuer.certificate, signing_key(ca.issuer_key(issuer))), "web-1",
                         not_before=now - timedelta(days=2), not_after=now - timedelta(days=1))
     der = leaf.public_bytes(serialization.Encoding.DER)
     with ca.db.engine.begin() as conn:
