@@ -15,7 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from pki.rolesanywhere import sigv4x509 as s
 
-VECTORS = Path("/work/shared/vectors/sigv4-x509")
+# shared/ beside the checkout (as CI lays it out), else the development machine's copy.
+VECTORS = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "vectors" / "sigv4-x509",
+                            Path("/work/shared/vectors/sigv4-x509")) if p.is_dir()),
+               Path("/work/shared/vectors/sigv4-x509"))
 VECTOR_NAMES = (
     sorted(p.name for p in VECTORS.iterdir() if (p / "vector.json").is_file())
     if VECTORS.is_dir()
