@@ -180,13 +180,20 @@ def _assemble(tbs_der: bytes, algorithm_der: bytes, signature: bytes) -> bytes:
     return asn1_parser.emit(0, 1, 16, tbs_der + algorithm_der + bit_string)  # universal, constructed, SEQUENCE
 
 
-def sign_certificate(builder: x509.CertificateBuilder, signer: ExternalSigner) -> x509.Certificate:
-    """The certificate ``builder`` describes, signed by ``signer``; verified before it is returned."""
+def _signed_parts(builder: x509.CertificateBuilder | x509.CertificateRevocationListBuilder, signer: ExternalSigner,
+                  what: str) -> tuple[bytes, bytes, bytes]:
+    """The TBS and algorithm bytes ``builder`` makes (signed once with a throwaway key of the
+    signer's algorithm, to fix them) and the signer's verified signature over that TBS."""
     public_key = _checked_signer_key(signer)
     template = builder.sign(_throwaway_key(signer.key_type.is_ec), signature_hash(signer.key_type))
     _check_algorithm(template.signature_algorithm_oid, signer.key_type)
     tbs_der, algorithm_der = _split(template.public_bytes(serialization.Encoding.DER))
-    signature = _external_signature(signer, public_key, tbs_der, "certificate")
+    return tbs_der, algorithm_der, _external_signature(signer, public_key, tbs_der, what)
+
+
+def sign_certificate(builder: x509.CertificateBuilder, signer: ExternalSigner) -> x509.Certificate:
+    """The certificate ``builder`` describes, signed by ``signer``; verified before it is returned."""
+    tbs_der, algorithm_der, signature = _signed_parts(builder, signer, "certificate")
     certificate = x509.load_der_x509_certificate(_assemble(tbs_der, algorithm_der, signature))
     if certificate.signature != signature:  # pragma: no cover - would mean the splice is wrong
         raise ExternalSignatureInvalid("the assembled certificate does not carry the signature")
@@ -196,11 +203,7 @@ def sign_certificate(builder: x509.CertificateBuilder, signer: ExternalSigner) -
 def sign_crl(builder: x509.CertificateRevocationListBuilder,
              signer: ExternalSigner) -> x509.CertificateRevocationList:
     """The CRL ``builder`` describes, signed by ``signer``; verified before it is returned."""
-    public_key = _checked_signer_key(signer)
-    template = builder.sign(_throwaway_key(signer.key_type.is_ec), signature_hash(signer.key_type))
-    _check_algorithm(template.signature_algorithm_oid, signer.key_type)
-    tbs_der, algorithm_der = _split(template.public_bytes(serialization.Encoding.DER))
-    signature = _external_signature(signer, public_key, tbs_der, "CRL")
+    tbs_der, algorithm_der, signature = _signed_parts(builder, signer, "CRL")
     crl = x509.load_der_x509_crl(_assemble(tbs_der, algorithm_der, signature))
     if crl.tbs_certlist_bytes != tbs_der or crl.signature != signature:
         raise ExternalSignatureInvalid("the assembled CRL does not carry the signed TBS")  # pragma: no cover
