@@ -64,27 +64,11 @@ def test_rate_limit_is_shared_by_workers(tmp_path: Path, monkeypatch: pytest.Mon
         log.close()
 
 
-def test_limit_parsing_and_counter(tmp_path: Path) -> None:
+def test_limit_parsing() -> None:
+    """Counting itself, shared by workers and replicas: tests/test_api_shared_state.py (file and PostgreSQL)."""
     assert Limit.parse("30/m") == Limit(30, 60)
     assert Limit.parse("1000/1h") == Limit(1000, 3600)
     assert Limit.parse("off") is None
-    now = [7200.0 + 600]  # both workers' clock: 10 minutes into a one-hour window
-    state = FileState(tmp_path / "state.db", clock=lambda: now[0])
-    other = FileState(tmp_path / "state.db", clock=lambda: now[0])  # another worker: same file
-    limit = Limit(3, 3600)
-    state.hit("k", limit, "x")
-    other.hit("k", limit, "x")
-    state.hit("k", limit, "x")
-    with pytest.raises(RateLimited) as refused:
-        other.hit("k", limit, "x")
-    assert refused.value.retry_after == 3000  # until the window ends
-    state.hit("other-key", limit, "x")
-    now[0] += 3000  # the next window: counting starts again
-    for _ in range(3):
-        other.hit("k", limit, "x")
-    with pytest.raises(RateLimited):
-        state.hit("k", limit, "x")
-    assert state.first_use("sig", 600) and not other.first_use("sig", 600)
 
 
 def test_counters_in_one_write_stop_at_the_first_refusal(tmp_path: Path) -> None:
