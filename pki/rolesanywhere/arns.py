@@ -114,6 +114,11 @@ class RolesAnywhereArn:
     def collection(self) -> str:
         return RESOURCE_TYPES[self.type].collection
 
+    @property
+    def identifier(self) -> str:
+        """What a ``*Identifier`` request member takes for it: the id, or the whole alias ARN."""
+        return str(self) if self.alias else self.id
+
     def require_resource_arn(self, what: str) -> RolesAnywhereArn:
         """``self`` unless it is an alias ARN: where only the ARN holding the id is right (IAM policies)."""
         if self.alias:
