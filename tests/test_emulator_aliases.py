@@ -135,3 +135,14 @@ def test_create_session_takes_alias_arns_and_tip_refuses_a_certificate_without_u
     assert _session(emulator_app, anchor["trustAnchorArn"], plain["profileArn"]) == 201
     unknown = anchor["aliasArn"].replace("sessions", "nobody")
     assert _session(emulator_app, unknown, plain["profileArn"]) == 403
+
+
+def test_a_state_saved_before_crl_dp_reads_as_off(tmp_path: Path) -> None:
+    first = InProcessEmulator.create(tmp_path / "state.json")
+    anchor = _anchor(Emulator(first.app))
+    state = json.loads((tmp_path / "state.json").read_text())
+    del state["accounts"]["123456789012"]["us-east-1"]["trustAnchors"][anchor["trustAnchorId"]]["crlDpRevocationEnabled"]
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    again = Emulator(InProcessEmulator.create(tmp_path / "state.json").app)
+    assert again.ok("GetTrustAnchor", {"trustAnchorId": anchor["trustAnchorId"]})["trustAnchor"][
+        "crlDpRevocationEnabled"] is False

@@ -475,8 +475,8 @@ class ControlPlane:
     def put_notification_settings(self, ctx: Ctx) -> Result:
         b = ctx.body
         anchor_id = b.get("trustAnchorId")
-        if not isinstance(anchor_id, str):
-            raise validation("trustAnchorId is required")
+        if not isinstance(anchor_id, str) or not _UUID.match(anchor_id):  # a Uuid here: no ARN
+            raise validation("trustAnchorId must be a trust anchor id")
         updates = _check_notifications(b.get("notificationSettings"))
         with self.state.writing():
             detail = self._get(ctx, "trustAnchors", anchor_id, "Trust anchor")
@@ -488,8 +488,8 @@ class ControlPlane:
         b = ctx.body
         anchor_id = b.get("trustAnchorId")
         keys = b.get("notificationSettingKeys")
-        if not isinstance(anchor_id, str):
-            raise validation("trustAnchorId is required")
+        if not isinstance(anchor_id, str) or not _UUID.match(anchor_id):  # a Uuid here: no ARN
+            raise validation("trustAnchorId must be a trust anchor id")
         if not isinstance(keys, list) or len(keys) > 50:
             raise validation("notificationSettingKeys must be a list of at most 50 keys")
         for key in keys:

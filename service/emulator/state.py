@@ -70,6 +70,8 @@ class EmulatorState:
             for store in regions.values():
                 for key, value in _empty_region().items():
                     store.setdefault(key, value)
+                for anchor in store["trustAnchors"].values():  # saved before the member existed
+                    anchor.setdefault("crlDpRevocationEnabled", False)
         return data
 
     def region(self, account: str, region: str) -> dict[str, Any]:
