@@ -121,6 +121,14 @@ def test_register_puts_the_mapping_rule_tip_needs(ca: CertificateAuthority, aws:
     with pytest.raises(PolicyViolation, match="requires a URI SAN"):
         ca.issue("web", cn="web-1")
     assert ca.issue("web", cn="web-1", sans=["uri:https://example.com/a"]).serial_hex
+    # --tip user alone keeps the subject; back on x509Subject/CN the rapki profile no longer needs a URI.
+    aws.emulator.reset_stats()
+    kept = register(ca, connect(), name="m", role_arns=[role(aws)], tip="user", profile="web")
+    assert kept.tip_configuration == {"status": "ENABLED", "subjectSource": "x509SAN/URI", "subjectType": "user"}
+    assert aws.emulator.stats()["writes"] == {"UpdateProfile": 1} and ca.profile("web").require_san_uri
+    register(ca, connect(), name="m", role_arns=[role(aws)], tip_subject="x509Subject/CN", profile="web")
+    assert not ca.profile("web").require_san_uri
+    assert ca.issue("web", cn="web-2").serial_hex
 
 
 def test_alias_arns_for_crl_publish_and_doctor(ca: CertificateAuthority, aws: Aws) -> None:

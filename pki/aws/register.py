@@ -15,9 +15,11 @@ Options that leave the resources as they are when not given (an earlier run's ch
   (ImportCrl and IAM policies take no alias ARN); the printed ``credential_process`` line uses the
   alias ARNs whenever the resources have aliases, so re-pointing an alias needs no client change.
 - ``tip`` (``workload``, ``user`` or ``off``) and ``tip_subject`` (``x509Subject/CN``, the model's
-  default, or ``x509SAN/URI``): the profile's ``tipConfiguration``. The attribute mapping rule the
-  subject needs is put first when the profile lacks it. With ``x509SAN/URI`` the rapki profile named
-  by ``profile`` gets ``require_san_uri``, so rapki refuses to issue what CreateSession would deny.
+  default, or ``x509SAN/URI``): the profile's ``tipConfiguration``, merged with what it has (an
+  option not given keeps its value; ``off`` keeps subject and type for a later ``on``). The
+  attribute mapping rule the subject needs is put first when the profile lacks it. The rapki profile
+  named by ``profile`` follows: ``require_san_uri`` while TIP is on with ``x509SAN/URI`` (rapki then
+  refuses to issue what CreateSession would deny), off when a TIP option leaves it otherwise.
 - ``crl_dp_revocation``: the trust anchor's ``crlDpRevocationEnabled``.
 
 Re-running with the same arguments makes no write call; it never creates a second anchor or profile.
@@ -133,8 +135,8 @@ def check_alias(alias: str | None) -> str | None:
     return alias
 
 
-def tip_configuration(tip: str | None, subject: str | None) -> dict[str, Any] | None:
-    """The ``tipConfiguration`` ``--tip``/``--tip-subject`` ask for, None when neither is given."""
+def tip_request(tip: str | None, subject: str | None) -> dict[str, Any] | None:
+    """What ``--tip``/``--tip-subject`` ask to change in ``tipConfiguration``; None when neither is given."""
     if tip is None and subject is None:
         return None
     if tip is not None and tip not in TIP_CHOICES:
@@ -145,10 +147,26 @@ def tip_configuration(tip: str | None, subject: str | None) -> dict[str, Any] | 
         if subject is not None:
             raise InvalidInput("--tip-subject needs trusted identity propagation on: not with --tip off")
         return {"status": "DISABLED"}
-    config: dict[str, Any] = {"status": "ENABLED", "subjectSource": subject or DEFAULT_TIP_SUBJECT}
+    request: dict[str, Any] = {"status": "ENABLED"}
+    if subject is not None:
+        request["subjectSource"] = subject
     if tip is not None:
-        config["subjectType"] = tip
-    return config
+        request["subjectType"] = tip
+    return request
+
+
+def merged_tip(current: dict[str, Any] | None, request: dict[str, Any]) -> dict[str, Any]:
+    """The whole ``tipConfiguration`` to send (an update replaces it): what the profile has, with
+    what was asked; an option not given keeps its value, so ``--tip workload`` alone on a re-run
+    does not send the subject back to its default."""
+    merged = {**{k: v for k, v in (current or {}).items() if k != "status"}, **request}
+    merged.setdefault("subjectSource", DEFAULT_TIP_SUBJECT)
+    return merged
+
+
+def requires_san_uri(tip: dict[str, Any] | None) -> bool:
+    """Whether CreateSession denies a certificate without a URI SAN under ``tip``."""
+    return tip is not None and tip.get("status") == "ENABLED" and tip.get("subjectSource") == "x509SAN/URI"
 
 
 def _tip_as_compared(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -241,6 +259,8 @@ class Registrar:
         detail = self._find("profile", stored, name)
         wanted: dict[str, Any] = {"roleArns": role_arns, "durationSeconds": duration,
                                   "acceptRoleSessionName": accept_session_name}
+        if tip is not None:
+            tip = merged_tip(detail.get("tipConfiguration") if detail else None, tip)
         if detail is None:
             extra: dict[str, Any] = {"aliasName": alias} if alias else {}
             if tip is not None:
@@ -317,15 +337,18 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
     roles = [check_role_arn(r, aws.partition) for r in dict.fromkeys(role_arns)]
     crl_name_for(name, ca.issuer())  # the name must also make valid CRL names
     alias = check_alias(alias)
-    tip_config = tip_configuration(tip, tip_subject)
+    tip_config = tip_request(tip, tip_subject)
     binding_profile = ca.profile(profile) if profile else None  # fail before any AWS call
     if binding_profile is not None and tip_subject == "x509SAN/URI":
-        binding_profile = replace(binding_profile, require_san_uri=True)  # refused here if it allows no URI SAN
+        replace(binding_profile, require_san_uri=True)  # refused here, before any call, if it allows no URI SAN
     certs = bundle_certificates(ca, anchor)
     registrar = Registrar(ca, aws, actor=actor)
     anchor_arn = registrar.trust_anchor(name, certs, expiry_notification_days, alias=alias,
                                         crl_dp_revocation=crl_dp_revocation)  # fmt: skip
     profile_arn = registrar.profile(name, roles, duration, accept_role_session_name, alias=alias, tip=tip_config)
+    if binding_profile is not None and tip_config is not None:  # the rapki profile follows what TIP now needs
+        effective = registrar.details["profile"].get("tipConfiguration")
+        binding_profile = replace(binding_profile, require_san_uri=requires_san_uri(effective))
     # Stored before the CRL goes out: if publishing fails, a re-run finds these resources by ARN.
     stored: dict[str, Any] = {
         "name": name, "region": aws.region, "trust_anchor_arn": anchor_arn, "profile_arn": profile_arn,
