@@ -152,6 +152,7 @@ class Resources:
     crlId: str = ""
     crlArn: str = ""
     subjectId: str = ""
+    alias_arns: dict[str, str] = field(default_factory=dict)  # id member -> the resource's alias ARN
     nextToken: str = ""
     first_page: list[Any] = field(default_factory=list)  # the items of page 1, for the page 2 request
     profile_tags: dict[str, str] = field(default_factory=dict)
@@ -440,13 +441,16 @@ class Walk:
         if names & {"trustAnchorId", "trustAnchorArn", "crlId"} or op == "ListCrls":
             anchor = self.create("CreateTrustAnchor", other)["trustAnchor"]
             res.trustAnchorId, res.trustAnchorArn = anchor["trustAnchorId"], anchor["trustAnchorArn"]
+            res.alias_arns["trustAnchorId"] = anchor.get("aliasArn", "")
         if names & {"profileId", "resourceArn"}:
             profile = self.create("CreateProfile", other)["profile"]
             res.profileId, res.profileArn = profile["profileId"], profile["profileArn"]
+            res.alias_arns["profileId"] = profile.get("aliasArn", "")
             res.profile_tags = self.tags_of(res.profileArn)
         if "crlId" in names:
             crl = self.create("ImportCrl", other, res)["crl"]
             res.crlId, res.crlArn = crl["crlId"], crl["crlArn"]
+            res.alias_arns["crlId"] = crl.get("aliasArn", "")
         if "subjectId" in names:
             res.subjectId = self.emu.ok("ListSubjects", {})["subjects"][0]["subjectId"]
         if op == "ResetNotificationSettings":
@@ -650,16 +654,20 @@ class Walk:
             check(op, f"{prefix}: max {most}", f"{count} items", change)
 
     def _id_as_arn(self, op: str, prefix: str, m: Member) -> None:
-        res = self.resources(op, 0)
-        arn = {"trustAnchorId": res.trustAnchorArn, "profileId": res.profileArn, "crlId": res.crlArn}.get(m.name)
-        if not arn or not _fits(m.shape, arn):
-            return  # this model takes only the id here
-        model = MODEL.operation_model(op)
-        request = Values(self.ca, res).request(model, 0)
-        request[m.name] = arn
-        reply = self.emu.call(op, request)
-        self.check(f"{prefix}: ARN in place of the id", reply.status == model.http.get("responseCode", 200),
-                   f"{arn}: status {reply.status} {reply.error or ''}")  # fmt: skip
+        """The resource's ARN, then its alias ARN, in place of the id, where the model's pattern takes them."""
+        for what in ("ARN", "alias ARN"):
+            res = self.resources(op, 0)
+            arn = {"trustAnchorId": res.trustAnchorArn, "profileId": res.profileArn, "crlId": res.crlArn}.get(m.name)
+            if what == "alias ARN":
+                arn = res.alias_arns.get(m.name)
+            if not arn or not _fits(m.shape, arn):
+                continue  # this model takes only the id here
+            model = MODEL.operation_model(op)
+            request = Values(self.ca, res).request(model, 0)
+            request[m.name] = arn
+            reply = self.emu.call(op, request)
+            self.check(f"{prefix}: {what} in place of the id", reply.status == model.http.get("responseCode", 200),
+                       f"{arn}: status {reply.status} {reply.error or ''}")  # fmt: skip
 
     # -- outputs --------------------------------------------------------------------------------
 
