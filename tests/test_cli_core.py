@@ -304,6 +304,22 @@ def test_profile_update_changes_only_the_options_given(home: Path) -> None:
     assert entries[0]["details"] == emptied
 
 
+def test_a_profile_requiring_a_uri_san_refuses_certificates_without_one(home: Path, tmp_path: Path) -> None:
+    """For a Roles Anywhere profile whose trusted identity propagation reads x509SAN/URI."""
+    refused = run("profile", "update", "web", "--require-san-uri", code=2)
+    assert "requires a URI SAN but allows none" in refused.stderr and refused.stderr.count("\n") == 1
+    run("profile", "update", "web", "--san-uri-pattern", "spiffe://example/.+", "--require-san-uri")
+    assert profile_spec()["require_san_uri"] is True
+    without = run("issue", "--profile", "web", "--cn", "web-1", "--out", str(tmp_path / "a"), code=2)
+    assert "requires a URI SAN" in without.stderr and without.stderr.count("\n") == 1
+    run("issue", "--profile", "web", "--cn", "web-1", "--san", "uri:spiffe://example/a", "--out", str(tmp_path / "b"))
+    run("profile", "update", "web", "--no-require-san-uri")
+    run("issue", "--profile", "web", "--cn", "web-2", "--out", str(tmp_path / "c"))
+    added = json.loads(run("profile", "add", "tip", "--cn-pattern", "t", "--san-uri-pattern", "u:.+",
+                           "--require-san-uri", "--json").stdout)  # fmt: skip
+    assert added["require_san_uri"] is True
+
+
 @pytest.mark.parametrize(("args", "fragment"), [
     (["--role-arn", "notanarn"], "role ARN 'notanarn' is not an IAM role ARN"),
     (["--role-arn", "arn:aws:iam::111122223333:user/web"], "is not an IAM role ARN"),

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from pki.aws.doctor import FAIL, AnchorView, diagnose
 from pki.errors import InvalidInput
 from pki.rolesanywhere import trustpath
-from pki.rolesanywhere.arns import RESOURCE_TYPES, IamRoleArn, RolesAnywhereArn, check_role_arn
+from pki.rolesanywhere.arns import RESOURCE_TYPES, IamRoleArn, RolesAnywhereArn, check_role_arn, is_alias_name
 from pki.rolesanywhere.endpoints import resolve_endpoint, session_region
 from pki.rolesanywhere.partitions import (
     FIPS_REGIONS,
@@ -160,18 +160,36 @@ def test_arns_we_write_match_botocores_model_patterns() -> None:
     import boto3
 
     model = boto3.client("rolesanywhere", region_name="us-east-1").meta.service_model
-    for shape, kind in (("TrustAnchorArn", "trust-anchor"), ("ProfileArn", "profile")):
+    for shape, kind in (("TrustAnchor", "trust-anchor"), ("Profile", "profile"), ("Crl", "crl")):
         for region in ("us-east-1", "cn-north-1", "eusc-de-east-1", "eu-isoe-west-1"):
             written = str(RolesAnywhereArn.make(region, "123456789012", kind, UUID))
-            assert re.fullmatch(model.shape_for(shape).metadata["pattern"], written), written
+            alias = str(RolesAnywhereArn.make_alias(region, "123456789012", kind, "team/app-1"))
+            for text, shapes in ((written, ("ResourceArn", "Identifier")), (alias, ("AliasArn", "Identifier"))):
+                for suffix in shapes:
+                    assert re.fullmatch(model.shape_for(shape + suffix).metadata["pattern"], text), (text, suffix)
+            assert RolesAnywhereArn.parse(alias, expected_type=kind).alias
     assert re.fullmatch(model.shape_for("Uuid").metadata["pattern"], UUID)
     role = str(IamRoleArn.parse("arn:aws-eusc:iam::123456789012:role/a/b/name"))
     assert re.fullmatch(model.shape_for("RoleArn").metadata["pattern"], role)
 
 
+def test_alias_arns_parse_and_are_kept_out_of_policies() -> None:
+    text = "arn:aws:rolesanywhere:us-east-1:123456789012:alias/trust-anchor/prod/anchor_1"
+    arn = RolesAnywhereArn.parse(text, expected_type="trust-anchor")
+    assert (arn.type, arn.id, arn.alias, str(arn)) == ("trust-anchor", "prod/anchor_1", True, text)
+    with pytest.raises(InvalidInput, match="is an alias ARN"):
+        arn.require_resource_arn("--trust-anchor-arn")
+    assert is_alias_name("a" * 256) and not is_alias_name("a" * 257)
+    for bad in ("", "1a", "a//b", "a/", "a b", "é"):
+        assert not is_alias_name(bad), bad
+
+
 @pytest.mark.parametrize(
     ("text", "expected_type", "message"),
     [
+        ("arn:aws:rolesanywhere:us-east-1:123456789012:alias/trust-anchor/a//b", None, "is not an alias"),
+        ("arn:aws:rolesanywhere:us-east-1:123456789012:alias/subject/a", None, "is not an alias of a subject"),
+        ("arn:aws:rolesanywhere:us-east-1:123456789012:alias/profile/p", "trust-anchor", "names a profile"),
         ("", None, "is not an ARN"),
         ("trust-anchor/" + UUID, None, "is not an ARN"),
         (f"arn:aws:iam::123456789012:role/{UUID}", None, "not a Roles Anywhere one"),

@@ -35,7 +35,7 @@ from pki.rolesanywhere.partitions import FIPS_REGIONS, partition_of
 WRITE_OPERATIONS = frozenset({
     "CreateProfile", "CreateTrustAnchor", "DeleteCrl", "DeleteProfile", "DeleteTrustAnchor", "DisableCrl",
     "DisableProfile", "DisableTrustAnchor", "EnableCrl", "EnableProfile", "EnableTrustAnchor", "ImportCrl",
-    "PutNotificationSettings", "TagResource", "UpdateCrl", "UpdateProfile", "UpdateTrustAnchor",
+    "PutAttributeMapping", "PutNotificationSettings", "TagResource", "UpdateCrl", "UpdateProfile", "UpdateTrustAnchor",
 })  # fmt: skip
 RETRYABLE_CODES = frozenset({
     "ThrottlingException", "Throttling", "ThrottledException", "TooManyRequestsException",

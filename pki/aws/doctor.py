@@ -313,8 +313,9 @@ def anchor_from_aws(aws: Any, trust_anchor_arn: str) -> AnchorView:
     """GetTrustAnchor + ListCrls (read-only), and the service's clock from the response Date."""
     from pki.aws.client import AwsError
     from pki.aws.publish import anchor_certificates
+    from pki.rolesanywhere.arns import RolesAnywhereArn
 
-    anchor_id = trust_anchor_arn.rsplit("/", 1)[1]
+    anchor_id = RolesAnywhereArn.parse(trust_anchor_arn, "--trust-anchor-arn", expected_type="trust-anchor").identifier
     try:
         detail = aws.call("GetTrustAnchor", trustAnchorId=anchor_id)["trustAnchor"]
     except AwsError as exc:
@@ -329,7 +330,7 @@ def anchor_from_aws(aws: Any, trust_anchor_arn: str) -> AnchorView:
             server_date = None
     crls = []
     for item in aws.paginate("ListCrls", "crls"):
-        if item.get("trustAnchorArn") != trust_anchor_arn or not item.get("crlData"):
+        if item.get("trustAnchorArn") != detail.get("trustAnchorArn") or not item.get("crlData"):
             continue
         data = bytes(item["crlData"])
         try:

@@ -257,7 +257,9 @@ class CrlPublisher:
     def publish(self, trust_anchor_arn: str, *, dry_run: bool = False) -> PublishReport:
         from pki.rolesanywhere.arns import RolesAnywhereArn
 
-        anchor_arn = str(RolesAnywhereArn.parse(trust_anchor_arn, "trust anchor ARN", expected_type="trust-anchor"))
+        parsed = RolesAnywhereArn.parse(trust_anchor_arn, "trust anchor ARN", expected_type="trust-anchor")
+        # ImportCrl and the CRLs' trustAnchorArn know only the ARN holding the id: an alias ARN is resolved.
+        anchor_arn = str(self._trust_anchor(str(parsed))["trustAnchorArn"]) if parsed.alias else str(parsed)
         started = time.monotonic()
         report = PublishReport(anchor_arn, self.aws.region, self.aws.endpoint_url, dry_run)
         self._listed = None
@@ -332,8 +334,9 @@ class CrlPublisher:
     # --- remote -----------------------------------------------------------------------------------
     def _trust_anchor(self, anchor_arn: str) -> dict[str, Any]:
         from pki.aws.client import AwsError
+        from pki.rolesanywhere.arns import RolesAnywhereArn
 
-        anchor_id = anchor_arn.rsplit("/", 1)[1]
+        anchor_id = RolesAnywhereArn.parse(anchor_arn, "trust anchor ARN").identifier
         try:
             return dict(self.aws.call("GetTrustAnchor", trustAnchorId=anchor_id)["trustAnchor"])
         except AwsError as exc:

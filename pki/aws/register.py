@@ -8,6 +8,20 @@
 4. The ARNs stored in ``[roles_anywhere]`` of rapki.toml (``rapki crl publish`` and ``revoke --publish``
    use them), and in a rapki issuance profile's ``roles_anywhere`` binding when one is named.
 
+Options that leave the resources as they are when not given (an earlier run's choice stays):
+
+- ``alias``: the same alias on the trust anchor and the profile (aliases are unique per resource
+  type, so one name serves both); ``""`` removes both. The ARNs stored stay the ones holding the ids
+  (ImportCrl and IAM policies take no alias ARN); the printed ``credential_process`` line uses the
+  alias ARNs whenever the resources have aliases, so re-pointing an alias needs no client change.
+- ``tip`` (``workload``, ``user`` or ``off``) and ``tip_subject`` (``x509Subject/CN``, the model's
+  default, or ``x509SAN/URI``): the profile's ``tipConfiguration``, merged with what it has (an
+  option not given keeps its value; ``off`` keeps subject and type for a later ``on``). The
+  attribute mapping rule the subject needs is put first when the profile lacks it. The rapki profile
+  named by ``profile`` follows: ``require_san_uri`` while TIP is on with ``x509SAN/URI`` (rapki then
+  refuses to issue what CreateSession would deny), off when a TIP option leaves it otherwise.
+- ``crl_dp_revocation``: the trust anchor's ``crlDpRevocationEnabled``.
+
 Re-running with the same arguments makes no write call; it never creates a second anchor or profile.
 """
 
@@ -22,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from pki.aws.client import AwsError, RolesAnywhere
 from pki.aws.publish import SECTION, CrlPublisher, PublishReport, settings
 from pki.errors import InvalidInput
-from pki.rolesanywhere.arns import check_role_arn
+from pki.rolesanywhere.arns import check_role_arn, is_alias_name
 from pki.rolesanywhere.credential_process import credential_process_line as signer_line
 
 if TYPE_CHECKING:
@@ -32,6 +46,10 @@ ANCHOR_MODES = ("issuing", "root", "both")
 MAX_ANCHOR_CERTIFICATES = 2
 TAGS = [{"key": "managed-by", "value": "rapki"}]
 EVENTS = ("CA_CERTIFICATE_EXPIRY", "END_ENTITY_CERTIFICATE_EXPIRY")
+TIP_CHOICES = ("workload", "user", "off")
+# A TIP subject source -> the attribute mapping (certificate field, specifier) the model says it needs.
+TIP_SUBJECTS = {"x509Subject/CN": ("x509Subject", "CN"), "x509SAN/URI": ("x509SAN", "URI")}
+DEFAULT_TIP_SUBJECT = "x509Subject/CN"
 
 
 @dataclass
@@ -49,6 +67,10 @@ class Registration:
     crl: PublishReport | None = None
     credential_process: str = ""
     writes: int = 0
+    trust_anchor_alias_arn: str = ""
+    profile_alias_arn: str = ""
+    tip_configuration: dict[str, Any] | None = None
+    crl_dp_revocation: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "crl"}
@@ -101,12 +123,65 @@ def _notifications_match(detail: dict[str, Any], days: int) -> bool:
     return True
 
 
+def check_alias(alias: str | None) -> str | None:
+    """``alias`` when AWS would take it ("" removes an alias), refused before any call otherwise."""
+    if alias is None or alias == "":
+        return alias
+    if not is_alias_name(alias):
+        raise InvalidInput(f"--alias {alias!r}: 1-256 characters, a letter first, then letters, digits, _, - "
+                           "and single / between other characters")
+    if alias.lower().startswith("aws/"):
+        raise InvalidInput(f"--alias {alias!r}: aliases beginning with aws/ are reserved by AWS")
+    return alias
+
+
+def tip_request(tip: str | None, subject: str | None) -> dict[str, Any] | None:
+    """What ``--tip``/``--tip-subject`` ask to change in ``tipConfiguration``; None when neither is given."""
+    if tip is None and subject is None:
+        return None
+    if tip is not None and tip not in TIP_CHOICES:
+        raise InvalidInput(f"--tip must be one of {', '.join(TIP_CHOICES)}")
+    if subject is not None and subject not in TIP_SUBJECTS:
+        raise InvalidInput(f"--tip-subject must be one of {', '.join(TIP_SUBJECTS)}")
+    if tip == "off":
+        if subject is not None:
+            raise InvalidInput("--tip-subject needs trusted identity propagation on: not with --tip off")
+        return {"status": "DISABLED"}
+    request: dict[str, Any] = {"status": "ENABLED"}
+    if subject is not None:
+        request["subjectSource"] = subject
+    if tip is not None:
+        request["subjectType"] = tip
+    return request
+
+
+def merged_tip(current: dict[str, Any] | None, request: dict[str, Any]) -> dict[str, Any]:
+    """The whole ``tipConfiguration`` to send (an update replaces it): what the profile has, with
+    what was asked; an option not given keeps its value, so ``--tip workload`` alone on a re-run
+    does not send the subject back to its default."""
+    merged = {**{k: v for k, v in (current or {}).items() if k != "status"}, **request}
+    merged.setdefault("subjectSource", DEFAULT_TIP_SUBJECT)
+    return merged
+
+
+def requires_san_uri(tip: dict[str, Any] | None) -> bool:
+    """Whether CreateSession denies a certificate without a URI SAN under ``tip``."""
+    return tip is not None and tip.get("status") == "ENABLED" and tip.get("subjectSource") == "x509SAN/URI"
+
+
+def _tip_as_compared(config: dict[str, Any] | None) -> dict[str, Any]:
+    """A configuration with the model's defaults filled in (none is TIP off)."""
+    config = config or {"status": "DISABLED"}
+    return {"subjectSource": DEFAULT_TIP_SUBJECT, **{k: v for k, v in config.items() if v is not None}}
+
+
 class Registrar:
     def __init__(self, ca: CertificateAuthority, aws: RolesAnywhere, *, actor: str | None = None) -> None:
         self.ca = ca
         self.aws = aws
         self.actor = actor
         self.actions: list[str] = []
+        self.details: dict[str, dict[str, Any]] = {}  # "trust-anchor"/"profile" -> the detail as AWS last returned it
 
     def _find(self, kind: str, stored_arn: str | None, name: str) -> dict[str, Any] | None:
         """The stored resource if it still exists, else the one with ``name`` (oldest first)."""
@@ -126,7 +201,18 @@ class Registrar:
         matches.sort(key=lambda item: str(item.get("createdAt", "")))
         return matches[0] if matches else None
 
-    def trust_anchor(self, name: str, certs: list[x509.Certificate], days: int | None) -> str:
+    @staticmethod
+    def _alias_change(detail: dict[str, Any], alias: str | None) -> dict[str, Any]:
+        """The ``aliasName`` member of an update that gives ``detail`` the alias asked for ({} when it has it)."""
+        return {} if alias is None or alias == detail.get("aliasName", "") else {"aliasName": alias}
+
+    def _say_alias(self, kind: str, change: dict[str, Any]) -> None:
+        if "aliasName" in change:
+            alias = change["aliasName"]
+            self.actions.append(f"set the {kind}'s alias to {alias!r}" if alias else f"removed the {kind}'s alias")
+
+    def trust_anchor(self, name: str, certs: list[x509.Certificate], days: int | None, *, alias: str | None = None,
+                     crl_dp_revocation: bool | None = None) -> str:
         pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
         source = {"sourceType": "CERTIFICATE_BUNDLE", "sourceData": {"x509CertificateData": pem}}
         stored = settings(self.ca).get("trust_anchor_arn") if settings(self.ca).get("name") == name else None
@@ -135,14 +221,28 @@ class Registrar:
             params: dict[str, Any] = {"name": name, "source": source, "enabled": True, "tags": TAGS}
             if days is not None:
                 params["notificationSettings"] = notification_settings(days)
+            if alias:
+                params["aliasName"] = alias
+            if crl_dp_revocation is not None:
+                params["crlDpRevocationEnabled"] = crl_dp_revocation
             detail = dict(self.aws.call("CreateTrustAnchor", **params)["trustAnchor"])
             self.actions.append(f"created trust anchor {name!r}")
         else:
             anchor_id = detail["trustAnchorId"]
+            changes = self._alias_change(detail, alias)
             if (detail.get("source") or {}).get("sourceType") != "CERTIFICATE_BUNDLE" or \
                     _ders(_bundle_of(detail)) != _ders(pem):
-                detail = dict(self.aws.call("UpdateTrustAnchor", trustAnchorId=anchor_id, source=source)["trustAnchor"])
-                self.actions.append("updated the trust anchor's certificates")
+                changes["source"] = source
+            if crl_dp_revocation is not None and crl_dp_revocation != detail.get("crlDpRevocationEnabled", False):
+                changes["crlDpRevocationEnabled"] = crl_dp_revocation
+            if changes:
+                detail = dict(self.aws.call("UpdateTrustAnchor", trustAnchorId=anchor_id, **changes)["trustAnchor"])
+                if "source" in changes:
+                    self.actions.append("updated the trust anchor's certificates")
+                self._say_alias("trust anchor", changes)
+                if "crlDpRevocationEnabled" in changes:
+                    state = "on" if crl_dp_revocation else "off"
+                    self.actions.append(f"turned revocation through CRL distribution points {state}")
             if days is not None and not _notifications_match(detail, days):
                 self.aws.call("PutNotificationSettings", trustAnchorId=anchor_id,
                               notificationSettings=notification_settings(days))
@@ -150,26 +250,63 @@ class Registrar:
         if not detail.get("enabled", False):
             self.aws.call("EnableTrustAnchor", trustAnchorId=detail["trustAnchorId"])
             self.actions.append("enabled the trust anchor")
+        self.details["trust-anchor"] = detail
         return str(detail["trustAnchorArn"])
 
-    def profile(self, name: str, role_arns: list[str], duration: int, accept_session_name: bool) -> str:
+    def profile(self, name: str, role_arns: list[str], duration: int, accept_session_name: bool, *,
+                alias: str | None = None, tip: dict[str, Any] | None = None) -> str:
         stored = settings(self.ca).get("profile_arn") if settings(self.ca).get("name") == name else None
         detail = self._find("profile", stored, name)
         wanted: dict[str, Any] = {"roleArns": role_arns, "durationSeconds": duration,
                                   "acceptRoleSessionName": accept_session_name}
+        if tip is not None:
+            tip = merged_tip(detail.get("tipConfiguration") if detail else None, tip)
         if detail is None:
-            detail = dict(self.aws.call("CreateProfile", name=name, enabled=True, tags=TAGS, **wanted)["profile"])
+            extra: dict[str, Any] = {"aliasName": alias} if alias else {}
+            if tip is not None:
+                extra["tipConfiguration"] = tip  # the default attribute mappings hold both TIP subjects' rules
+            detail = dict(self.aws.call("CreateProfile", name=name, enabled=True, tags=TAGS, **wanted,
+                                        **extra)["profile"])  # fmt: skip
             self.actions.append(f"created profile {name!r}")
         else:
             current = (sorted(detail.get("roleArns") or []), int(detail.get("durationSeconds") or 3600),
                        bool(detail.get("acceptRoleSessionName") or False))
-            if current != (sorted(role_arns), duration, accept_session_name):
-                detail = dict(self.aws.call("UpdateProfile", profileId=detail["profileId"], **wanted)["profile"])
-                self.actions.append("updated the profile's roles/duration/session-name setting")
+            changes = self._alias_change(detail, alias)
+            if tip is not None and _tip_as_compared(tip) != _tip_as_compared(detail.get("tipConfiguration")):
+                self._mapping_rule_for(detail, tip)
+                changes["tipConfiguration"] = tip
+            if current != (sorted(role_arns), duration, accept_session_name) or changes:
+                detail = dict(self.aws.call("UpdateProfile", profileId=detail["profileId"], **wanted,
+                                            **changes)["profile"])  # fmt: skip
+                if current != (sorted(role_arns), duration, accept_session_name):
+                    self.actions.append("updated the profile's roles/duration/session-name setting")
+                self._say_alias("profile", changes)
+                if "tipConfiguration" in changes:
+                    self.actions.append(f"set trusted identity propagation to {tip_summary(tip)}")
         if not detail.get("enabled", False):
             self.aws.call("EnableProfile", profileId=detail["profileId"])
             self.actions.append("enabled the profile")
+        self.details["profile"] = detail
         return str(detail["profileArn"])
+
+    def _mapping_rule_for(self, detail: dict[str, Any], tip: dict[str, Any]) -> None:
+        """Put the attribute mapping rule an enabled TIP subject needs, when the profile lacks it."""
+        if tip["status"] != "ENABLED":
+            return
+        field_name, specifier = TIP_SUBJECTS[tip["subjectSource"]]
+        rules = [r.get("specifier") for m in detail.get("attributeMappings") or []
+                 if m.get("certificateField") == field_name for r in m.get("mappingRules") or []]  # fmt: skip
+        if specifier not in rules:
+            self.aws.call("PutAttributeMapping", profileId=detail["profileId"], certificateField=field_name,
+                          mappingRules=[{"specifier": specifier}])  # fmt: skip
+            self.actions.append(f"added the attribute mapping rule {field_name}/{specifier} that TIP needs")
+
+
+def tip_summary(tip: dict[str, Any] | None) -> str:
+    """``off``, or ``on (workload, x509SAN/URI)``."""
+    if not tip or tip.get("status") != "ENABLED":
+        return "off"
+    return f"on ({', '.join(v for v in (tip.get('subjectType'), tip.get('subjectSource')) if v)})"
 
 
 def credential_process_line(*, anchor: str, profile: str, role: str, files: str = "/etc/rapki",
@@ -185,7 +322,9 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
              duration: int = 3600, accept_role_session_name: bool = False, anchor: str = "issuing",
              expiry_notification_days: int | None = None, profile: str | None = None,
              endpoint_url: str | None = None, ca_bundle: str | None = None, files: str = "/etc/rapki",
-             auto_publish: bool | None = None, actor: str | None = None) -> Registration:
+             auto_publish: bool | None = None, actor: str | None = None, alias: str | None = None,
+             tip: str | None = None, tip_subject: str | None = None,
+             crl_dp_revocation: bool | None = None) -> Registration:
     """Create or converge the trust anchor, profile and first CRL; store the ARNs. See the module doc."""
     from pki.aws.publish import crl_name_for
 
@@ -197,11 +336,19 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
         raise InvalidInput("give at least one --role-arn")
     roles = [check_role_arn(r, aws.partition) for r in dict.fromkeys(role_arns)]
     crl_name_for(name, ca.issuer())  # the name must also make valid CRL names
+    alias = check_alias(alias)
+    tip_config = tip_request(tip, tip_subject)
     binding_profile = ca.profile(profile) if profile else None  # fail before any AWS call
+    if binding_profile is not None and tip_subject == "x509SAN/URI":
+        replace(binding_profile, require_san_uri=True)  # refused here, before any call, if it allows no URI SAN
     certs = bundle_certificates(ca, anchor)
     registrar = Registrar(ca, aws, actor=actor)
-    anchor_arn = registrar.trust_anchor(name, certs, expiry_notification_days)
-    profile_arn = registrar.profile(name, roles, duration, accept_role_session_name)
+    anchor_arn = registrar.trust_anchor(name, certs, expiry_notification_days, alias=alias,
+                                        crl_dp_revocation=crl_dp_revocation)  # fmt: skip
+    profile_arn = registrar.profile(name, roles, duration, accept_role_session_name, alias=alias, tip=tip_config)
+    if binding_profile is not None and tip_config is not None:  # the rapki profile follows what TIP now needs
+        effective = registrar.details["profile"].get("tipConfiguration")
+        binding_profile = replace(binding_profile, require_san_uri=requires_san_uri(effective))
     # Stored before the CRL goes out: if publishing fails, a re-run finds these resources by ARN.
     stored: dict[str, Any] = {
         "name": name, "region": aws.region, "trust_anchor_arn": anchor_arn, "profile_arn": profile_arn,
@@ -222,16 +369,23 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
         binding = RolesAnywhereBinding(profile_arn=profile_arn, role_arns=tuple(roles), trust_anchor_arn=anchor_arn,
                                        session_duration=duration, endpoint_url=endpoint_url or "",
                                        ca_bundle=ca_bundle or "")
-        if binding_profile.roles_anywhere != binding:
-            ca.add_profile(replace(binding_profile, roles_anywhere=binding), replace=True, actor=actor)
-            registrar.actions.append(f"bound rapki profile {binding_profile.name!r}")
+        bound = replace(binding_profile, roles_anywhere=binding)
+        if bound != ca.profile(bound.name):
+            ca.add_profile(bound, replace=True, actor=actor)
+            registrar.actions.append(f"bound rapki profile {bound.name!r}"
+                                     + (" (certificates must carry a URI SAN)" if bound.require_san_uri else ""))
+    anchor_detail, profile_detail = registrar.details["trust-anchor"], registrar.details["profile"]
+    anchor_alias_arn, profile_alias_arn = anchor_detail.get("aliasArn", ""), profile_detail.get("aliasArn", "")
     result = Registration(
         region=aws.region, partition=aws.partition, name=name, trust_anchor_arn=anchor_arn, profile_arn=profile_arn,
         role_arns=roles, duration=duration, anchor_mode=anchor,
         anchor_subjects=[c.subject.rfc4514_string() for c in certs], actions=registrar.actions, crl=crl,
-        credential_process=credential_process_line(anchor=anchor_arn, profile=profile_arn, role=roles[0],
+        credential_process=credential_process_line(anchor=anchor_alias_arn or anchor_arn,
+                                                   profile=profile_alias_arn or profile_arn, role=roles[0],
                                                    files=files, endpoint_url=endpoint_url, ca_bundle=ca_bundle),
-        writes=aws.log.writes_total,
+        writes=aws.log.writes_total, trust_anchor_alias_arn=anchor_alias_arn, profile_alias_arn=profile_alias_arn,
+        tip_configuration=profile_detail.get("tipConfiguration"),
+        crl_dp_revocation=bool(anchor_detail.get("crlDpRevocationEnabled", False)),
     )
     if aws.log.writes_total:
         ca.audit(actor, "aws.register", anchor_arn, {

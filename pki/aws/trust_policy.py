@@ -177,6 +177,7 @@ def _group_end(pattern: str, start: int) -> int | None:
 def trust_policy(trust_anchor_arn: str, profile: Profile | None = None) -> tuple[dict[str, Any], list[str]]:
     """(the policy document, notes about constraints that could not be expressed)."""
     anchor = RolesAnywhereArn.parse(trust_anchor_arn, "--trust-anchor-arn", expected_type="trust-anchor")
+    anchor.require_resource_arn("--trust-anchor-arn")  # aws:SourceArn is never the alias ARN
     notes: list[str] = []
     condition: dict[str, dict[str, Any]] = {"ArnEquals": {"aws:SourceArn": str(anchor)}}
     if profile is not None:

@@ -110,6 +110,7 @@ class Issuance(ProfileCatalog, IssuingCAs):
             prof.check_dns(name)
         for uri in requested_sans.uri:
             prof.check_uri(uri)
+        prof.check_uri_present(requested_sans.uri)
         if requested_sans.ip:
             raise PolicyViolation("IP SANs are not issued to workloads: use dns: or uri: names")
         lifetime = prof.ttl(ttl)

@@ -14,7 +14,7 @@ from pki.store import profiles as profile_rows
 from pki.x509.profiles import Profile
 
 _CHANGEABLE = ("cn_pattern", "san_dns_patterns", "san_uri_patterns", "key_types", "default_ttl", "max_ttl",
-               "roles_anywhere")
+               "roles_anywhere", "require_san_uri")
 
 
 class ProfileCatalog(AuditTrail):

@@ -5,6 +5,11 @@ SAN patterns (a profile without SAN patterns allows no SANs); a key type must be
 A profile also carries its Roles Anywhere binding, used by registration and the enrollment API;
 its ARNs are checked by the one ARN parser (``pki.rolesanywhere.arns``), so every front refuses
 the same malformed ones.
+
+``require_san_uri``: every certificate must carry a URI SAN. It is for profiles whose certificates
+go to a Roles Anywhere profile with trusted identity propagation from ``x509SAN/URI``, where
+CreateSession denies a certificate without one: refusing at issuance says so while it can be fixed.
+``rapki aws register --tip-subject x509SAN/URI --profile NAME`` sets it.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Profile:
     default_ttl: timedelta = timedelta(hours=24)
     max_ttl: timedelta = timedelta(days=30)
     roles_anywhere: RolesAnywhereBinding = field(default_factory=RolesAnywhereBinding)
+    require_san_uri: bool = False
 
     def __post_init__(self) -> None:
         if not NAME_RE.fullmatch(self.name):
@@ -78,6 +84,8 @@ class Profile:
             compile_pattern(p, "URI SAN")
         if not self.key_types:
             raise InvalidInput("a profile needs at least one key type")
+        if self.require_san_uri and not self.san_uri_patterns:
+            raise InvalidInput(f"profile {self.name!r} requires a URI SAN but allows none: add a --san-uri-pattern")
         if self.default_ttl > self.max_ttl:
             raise InvalidInput(
                 f"default TTL {format_duration(self.default_ttl)} is above max TTL "
@@ -107,6 +115,11 @@ class Profile:
     def check_uri(self, uri: str) -> None:
         if not any(fullmatch(p, uri) for p in self.san_uri_patterns):
             raise PolicyViolation(f"URI SAN {uri!r} is not allowed by profile {self.name!r}")
+
+    def check_uri_present(self, uris: tuple[str, ...] | list[str]) -> None:
+        if self.require_san_uri and not uris:
+            raise PolicyViolation(f"profile {self.name!r} requires a URI SAN (its certificates feed a Roles Anywhere "
+                                  "profile that takes the identity from x509SAN/URI): add --san uri:...")
 
     def check_key_type(self, key_type: KeyType) -> None:
         if key_type not in self.key_types:
@@ -141,6 +154,7 @@ class Profile:
             "default_ttl": format_duration(self.default_ttl),
             "max_ttl": format_duration(self.max_ttl),
             "roles_anywhere": {**asdict(self.roles_anywhere), "role_arns": list(self.roles_anywhere.role_arns)},
+            "require_san_uri": self.require_san_uri,
         }
 
     @classmethod
@@ -162,4 +176,5 @@ class Profile:
                 endpoint_url=str(ra.get("endpoint_url", "")),
                 ca_bundle=str(ra.get("ca_bundle", "")),
             ),
+            require_san_uri=bool(data.get("require_san_uri", False)),
         )

@@ -93,17 +93,29 @@ def _split_roles(values: tuple[str, ...]) -> list[str]:
               help="Directory with cert.pem, key.pem, chain.pem for the printed credential_process line.")
 @click.option("--auto-publish/--no-auto-publish", default=None,
               help="Make every 'rapki revoke' publish the CRL ([roles_anywhere].auto_publish).")
+@click.option("--alias", default=None,
+              help="Alias of the trust anchor and the profile (one name: aliases are per type); the "
+                   "credential_process line then uses the alias ARNs. '' removes it. Default: keep.")
+@click.option("--tip", type=click.Choice(["workload", "user", "off"]), default=None,
+              help="Trusted identity propagation on the profile: what the certificates identify, or off. "
+                   "Default: keep.")
+@click.option("--tip-subject", type=click.Choice(["x509Subject/CN", "x509SAN/URI"]), default=None,
+              help="Certificate field that becomes aws:OriginIdentity/Subject (turns TIP on; default "
+                   "x509Subject/CN). x509SAN/URI makes the --profile require a URI SAN.")
+@click.option("--crl-dp-revocation/--no-crl-dp-revocation", default=None,
+              help="Have Roles Anywhere check CRL distribution points (crlDpRevocationEnabled). Default: keep.")
 @json_option
 def aws_register(home: Path | None, region: str | None, endpoint_url: str | None, ca_bundle: str | None,
                  aws_profile: str | None, fips: bool | None, name: str, role_arns: tuple[str, ...], duration: int,
                  accept_role_session_name: bool, anchor_mode: str, expiry_notification_days: int | None,
-                 rapki_profile: str | None, files: str, auto_publish: bool | None, as_json: bool) -> None:
+                 rapki_profile: str | None, files: str, auto_publish: bool | None, alias: str | None,
+                 tip: str | None, tip_subject: str | None, crl_dp_revocation: bool | None, as_json: bool) -> None:
     """Create or update the trust anchor, profile and first CRL; store the ARNs; print credential_process."""
     import os
 
     from pki.aws.client import RolesAnywhere
     from pki.aws.publish import settings
-    from pki.aws.register import register
+    from pki.aws.register import register, tip_summary
     from pki.rolesanywhere.endpoints import endpoint_override
 
     authority = open_ca(home)
@@ -114,7 +126,8 @@ def aws_register(home: Path | None, region: str | None, endpoint_url: str | None
         accept_role_session_name=accept_role_session_name, anchor=anchor_mode,
         expiry_notification_days=expiry_notification_days, profile=rapki_profile,
         endpoint_url=endpoint_override(endpoint_url), ca_bundle=ca_bundle or os.environ.get("AWS_CA_BUNDLE"),
-        files=files, auto_publish=auto_publish,
+        files=files, auto_publish=auto_publish, alias=alias, tip=tip, tip_subject=tip_subject,
+        crl_dp_revocation=crl_dp_revocation,
     )
     if as_json:
         echo_json(result.to_dict())
@@ -123,8 +136,14 @@ def aws_register(home: Path | None, region: str | None, endpoint_url: str | None
         click.echo(f"- {action}")
     click.echo(f"region:           {result.region} ({result.partition})")
     click.echo(f"trust anchor:     {result.trust_anchor_arn}")
+    if result.trust_anchor_alias_arn:
+        click.echo(f"  alias:          {result.trust_anchor_alias_arn}")
     click.echo(f"  certificates:   {'; '.join(result.anchor_subjects)}")
+    click.echo(f"  CRL DPs:        {'checked' if result.crl_dp_revocation else 'not checked'}")
     click.echo(f"profile:          {result.profile_arn}")
+    if result.profile_alias_arn:
+        click.echo(f"  alias:          {result.profile_alias_arn}")
+    click.echo(f"  TIP:            {tip_summary(result.tip_configuration)}")
     click.echo(f"roles:            {', '.join(result.role_arns)}")
     click.echo("\nAdd to ~/.aws/config (then: aws sts get-caller-identity --profile rapki):\n")
     click.echo("[profile rapki]")

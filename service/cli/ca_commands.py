@@ -310,6 +310,9 @@ def _profile_options(*, update: bool) -> Callable[[Callable[..., Any]], Callable
         click.option("--trust-anchor-arn", **default(""), help="Roles Anywhere trust anchor ARN ('' removes it)."),
         click.option("--role-arn", "role_arns", multiple=True, help="IAM role ARN." + keep),
         click.option("--session-duration", type=int, **default(3600)),
+        click.option("--require-san-uri/--no-require-san-uri", **default(False),
+                     help="Refuse certificates without a URI SAN (for a Roles Anywhere profile whose trusted "
+                          "identity propagation takes x509SAN/URI)."),
     ]
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -323,7 +326,7 @@ def _profile_options(*, update: bool) -> Callable[[Callable[..., Any]], Callable
 def _build_profile(name: str, cn_pattern: str, san_dns_pattern: tuple[str, ...],
                    san_uri_pattern: tuple[str, ...], key_types: str, default_ttl: str, max_ttl: str,
                    profile_arn: str, trust_anchor_arn: str, role_arns: tuple[str, ...],
-                   session_duration: int) -> Profile:
+                   session_duration: int, require_san_uri: bool) -> Profile:
     return Profile(
         name=name, cn_pattern=cn_pattern, san_dns_patterns=san_dns_pattern, san_uri_patterns=san_uri_pattern,
         key_types=tuple(KeyType.parse(k) for k in key_types.split(",") if k.strip()),
@@ -331,6 +334,7 @@ def _build_profile(name: str, cn_pattern: str, san_dns_pattern: tuple[str, ...],
         roles_anywhere=RolesAnywhereBinding(profile_arn=profile_arn, role_arns=role_arns,
                                             trust_anchor_arn=trust_anchor_arn,
                                             session_duration=session_duration),
+        require_san_uri=require_san_uri,
     )
 
 
@@ -353,14 +357,16 @@ def profile_add(home: Path | None, name: str, as_json: bool, **fields: object) -
 def profile_update(home: Path | None, name: str, as_json: bool, cn_pattern: str | None,
                    san_dns_pattern: tuple[str, ...], san_uri_pattern: tuple[str, ...], key_types: str | None,
                    default_ttl: str | None, max_ttl: str | None, profile_arn: str | None,
-                   trust_anchor_arn: str | None, role_arns: tuple[str, ...], session_duration: int | None) -> None:
+                   trust_anchor_arn: str | None, role_arns: tuple[str, ...], session_duration: int | None,
+                   require_san_uri: bool | None) -> None:
     """Change the options given of profile NAME; the others keep their values.
 
     A list option given (--san-dns-pattern, --san-uri-pattern, --role-arn) replaces that whole
     list; given once as '' it empties it.
     """
     given: dict[str, object] = {"cn_pattern": cn_pattern, "default_ttl": default_ttl, "max_ttl": max_ttl,
-                                "key_types": _key_types(key_types) if key_types is not None else None}
+                                "key_types": _key_types(key_types) if key_types is not None else None,
+                                "require_san_uri": require_san_uri}
     changes = {key: value for key, value in given.items() if value is not None}
     for key, values in (("san_dns_patterns", san_dns_pattern), ("san_uri_patterns", san_uri_pattern)):
         if values:

@@ -6,6 +6,21 @@ that botocore does not do client-side (maximum lengths, name patterns, enum valu
 300,000-byte rule for ``crlData``, 2 CRLs and 2 certificates per trust anchor, 900-43200 for
 ``durationSeconds``) are enforced here with ``ValidationException``.
 
+Aliases (botocore 1.44.5+): ``aliasName`` on trust anchors, profiles and CRLs, unique per type in
+an account and Region (a taken, malformed or reserved ``aws/`` name is a ``ValidationException``, as
+the model documents); ``aliasArn`` is ``arn:<partition>:rolesanywhere:<region>:<account>:alias/<type>/<name>``
+and every ``*Identifier`` in a path takes the id, the ARN or the alias ARN of a resource in the
+caller's account and Region. ``previousAliasName`` is only in the answer of an update that changed
+or removed an alias; it is never stored. ``ImportCrl``'s ``trustAnchorArn`` and the tag operations'
+``resourceArn`` take the ARN holding the id only (an alias ARN is not found), as the model says of
+the first and does not say otherwise of the second.
+
+Trusted identity propagation: ``tipConfiguration`` is stored with ``subjectSource`` filled with its
+default (``x509Subject/CN``); while ``status`` is ``ENABLED`` the profile's attribute mappings must
+keep a rule for that field (``CN`` under ``x509Subject``, ``URI`` under ``x509SAN``): an enabling
+create/update without it, or a DeleteAttributeMapping that would remove it, is a
+``ValidationException`` (the model says the mappings "must include a rule"; the emulator is strict).
+
 Approximations (the service does not document them): a trust anchor or profile created without
 ``enabled`` starts disabled, like an imported CRL; default notification settings are both events
 enabled at 45 days; default attribute mappings are the usual subject/issuer RDNs and SAN types.
@@ -26,10 +41,10 @@ from typing import Any
 from cryptography import x509
 
 from pki.errors import InvalidInput
-from pki.rolesanywhere.arns import RolesAnywhereArn
+from pki.rolesanywhere.arns import ALIAS_MAX, ALIAS_NAME, RolesAnywhereArn
 from pki.rolesanywhere.partitions import partition_of
 from service.emulator.errors import ServiceError, not_found, too_many_tags, validation
-from service.emulator.state import EmulatorState, iso_now
+from service.emulator.state import EmulatorState, iso_now, resource_id
 
 MAX_CRL_BYTES = 300_000
 MAX_CRLS_PER_ANCHOR = 2
@@ -37,7 +52,7 @@ MAX_CERTS_PER_ANCHOR = 2
 MAX_TAGS = 200
 MAX_ROLE_ARNS = 250
 MAX_MANAGED_POLICIES = 50
-MAX_CERT_DATA = 16_000
+MAX_CERT_DATA = 204_800  # botocore 1.44's x509CertificateData bound (16,000 before)
 MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 900, 43200, 3600
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -55,6 +70,13 @@ DEFAULT_MAPPINGS = {
     "x509SAN": ["DNS", "URI", "Name"],
 }
 SERVICE_PRINCIPAL = "rolesanywhere.amazonaws.com"
+# The ARN resource type of each state collection.
+ARN_TYPES = {"trustAnchors": "trust-anchor", "profiles": "profile", "crls": "crl", "subjects": "subject"}
+TIP_STATUSES = ("ENABLED", "DISABLED")
+TIP_SUBJECT_TYPES = ("workload", "user")
+# A TIP subject source -> the attribute mapping (certificate field, specifier) it needs.
+TIP_SOURCES = {"x509Subject/CN": ("x509Subject", "CN"), "x509SAN/URI": ("x509SAN", "URI")}
+DEFAULT_TIP_SOURCE = "x509Subject/CN"
 
 
 @dataclass
@@ -244,10 +266,42 @@ def _apply_notifications(current: list[dict[str, Any]], updates: list[dict[str, 
         target["configuredBy"] = by
 
 
-def _check_id(value: str, kind: str) -> str:
-    if not _UUID.match(value):
-        raise not_found(f"{kind} not found")
+def _check_alias(value: Any) -> str:
+    """An alias name to set, or "" to have none; a reserved or malformed one is refused."""
+    if not isinstance(value, str) or len(value) > ALIAS_MAX:
+        raise validation(f"aliasName must be a string of at most {ALIAS_MAX} characters")
+    if value and not ALIAS_NAME.fullmatch(value):
+        raise validation("aliasName must start with a letter and hold only letters, digits, _, - and "
+                         "single / between other characters")  # fmt: skip
+    if value.lower().startswith("aws/"):
+        raise validation("Alias names beginning with aws/ are reserved")
     return value
+
+
+def _check_tip(value: Any) -> dict[str, Any]:
+    """A ``tipConfiguration``: ``status`` required, ``subjectSource`` defaulted (an update replaces it whole)."""
+    if not isinstance(value, dict) or value.get("status") not in TIP_STATUSES:
+        raise validation(f"tipConfiguration.status must be one of {', '.join(TIP_STATUSES)}")
+    tip = {"status": value["status"], "subjectSource": value.get("subjectSource", DEFAULT_TIP_SOURCE)}
+    if tip["subjectSource"] not in TIP_SOURCES:
+        raise validation(f"tipConfiguration.subjectSource must be one of {', '.join(TIP_SOURCES)}")
+    if "subjectType" in value:
+        if value["subjectType"] not in TIP_SUBJECT_TYPES:
+            raise validation(f"tipConfiguration.subjectType must be one of {', '.join(TIP_SUBJECT_TYPES)}")
+        tip["subjectType"] = value["subjectType"]
+    return tip
+
+
+def _tip_rule_problem(tip: dict[str, Any] | None, mappings: list[dict[str, Any]]) -> str | None:
+    """Why an enabled TIP configuration lacks its attribute mapping rule, or None."""
+    if not tip or tip["status"] != "ENABLED":
+        return None
+    field_name, specifier = TIP_SOURCES[tip["subjectSource"]]
+    rules = [r["specifier"] for m in mappings if m["certificateField"] == field_name for r in m["mappingRules"]]
+    if specifier in rules:
+        return None
+    return (f"tipConfiguration.subjectSource {tip['subjectSource']} needs an attribute mapping rule "
+            f"{specifier} under {field_name}")  # fmt: skip
 
 
 def _paginate(ctx: Ctx, items: list[dict[str, Any]], key: str) -> Result:
@@ -287,11 +341,41 @@ class ControlPlane:
     def _store(self, ctx: Ctx) -> dict[str, Any]:
         return self.state.region(ctx.account, ctx.region)
 
-    def _get(self, ctx: Ctx, kind: str, id_: str, label: str) -> dict[str, Any]:
-        item = self._store(ctx)[kind].get(_check_id(id_, label))
+    def _get(self, ctx: Ctx, kind: str, identifier: str, label: str) -> dict[str, Any]:
+        """The resource an ``*Identifier`` names: its id, its ARN or its alias ARN, in this account and Region."""
+        store = self._store(ctx)
+        if _UUID.match(identifier):
+            item = store[kind].get(identifier)
+        else:
+            arn = _parse_arn(identifier)
+            mine = arn is not None and arn.type == ARN_TYPES[kind] and arn.account == ctx.account
+            found = resource_id(store, arn) if arn is not None and mine and arn.region == ctx.region else None
+            item = store[kind].get(found) if found else None
         if item is None:
             raise not_found(f"{label} not found")
         return item
+
+    def _set_alias(self, ctx: Ctx, kind: str, detail: dict[str, Any], alias: str | None) -> str | None:
+        """Give ``detail`` the alias ``alias`` ("" removes it, None keeps it); the alias it had if that changed."""
+        previous = detail.get("aliasName")
+        if alias is None or alias == (previous or ""):
+            return None
+        if alias and any(item.get("aliasName") == alias for item in self._store(ctx)[kind].values()):
+            raise validation(f"Alias {alias} is already used by another {ARN_TYPES[kind]} in this account and Region")
+        detail.pop("aliasName", None)
+        detail.pop("aliasArn", None)
+        if alias:
+            detail["aliasName"] = alias
+            detail["aliasArn"] = str(RolesAnywhereArn.make_alias(ctx.region, ctx.account, ARN_TYPES[kind], alias))
+        return previous
+
+    @staticmethod
+    def _answer(detail: dict[str, Any], previous_alias: str | None) -> dict[str, Any]:
+        """What an update returns: the resource, with ``previousAliasName`` when it changed or lost its alias."""
+        answer = copy.deepcopy(detail)
+        if previous_alias:
+            answer["previousAliasName"] = previous_alias
+        return answer
 
     def _set_tags(self, store: dict[str, Any], arn: str, tags: dict[str, str]) -> None:
         merged = {**store["tags"].get(arn, {}), **tags}
@@ -317,6 +401,8 @@ class ControlPlane:
         name = _check_name(b.get("name"))
         source = _check_source(b.get("source"))
         enabled = _check_bool(b.get("enabled", False), "enabled")
+        crl_dp = _check_bool(b.get("crlDpRevocationEnabled", False), "crlDpRevocationEnabled")
+        alias = _check_alias(b.get("aliasName", ""))
         tags = _check_tags(b.get("tags", []))
         notifications = _default_notifications()
         _apply_notifications(notifications, _check_notifications(b.get("notificationSettings", [])), ctx.caller)
@@ -325,11 +411,12 @@ class ControlPlane:
         detail: dict[str, Any] = {
             "trustAnchorId": id_,
             "trustAnchorArn": str(RolesAnywhereArn.make(ctx.region, ctx.account, "trust-anchor", id_)),
-            "name": name, "source": source, "enabled": enabled, "createdAt": now, "updatedAt": now,
-            "notificationSettings": notifications,
+            "name": name, "source": source, "enabled": enabled, "crlDpRevocationEnabled": crl_dp,
+            "createdAt": now, "updatedAt": now, "notificationSettings": notifications,
         }  # fmt: skip
         with self.state.writing():
             store = self._store(ctx)
+            self._set_alias(ctx, "trustAnchors", detail, alias)
             store["trustAnchors"][id_] = detail
             if tags:
                 self._set_tags(store, detail["trustAnchorArn"], tags)
@@ -348,14 +435,21 @@ class ControlPlane:
         b = ctx.body
         name = _check_name(b["name"]) if "name" in b else None
         source = _check_source(b["source"]) if "source" in b else None
+        crl_dp = b.get("crlDpRevocationEnabled")
+        if crl_dp is not None:
+            _check_bool(crl_dp, "crlDpRevocationEnabled")
+        alias = _check_alias(b["aliasName"]) if "aliasName" in b else None
         with self.state.writing():
             detail = self._get(ctx, "trustAnchors", trustAnchorId, "Trust anchor")
+            previous = self._set_alias(ctx, "trustAnchors", detail, alias)
             if name is not None:
                 detail["name"] = name
             if source is not None:
                 detail["source"] = source
+            if crl_dp is not None:
+                detail["crlDpRevocationEnabled"] = crl_dp
             detail["updatedAt"] = iso_now(ctx.now)
-            return 200, {"trustAnchor": copy.deepcopy(detail)}
+            return 200, {"trustAnchor": self._answer(detail, previous)}
 
     def _set_enabled(self, ctx: Ctx, kind: str, id_: str, label: str, key: str, enabled: bool) -> Result:
         with self.state.writing():
@@ -374,15 +468,15 @@ class ControlPlane:
         with self.state.writing():
             store = self._store(ctx)
             detail = self._get(ctx, "trustAnchors", trustAnchorId, "Trust anchor")
-            del store["trustAnchors"][trustAnchorId]
+            del store["trustAnchors"][detail["trustAnchorId"]]
             store["tags"].pop(detail["trustAnchorArn"], None)
             return 200, {"trustAnchor": detail}
 
     def put_notification_settings(self, ctx: Ctx) -> Result:
         b = ctx.body
         anchor_id = b.get("trustAnchorId")
-        if not isinstance(anchor_id, str):
-            raise validation("trustAnchorId is required")
+        if not isinstance(anchor_id, str) or not _UUID.match(anchor_id):  # a Uuid here: no ARN
+            raise validation("trustAnchorId must be a trust anchor id")
         updates = _check_notifications(b.get("notificationSettings"))
         with self.state.writing():
             detail = self._get(ctx, "trustAnchors", anchor_id, "Trust anchor")
@@ -394,8 +488,8 @@ class ControlPlane:
         b = ctx.body
         anchor_id = b.get("trustAnchorId")
         keys = b.get("notificationSettingKeys")
-        if not isinstance(anchor_id, str):
-            raise validation("trustAnchorId is required")
+        if not isinstance(anchor_id, str) or not _UUID.match(anchor_id):  # a Uuid here: no ARN
+            raise validation("trustAnchorId must be a trust anchor id")
         if not isinstance(keys, list) or len(keys) > 50:
             raise validation("notificationSettingKeys must be a list of at most 50 keys")
         for key in keys:
@@ -437,11 +531,17 @@ class ControlPlane:
         }  # fmt: skip
         if "sessionPolicy" in b:
             detail["sessionPolicy"] = _check_session_policy(b["sessionPolicy"])
+        if "tipConfiguration" in b:
+            detail["tipConfiguration"] = _check_tip(b["tipConfiguration"])
+            if problem := _tip_rule_problem(detail["tipConfiguration"], detail["attributeMappings"]):
+                raise validation(problem)
+        alias = _check_alias(b.get("aliasName", ""))
         tags = _check_tags(b.get("tags", []))
         detail["profileArn"] = str(RolesAnywhereArn.make(ctx.region, ctx.account, "profile", detail["profileId"]))
         detail["createdAt"] = detail["updatedAt"] = iso_now(ctx.now)
         with self.state.writing():
             store = self._store(ctx)
+            self._set_alias(ctx, "profiles", detail, alias)
             store["profiles"][detail["profileId"]] = detail
             if tags:
                 self._set_tags(store, detail["profileArn"], tags)
@@ -462,13 +562,18 @@ class ControlPlane:
             "name": _check_name, "roleArns": _check_role_arns, "managedPolicyArns": _check_managed_policies,
             "durationSeconds": _check_duration, "sessionPolicy": _check_session_policy,
             "acceptRoleSessionName": lambda v: _check_bool(v, "acceptRoleSessionName"),
+            "tipConfiguration": _check_tip,
         }  # fmt: skip
         changes = {key: check(b[key]) for key, check in checks.items() if key in b}
+        alias = _check_alias(b["aliasName"]) if "aliasName" in b else None
         with self.state.writing():
             detail = self._get(ctx, "profiles", profileId, "Profile")
+            if problem := _tip_rule_problem(changes.get("tipConfiguration"), detail.get("attributeMappings", [])):
+                raise validation(problem)
+            previous = self._set_alias(ctx, "profiles", detail, alias)
             detail.update(changes)
             detail["updatedAt"] = iso_now(ctx.now)
-            return 200, {"profile": copy.deepcopy(detail)}
+            return 200, {"profile": self._answer(detail, previous)}
 
     def enable_profile(self, ctx: Ctx, profileId: str) -> Result:
         return self._set_enabled(ctx, "profiles", profileId, "Profile", "profile", True)
@@ -480,7 +585,7 @@ class ControlPlane:
         with self.state.writing():
             store = self._store(ctx)
             detail = self._get(ctx, "profiles", profileId, "Profile")
-            del store["profiles"][profileId]
+            del store["profiles"][detail["profileId"]]
             store["tags"].pop(detail["profileArn"], None)
             return 200, {"profile": detail}
 
@@ -521,8 +626,11 @@ class ControlPlane:
                 if mapping["certificateField"] == field_name:
                     if not specifiers:
                         continue
-                    mapping["mappingRules"] = [r for r in mapping["mappingRules"] if r["specifier"] not in specifiers]
+                    rules = [r for r in mapping["mappingRules"] if r["specifier"] not in specifiers]
+                    mapping = {**mapping, "mappingRules": rules}  # a copy: a refusal below changes nothing
                 kept.append(mapping)
+            if problem := _tip_rule_problem(detail.get("tipConfiguration"), kept):
+                raise validation(f"The profile uses trusted identity propagation: {problem}")
             detail["attributeMappings"] = kept
             detail["updatedAt"] = iso_now(ctx.now)
             return 200, {"profile": copy.deepcopy(detail)}
@@ -538,10 +646,13 @@ class ControlPlane:
         if parsed is None or parsed.type != "trust-anchor":
             raise validation("trustAnchorArn must be a trust anchor ARN")
         enabled = _check_bool(b.get("enabled", False), "enabled")  # imported CRLs start disabled
+        alias = _check_alias(b.get("aliasName", ""))
         tags = _check_tags(b.get("tags", []))
         with self.state.writing():
             store = self._store(ctx)
-            if parsed.account != ctx.account or parsed.region != ctx.region or parsed.id not in store["trustAnchors"]:
+            # An alias ARN is not taken here (the model: "the request fails with ResourceNotFoundException").
+            if (parsed.alias or parsed.account != ctx.account or parsed.region != ctx.region
+                    or parsed.id not in store["trustAnchors"]):  # fmt: skip
                 raise not_found("Trust anchor not found")
             count = sum(1 for c in store["crls"].values() if c["trustAnchorArn"] == anchor_arn)
             if count >= MAX_CRLS_PER_ANCHOR:
@@ -553,6 +664,7 @@ class ControlPlane:
                 "enabled": enabled, "crlData": data, "trustAnchorArn": anchor_arn,
                 "createdAt": now, "updatedAt": now,
             }  # fmt: skip
+            self._set_alias(ctx, "crls", detail, alias)
             store["crls"][id_] = detail
             if tags:
                 self._set_tags(store, detail["crlArn"], tags)
@@ -571,14 +683,16 @@ class ControlPlane:
         b = ctx.body
         name = _check_name(b["name"]) if "name" in b else None
         data = _check_crl_data(b["crlData"]) if "crlData" in b else None
+        alias = _check_alias(b["aliasName"]) if "aliasName" in b else None
         with self.state.writing():
             detail = self._get(ctx, "crls", crlId, "Crl")
+            previous = self._set_alias(ctx, "crls", detail, alias)
             if name is not None:
                 detail["name"] = name
             if data is not None:
                 detail["crlData"] = data
             detail["updatedAt"] = iso_now(ctx.now)
-            return 200, {"crl": dict(detail)}
+            return 200, {"crl": self._answer(detail, previous)}
 
     def enable_crl(self, ctx: Ctx, crlId: str) -> Result:
         return self._set_enabled(ctx, "crls", crlId, "Crl", "crl", True)
@@ -590,7 +704,7 @@ class ControlPlane:
         with self.state.writing():
             store = self._store(ctx)
             detail = self._get(ctx, "crls", crlId, "Crl")
-            del store["crls"][crlId]
+            del store["crls"][detail["crlId"]]
             store["tags"].pop(detail["crlArn"], None)
             return 200, {"crl": detail}
 
@@ -633,33 +747,34 @@ class ControlPlane:
             return 200, {}
 
 
-# (method, rule, operation name, ControlPlane method name) for every operation of the model.
+# (method, rule, operation name, ControlPlane method name) for every operation of the model. An identifier
+# that may be an ARN or an alias ARN holds "/" (an alias may hold several), hence the path converter.
 ROUTES: list[tuple[str, str, str, str]] = [
     ("POST", "/trustanchors", "CreateTrustAnchor", "create_trust_anchor"),
     ("GET", "/trustanchors", "ListTrustAnchors", "list_trust_anchors"),
-    ("GET", "/trustanchor/<trustAnchorId>", "GetTrustAnchor", "get_trust_anchor"),
-    ("PATCH", "/trustanchor/<trustAnchorId>", "UpdateTrustAnchor", "update_trust_anchor"),
-    ("DELETE", "/trustanchor/<trustAnchorId>", "DeleteTrustAnchor", "delete_trust_anchor"),
-    ("POST", "/trustanchor/<trustAnchorId>/enable", "EnableTrustAnchor", "enable_trust_anchor"),
-    ("POST", "/trustanchor/<trustAnchorId>/disable", "DisableTrustAnchor", "disable_trust_anchor"),
+    ("GET", "/trustanchor/<path:trustAnchorId>", "GetTrustAnchor", "get_trust_anchor"),
+    ("PATCH", "/trustanchor/<path:trustAnchorId>", "UpdateTrustAnchor", "update_trust_anchor"),
+    ("DELETE", "/trustanchor/<path:trustAnchorId>", "DeleteTrustAnchor", "delete_trust_anchor"),
+    ("POST", "/trustanchor/<path:trustAnchorId>/enable", "EnableTrustAnchor", "enable_trust_anchor"),
+    ("POST", "/trustanchor/<path:trustAnchorId>/disable", "DisableTrustAnchor", "disable_trust_anchor"),
     ("PATCH", "/put-notifications-settings", "PutNotificationSettings", "put_notification_settings"),
     ("PATCH", "/reset-notifications-settings", "ResetNotificationSettings", "reset_notification_settings"),
     ("POST", "/profiles", "CreateProfile", "create_profile"),
     ("GET", "/profiles", "ListProfiles", "list_profiles"),
-    ("GET", "/profile/<profileId>", "GetProfile", "get_profile"),
-    ("PATCH", "/profile/<profileId>", "UpdateProfile", "update_profile"),
-    ("DELETE", "/profile/<profileId>", "DeleteProfile", "delete_profile"),
-    ("POST", "/profile/<profileId>/enable", "EnableProfile", "enable_profile"),
-    ("POST", "/profile/<profileId>/disable", "DisableProfile", "disable_profile"),
-    ("PUT", "/profiles/<profileId>/mappings", "PutAttributeMapping", "put_attribute_mapping"),
-    ("DELETE", "/profiles/<profileId>/mappings", "DeleteAttributeMapping", "delete_attribute_mapping"),
+    ("GET", "/profile/<path:profileId>", "GetProfile", "get_profile"),
+    ("PATCH", "/profile/<path:profileId>", "UpdateProfile", "update_profile"),
+    ("DELETE", "/profile/<path:profileId>", "DeleteProfile", "delete_profile"),
+    ("POST", "/profile/<path:profileId>/enable", "EnableProfile", "enable_profile"),
+    ("POST", "/profile/<path:profileId>/disable", "DisableProfile", "disable_profile"),
+    ("PUT", "/profiles/<path:profileId>/mappings", "PutAttributeMapping", "put_attribute_mapping"),
+    ("DELETE", "/profiles/<path:profileId>/mappings", "DeleteAttributeMapping", "delete_attribute_mapping"),
     ("POST", "/crls", "ImportCrl", "import_crl"),
     ("GET", "/crls", "ListCrls", "list_crls"),
-    ("GET", "/crl/<crlId>", "GetCrl", "get_crl"),
-    ("PATCH", "/crl/<crlId>", "UpdateCrl", "update_crl"),
-    ("DELETE", "/crl/<crlId>", "DeleteCrl", "delete_crl"),
-    ("POST", "/crl/<crlId>/enable", "EnableCrl", "enable_crl"),
-    ("POST", "/crl/<crlId>/disable", "DisableCrl", "disable_crl"),
+    ("GET", "/crl/<path:crlId>", "GetCrl", "get_crl"),
+    ("PATCH", "/crl/<path:crlId>", "UpdateCrl", "update_crl"),
+    ("DELETE", "/crl/<path:crlId>", "DeleteCrl", "delete_crl"),
+    ("POST", "/crl/<path:crlId>/enable", "EnableCrl", "enable_crl"),
+    ("POST", "/crl/<path:crlId>/disable", "DisableCrl", "disable_crl"),
     ("GET", "/subjects", "ListSubjects", "list_subjects"),
     ("GET", "/subject/<subjectId>", "GetSubject", "get_subject"),
     ("GET", "/ListTagsForResource", "ListTagsForResource", "list_tags_for_resource"),

@@ -35,7 +35,7 @@ from pki.rolesanywhere.arns import IamRoleArn, RolesAnywhereArn
 from pki.rolesanywhere.partitions import region_from_host
 from pki.x509.preflight import common_name, source_identity
 from service.emulator.errors import ServiceError, access_denied, validation
-from service.emulator.state import EmulatorState, iso_now
+from service.emulator.state import EmulatorState, iso_now, resource_id
 
 UNTRUSTED = "Untrusted Signing Certificate"
 REVOKED = "Certificate revoked"
@@ -167,13 +167,14 @@ def create_session(state: EmulatorState, request: SessionInput, now: datetime) -
     # Copy what the decision needs under the lock; all cryptography happens outside it.
     with state.lock:
         store = state.data["accounts"].get(anchor_arn.account, {}).get(region)
-        anchor = store["trustAnchors"].get(anchor_arn.id) if store else None
-        profile = store["profiles"].get(profile_arn.id) if store else None
+        # Either ARN may be an alias ARN: resolved to the resource holding the alias now.
+        anchor = store["trustAnchors"].get(resource_id(store, anchor_arn) or "") if store else None
+        profile = store["profiles"].get(resource_id(store, profile_arn) or "") if store else None
         anchor_enabled = bool(anchor and anchor.get("enabled"))
         anchor_source = dict(anchor["source"]) if anchor else {}
         crl_data = [
             c["crlData"] for c in store["crls"].values()
-            if c.get("enabled") and c.get("trustAnchorArn") == anchor_arn_text
+            if c.get("enabled") and anchor and c.get("trustAnchorArn") == anchor["trustAnchorArn"]
         ] if store else []  # fmt: skip
         profile_copy = dict(profile) if profile else None
 
@@ -203,6 +204,9 @@ def create_session(state: EmulatorState, request: SessionInput, now: datetime) -
         raise access_denied("Not authorized to set roleSessionName.")
     if profile_copy.get("requireInstanceProperties") and not properties:
         raise access_denied("Instance properties are required by the profile")
+    if (missing := tip_subject_problem(profile_copy.get("tipConfiguration"), leaf)) is not None:
+        raise access_denied("The certificate has no value for the profile's trusted identity propagation subject",
+                            detail=missing)  # fmt: skip
 
     # The effective duration is the shorter of the profile's and the one asked for.
     profile_seconds = int(profile_copy.get("durationSeconds") or DEFAULT_DURATION)
@@ -225,6 +229,28 @@ def create_session(state: EmulatorState, request: SessionInput, now: datetime) -
         ],
         "subjectArn": subject_arn,
     }
+
+
+def tip_subject_problem(tip: Mapping[str, Any] | None, leaf: x509.Certificate) -> str | None:
+    """Why ``leaf`` cannot give an enabled TIP profile its subject, or None.
+
+    The model: "If the certificate has no value for the field, CreateSession denies the request"
+    (so AccessDeniedException): ``x509Subject/CN`` needs a CN, ``x509SAN/URI`` a URI SAN.
+    """
+    if not tip or tip.get("status") != "ENABLED":
+        return None
+    source = tip.get("subjectSource", "x509Subject/CN")
+    if source == "x509SAN/URI":
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = None
+        if san is None or not san.get_values_for_type(x509.UniformResourceIdentifier):
+            return "TIP subjectSource x509SAN/URI: the certificate has no URI SAN"
+        return None
+    if not common_name(leaf.subject):
+        return "TIP subjectSource x509Subject/CN: the certificate subject has no CN"
+    return None
 
 
 def record_subject(

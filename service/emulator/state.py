@@ -24,13 +24,28 @@ from pathlib import Path
 from typing import Any
 
 from pki.files import atomic_write
+from pki.rolesanywhere.arns import RolesAnywhereArn
 
 STATE_VERSION = 1
 RESOURCE_KINDS = ("trustAnchors", "profiles", "crls", "subjects")
+
+
 def iso_now(now: datetime | None = None) -> str:
     """The service's timestamp form: ISO 8601, UTC, milliseconds, ``Z``."""
     value = (now or datetime.now(UTC)).astimezone(UTC)
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def resource_id(store: dict[str, Any], arn: RolesAnywhereArn) -> str | None:
+    """The id of the resource ``arn`` names in ``store`` (its ARN or its alias ARN), or None.
+
+    An alias is looked up among the live resources of its type: a renamed, removed or deleted
+    alias stops naming anything at once (the service says "can take a short time").
+    """
+    items = store.get(arn.collection, {})
+    if not arn.alias:
+        return arn.id if arn.id in items else None
+    return next((id_ for id_, item in items.items() if item.get("aliasName") == arn.id), None)
 
 
 def _empty_region() -> dict[str, Any]:
@@ -55,6 +70,8 @@ class EmulatorState:
             for store in regions.values():
                 for key, value in _empty_region().items():
                     store.setdefault(key, value)
+                for anchor in store["trustAnchors"].values():  # saved before the member existed
+                    anchor.setdefault("crlDpRevocationEnabled", False)
         return data
 
     def region(self, account: str, region: str) -> dict[str, Any]:

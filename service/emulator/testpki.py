@@ -94,15 +94,20 @@ def make_leaf(
     not_before: datetime | None = None,
     not_after: datetime | None = None,
     digital_signature: bool = True,
+    uris: tuple[str, ...] = (),
 ) -> tuple[x509.Certificate, Any]:
-    """An end-entity certificate Roles Anywhere accepts (unless told otherwise) and its key."""
+    """An end-entity certificate Roles Anywhere accepts (unless told otherwise) and its key; ``uris`` as SANs."""
     key = _new_key(key_type)
     now = datetime.now(UTC)
     usage = _key_usage(ca=False)
     if not digital_signature:
         usage = x509.KeyUsage(False, False, True, False, False, False, False, False, False)
+    builder = x509.CertificateBuilder()
+    if uris:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(map(x509.UniformResourceIdentifier, uris))),
+                                        critical=False)  # fmt: skip
     cert = (
-        x509.CertificateBuilder()
+        builder
         .subject_name(_name(cn))
         .issuer_name(issuer.cert.subject)
         .public_key(key.public_key())
