@@ -62,10 +62,11 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    from service.api.crlfiles import CrlFiles
     from service.api.direct import DirectEnroll
 
     # Flask's documented way to add WSGI middleware is to replace the wsgi_app method.
-    app.wsgi_app = DirectEnroll(app, app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = CrlFiles(ca, DirectEnroll(app, app.wsgi_app))  # type: ignore[method-assign]
     return app
 
 
