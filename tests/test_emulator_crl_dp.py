@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pki.aws.doctor import anchor_from_local_ca, diagnose
 from pki.ca.authority import CertificateAuthority
 from pki.ca.home import Home
 from pki.ca.values import IssuedCertificate
@@ -147,3 +148,26 @@ def test_no_usable_crl_refuses_by_default_and_allow_lets_through(setup: dict[str
     lenient = InProcessEmulator.create(state, clock=lambda: now,
                                        crl_dp=DistributionPoints(CrlFetcher(max_bytes=4096), "allow"))
     assert session(setup, issued, lenient).status == 201
+
+
+def test_doctor_checks_the_distribution_point(setup: dict[str, Any]) -> None:
+    ca: CertificateAuthority = setup["ca"]
+    revoked, fresh = ca.issue("web", cn="web-5"), ca.issue("web", cn="web-6")
+    ca.revoke(revoked.serial_hex)
+    fetcher, now = CrlFetcher(), datetime.now(UTC)
+
+    def dp_check(issued: IssuedCertificate, anchor_in_dp_mode: bool) -> Any:
+        view = anchor_from_local_ca(ca)
+        view.crl_dp = anchor_in_dp_mode
+        report = diagnose(issued.cert_pem.data, intermediates=issued.chain_pem.data, anchor=view,
+                          fetch_crl=lambda url: fetcher.get(url, now))
+        return {c.name: c for c in report.checks}
+
+    down = dp_check(fresh, True)["CRL distribution point"]
+    assert down.status == "fail" and "HTTP 404" in down.detail and "crl publish" in down.fix
+    assert dp_check(fresh, False)["CRL distribution point"].status == "warn"  # the anchor does not rely on it
+    serve_crl(setup)
+    checks = dp_check(fresh, True)
+    assert checks["CRL distribution point"].status == "pass" and "nextUpdate" in checks["CRL distribution point"].detail
+    assert checks["not revoked in the published CRL"].status == "skip"
+    assert dp_check(revoked, True)["CRL distribution point"].status == "fail"
