@@ -36,7 +36,7 @@ class CrlSite:
         site = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the base class's name
+            def do_GET(self) -> None:
                 site.hits += 1
                 status, headers, body = site.pages.get(self.path, (404, {}, b"no"))
                 self.send_response(status)
@@ -45,7 +45,7 @@ class CrlSite:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -51,8 +51,9 @@ def download(url: str, *, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = D
         raise CrlFetchError(f"{url!r} is not an http or https URL")
     deadline = time.monotonic() + timeout
     try:
-        with _OPENER.open(urllib.request.Request(url, headers={"User-Agent": "rapki-crl-fetch"}),
-                          timeout=timeout) as answer:
+        # The scheme is checked above and on every redirect (_HttpOnlyRedirects).
+        request = urllib.request.Request(url, headers={"User-Agent": "rapki-crl-fetch"})  # noqa: S310
+        with _OPENER.open(request, timeout=timeout) as answer:
             declared = answer.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise CrlFetchError(f"{url}: {int(declared):,} bytes, over the {max_bytes:,}-byte limit")

@@ -118,11 +118,11 @@ def _serve(
     *, host: str, port: int, cert_path: Path, key_path: Path, state: Path, region: str, account: str,
     threads: int, fail_rate: float, throttle: float, latency: float, session_rate: float, crl_dp: dict[str, Any],
 ) -> None:  # fmt: skip
-    from service.emulator import create_app
     from pki.rolesanywhere.crlfetch import CrlFetcher
+    from service.emulator import create_app
     from service.emulator.faults import FaultSettings
-    from service.emulator.sessions import DistributionPoints
     from service.emulator.server import EmulatorServer, gunicorn_options
+    from service.emulator.sessions import DistributionPoints
     from service.emulator.state import EmulatorState
 
     state.parent.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives import serialization
 
 from pki.errors import InvalidInput
 from pki.rolesanywhere import sigv4x509, trustpath
-from pki.rolesanywhere.crlfetch import CrlFetcher
 from pki.rolesanywhere.arns import IamRoleArn, RolesAnywhereArn
+from pki.rolesanywhere.crlfetch import CrlFetcher
 from pki.rolesanywhere.partitions import region_from_host
 from pki.x509.preflight import common_name, source_identity
 from service.emulator.errors import ServiceError, access_denied, validation
