@@ -84,3 +84,16 @@ def test_distribution_point_path_refuses_in_json(ca: CertificateAuthority) -> No
     assert client.get("/crl/../rapki.db").status_code == 404
     post = client.post("/crl/issuing-1.crl")
     assert post.status_code == 405 and post.get_json()["error"] == "method_not_allowed"
+
+
+def test_the_flask_view_answers_the_same_without_the_middleware(ca: CertificateAuthority) -> None:
+    app = create_app(ca=ca)
+    direct = app.test_client().get("/crl/issuing-1.crl")
+    app.wsgi_app = app.wsgi_app.fallback.fallback  # type: ignore[attr-defined, method-assign]  # Flask alone
+    client = app.test_client()
+    view = client.get("/crl/issuing-1.crl")
+    assert view.status_code == 200 and view.content_type == "application/pkix-crl"
+    assert view.data == direct.data and view.headers["ETag"] == direct.headers["ETag"]
+    assert view.headers["Cache-Control"] == direct.headers["Cache-Control"]
+    assert client.get("/crl/issuing-1.crl", headers={"If-None-Match": view.headers["ETag"]}).status_code == 304
+    assert client.get("/crl/nope.crl").status_code == 404
