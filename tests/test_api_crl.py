@@ -97,3 +97,5 @@ def test_the_flask_view_answers_the_same_without_the_middleware(ca: CertificateA
     assert view.headers["Cache-Control"] == direct.headers["Cache-Control"]
     assert client.get("/crl/issuing-1.crl", headers={"If-None-Match": view.headers["ETag"]}).status_code == 304
     assert client.get("/crl/nope.crl").status_code == 404
+    head = client.head("/crl/issuing-1.crl")
+    assert head.data == b"" and head.headers["Content-Length"] == str(len(view.data))
