@@ -3,6 +3,7 @@ unmodified boto3 with endpoint_url), idempotent and never going backwards."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import boto3
@@ -15,8 +16,9 @@ from pki.ca.authority import CertificateAuthority
 from pki.errors import InvalidInput
 from service.cli import main
 from tests.test_custody_kms import dummy_aws, moto_url
+from tests.test_publish import Aws, aws
 
-__all__ = ["dummy_aws", "moto_url"]  # fixtures shared with the KMS tests
+__all__ = ["aws", "dummy_aws", "moto_url"]  # fixtures shared with the KMS and publishing tests
 
 BUCKET = "rapki-crls"
 
@@ -97,3 +99,18 @@ def test_cli_publishes_to_s3_alone(ca: CertificateAuthority, s3: Any, moto_url: 
 def test_bad_destinations_are_refused(url: str) -> None:
     with pytest.raises(InvalidInput):
         S3Destination.parse(url)
+
+
+def test_flags_decide_which_publications_run(ca: CertificateAuthority, s3: Any, moto_url: str, aws: Aws) -> None:
+    anchor = aws.anchor(ca.root_certificate)
+    base = ["crl", "publish", "--home", str(ca.home.path), "--trust-anchor-arn", anchor,
+            "--s3", f"s3://{BUCKET}/both", "--s3-endpoint-url", moto_url]
+    alone = CliRunner().invoke(main, base)
+    assert alone.exit_code == 0, alone.output
+    assert aws.writes() == 0 and aws.crls(anchor) == []  # --s3 alone: no Roles Anywhere call
+    both = CliRunner().invoke(main, [*base, "--roles-anywhere", "--json"])
+    assert both.exit_code == 0, both.output
+    report = json.loads(both.output)
+    assert report["s3"]["writes"] == 0 and report["publications"][0]["action"] == "imported"
+    assert len(aws.crls(anchor)) == 1
+    assert s3.head_object(Bucket=BUCKET, Key="both/issuing-1.crl")["ContentType"] == "application/pkix-crl"
