@@ -52,3 +52,50 @@ def test_crl_endpoint_pem_and_other_issuer(ca: CertificateAuthority) -> None:
     assert x509.load_pem_x509_crl(pem.data).issuer == ca.issuer("issuing-1").certificate.subject
     unknown = client.get("/v1/crl?issuer=nope")
     assert unknown.status_code == 404 and unknown.get_json()["error"] == "not_found"
+
+
+def test_distribution_point_path_serves_der_with_cache_headers(ca: CertificateAuthority) -> None:
+    client = create_app(ca=ca).test_client()
+    first = client.get("/crl/issuing-1.crl")
+    assert first.status_code == 200 and first.content_type == "application/pkix-crl"
+    crl = x509.load_der_x509_crl(first.data)
+    assert crl.issuer == ca.issuer("issuing-1").certificate.subject
+    etag = first.headers["ETag"]
+    assert etag.startswith(f'"{_number(crl)}-')
+    max_age = int(first.headers["Cache-Control"].split("max-age=")[1])
+    assert 0 < max_age <= 300 and "public" in first.headers["Cache-Control"]
+    assert first.headers["Last-Modified"].endswith("GMT")
+    assert client.head("/crl/issuing-1.crl").headers["Content-Length"] == str(len(first.data))
+    unchanged = client.get("/crl/issuing-1.crl", headers={"If-None-Match": etag})
+    assert unchanged.status_code == 304 and unchanged.data == b"" and unchanged.headers["ETag"] == etag
+    issued = ca.issue("web", cn="web-1")
+    ca.revoke(issued.serial_hex)
+    changed = client.get("/crl/issuing-1.crl", headers={"If-None-Match": etag})  # the revocation is in it
+    assert changed.status_code == 200 and changed.headers["ETag"] != etag
+    assert x509.load_der_x509_crl(changed.data).get_revoked_certificate_by_serial_number(
+        issued.certificate.serial_number) is not None
+
+
+def test_distribution_point_path_refuses_in_json(ca: CertificateAuthority) -> None:
+    client = create_app(ca=ca).test_client()
+    unknown = client.get("/crl/issuing-9.crl")
+    assert unknown.status_code == 404 and unknown.get_json()["error"] == "not_found"
+    assert "issuing-1" in unknown.get_json()["message"]
+    assert client.get("/crl/../rapki.db").status_code == 404
+    post = client.post("/crl/issuing-1.crl")
+    assert post.status_code == 405 and post.get_json()["error"] == "method_not_allowed"
+
+
+def test_the_flask_view_answers_the_same_without_the_middleware(ca: CertificateAuthority) -> None:
+    app = create_app(ca=ca)
+    direct = app.test_client().get("/crl/issuing-1.crl")
+    app.wsgi_app = app.wsgi_app.fallback.fallback  # type: ignore[attr-defined, method-assign]  # Flask alone
+    client = app.test_client()
+    view = client.get("/crl/issuing-1.crl")
+    assert view.status_code == 200 and view.content_type == "application/pkix-crl"
+    assert view.data == direct.data and view.headers["ETag"] == direct.headers["ETag"]
+    assert view.headers["Cache-Control"] == direct.headers["Cache-Control"]
+    assert client.get("/crl/issuing-1.crl", headers={"If-None-Match": view.headers["ETag"]}).status_code == 304
+    assert client.get("/crl/nope.crl").status_code == 404
+    head = client.head("/crl/issuing-1.crl")
+    assert head.data == b"" and head.headers["Content-Length"] == str(len(view.data))

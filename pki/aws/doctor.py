@@ -11,10 +11,11 @@ when a trust anchor ARN is given or registered, else from the local rapki CA (of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from itertools import pairwise
 from typing import Any
 
 from cryptography import x509
@@ -52,6 +53,7 @@ class AnchorView:
     enabled: bool | None = None
     crls: list[tuple[str, bool, x509.CertificateRevocationList]] = field(default_factory=list)  # (name, enabled, crl)
     server_date: datetime | None = None
+    crl_dp: bool | None = None  # crlDpRevocationEnabled: revocation by the certificates' distribution points
 
 
 @dataclass
@@ -88,8 +90,10 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
 
 def diagnose(certificate: bytes, private_key: bytes | None = None, intermediates: bytes | None = None, *,
              anchor: AnchorView | None = None, now: datetime | None = None,
-             key_password: bytes | None = None) -> DoctorReport:
-    """Every check, in the order the service meets them."""
+             key_password: bytes | None = None,
+             fetch_crl: Callable[[str], trustpath.ParsedCrl] | None = None) -> DoctorReport:
+    """Every check, in the order the service meets them. ``fetch_crl(url)``: the CRL at a
+    distribution point (``pki.rolesanywhere.crlfetch``); None: distribution points are not fetched."""
     now = now or datetime.now(UTC)
     checks: list[Check] = []
     try:
@@ -124,8 +128,42 @@ def diagnose(certificate: bytes, private_key: bytes | None = None, intermediates
                             "enable it: 'rapki aws register' (or aws rolesanywhere enable-trust-anchor)"))
     elif anchor.enabled is True:
         checks.append(Check("trust anchor enabled", PASS))
-    checks.append(_revocation_check(path, anchor, now, reaches_anchor))
+    if anchor.crl_dp:
+        checks.append(Check("not revoked in the published CRL", SKIP, "the anchor checks revocation at the "
+                            "certificates' distribution points (crlDpRevocationEnabled): imported CRLs do not decide"))
+    else:
+        checks.append(_revocation_check(path, anchor, now, reaches_anchor))
+    if (dp_check := _distribution_point_check(path, anchor, fetch_crl)) is not None:
+        checks.append(dp_check)
     return DoctorReport(checks, identity, anchor.label)
+
+
+def _distribution_point_check(path: tuple[x509.Certificate, ...], anchor: AnchorView,
+                              fetch_crl: Callable[[str], trustpath.ParsedCrl] | None) -> Check | None:
+    """Each CRL Distribution Point of the path reachable, its CRL current and its issuer's, the
+    certificate not on it. A failure fails the check when the anchor relies on distribution points
+    (crlDpRevocationEnabled: the emulator refuses then, see docs/emulator.md), else warns."""
+    name = "CRL distribution point"
+    points = [(child, parent, url) for child, parent in pairwise(path) for url in trustpath.distribution_points(child)]
+    if not points:
+        if anchor.crl_dp:
+            return Check(name, WARN, f"the anchor checks distribution points, but {_subject(path[0])} has none: its "
+                         "revocation is not checked", "set [crl].distribution_url in rapki.toml and issue it again")
+        return None
+    if fetch_crl is None:
+        return Check(name, SKIP, f"{points[0][2]} not fetched")
+    bad = FAIL if anchor.crl_dp else WARN
+    verdict = trustpath.check_distribution_points(path, fetch_crl)
+    if verdict is not None and verdict.problem == trustpath.REVOKED:
+        return Check(name, FAIL, f"{verdict.detail}: the service answers 'Certificate revoked'",
+                     "a revocation is final: issue a new certificate ('rapki issue')")
+    if verdict is not None:
+        return Check(name, bad, verdict.detail, "publish the CRL where the distribution point leads: 'rapki crl "
+                     "publish --s3 ...' or 'rapki serve --crl-http-port', and check the URL is reachable")
+    fetched = [fetch_crl(url) for _, _, url in points]  # cached by the fetcher: no second download
+    detail = "; ".join(f"{url}: not listed, nextUpdate {parsed.crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}"
+                       for (_, _, url), parsed in zip(points, fetched, strict=True))
+    return Check(name, PASS, detail)
 
 
 def _key_check(leaf: x509.Certificate, private_key: bytes | None, password: bytes | None) -> Check:
@@ -338,7 +376,8 @@ def anchor_from_aws(aws: Any, trust_anchor_arn: str) -> AnchorView:
         except ValueError:
             continue
         crls.append((str(item.get("name")), bool(item.get("enabled")), crl))
-    return AnchorView(trust_anchor_arn, anchor_certificates(detail), bool(detail.get("enabled")), crls, server_date)
+    return AnchorView(trust_anchor_arn, anchor_certificates(detail), bool(detail.get("enabled")), crls, server_date,
+                      bool(detail.get("crlDpRevocationEnabled")))
 
 
 def anchor_from_local_ca(ca: Any) -> AnchorView:

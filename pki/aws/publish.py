@@ -327,7 +327,8 @@ class CrlPublisher:
             number = crl_rows.last_number(conn, issuer.id) + 1
         next_update = min(now + self.ca.config.crl_validity, issuer.not_after)
         built = build_crl(entries, issuer_cert=issuer.certificate, issuer_key=signing_key(self.ca.issuer_key(issuer)),
-                          number=number, this_update=now, next_update=next_update)
+                          number=number, this_update=now, next_update=next_update,
+                          distribution_point=bool(self.ca.config.crl_distribution_url))
         check_size(built)
         return built, True
 

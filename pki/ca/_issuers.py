@@ -137,7 +137,7 @@ class IssuingCAs(AuditTrail):
         """What signing ``issuer``'s leaves takes (its key loaded once), kept with the issuer."""
         if issuer.signer is None:
             issuer.signer = LeafSigner(issuer.certificate.subject, issuer.aki, signing_key(self.issuer_key(issuer)),
-                                       issuer.key_type)
+                                       issuer.key_type, self.config.distribution_url(issuer.name))
         return issuer.signer
 
     def chain(self) -> tuple[x509.Certificate, ...]:

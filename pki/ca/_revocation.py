@@ -57,7 +57,8 @@ class RevocationAndCrls(Inventory):
             entries = self.revoked_entries(conn, target, now)
             next_update = min(now + validity, target.not_after)
             built = build_crl(entries, issuer_cert=target.certificate, issuer_key=key, number=number,
-                              this_update=now, next_update=next_update)
+                              this_update=now, next_update=next_update,
+                              distribution_point=bool(self.config.crl_distribution_url))
             check_size(built)  # raises before anything is recorded: the number is not consumed
             crl_rows.save(conn, target.id, this_update=now, next_update=next_update, entries=built.entries,
                           der=built.der)

@@ -17,6 +17,7 @@ Precedence for every setting: environment variable, then ``rapki.toml``, then th
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,25 @@ MAX_SERIAL_BYTES = 20  # RFC 5280 and Roles Anywhere limit
 MAX_BUSY_TIMEOUT = timedelta(seconds=30)
 
 
+ISSUER_FIELD = "{issuer}"  # in [crl].distribution_url: the issuing CA's name (issuing-1, issuing-2...)
+_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%{}-]+")
+
+
+def check_distribution_url(url: str) -> None:
+    """``[crl].distribution_url``: a plain ``http://`` URL naming ``{issuer}`` (one CRL per issuing CA).
+
+    http only: relying parties fetch CRLs without TLS (RFC 5280 4.2.1.13 and the CA/B baseline
+    requirements: a CRL is signed, and an https fetch would need a trust path to check the path
+    it is checking). ``{issuer}`` is the issuing CA's name as rapki gives it, ``issuing-N``: stable
+    for the CA's whole life and safe as a file name and an S3 key."""
+    if not url.startswith("http://") or len(url) > 255 or not _URL_CHARS.fullmatch(url):
+        raise InvalidInput(f"[crl].distribution_url must be an http:// URL of at most 255 printable ASCII "
+                           f"characters, not {url!r}")
+    if ISSUER_FIELD not in url:
+        raise InvalidInput(f"[crl].distribution_url must name {ISSUER_FIELD} (each issuing CA has its own CRL), "
+                           f"e.g. http://crl.example.com/crl/{ISSUER_FIELD}.crl")
+
+
 @dataclass(frozen=True)
 class Config:
     """Settings read from ``rapki.toml``; every field has a production default."""
@@ -54,6 +74,8 @@ class Config:
     crl_validity: timedelta = timedelta(days=7)
     crl_republish_before: timedelta = timedelta(days=2)
     root_key: str = ""  # a key reference (pki.custody.refs); empty: ca/root.key.pem, or offline
+    # ``http://.../{issuer}.crl``: the CRL Distribution Point put in every certificate (off when empty)
+    crl_distribution_url: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # sections owned by other components
 
     def __post_init__(self) -> None:
@@ -67,6 +89,12 @@ class Config:
         if self.busy_timeout > MAX_BUSY_TIMEOUT:
             raise InvalidInput(f"busy_timeout must be at most {format_duration(MAX_BUSY_TIMEOUT)}, "
                                f"not {format_duration(self.busy_timeout)}")
+        if self.crl_distribution_url:
+            check_distribution_url(self.crl_distribution_url)
+
+    def distribution_url(self, issuer_name: str) -> str | None:
+        """The CRL Distribution Point of ``issuer_name``'s certificates, or None when not configured."""
+        return self.crl_distribution_url.replace(ISSUER_FIELD, issuer_name) if self.crl_distribution_url else None
 
     def to_toml(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -79,6 +107,7 @@ class Config:
             "crl": {
                 "validity": format_duration(self.crl_validity),
                 "republish_before": format_duration(self.crl_republish_before),
+                **({"distribution_url": self.crl_distribution_url} if self.crl_distribution_url else {}),
             },
         }
         for section, values in self.extra.items():
@@ -107,6 +136,7 @@ class Config:
             crl_validity=parse_duration(crl.get("validity", "7d")),
             crl_republish_before=parse_duration(crl.get("republish_before", "2d")),
             root_key=str(parse_key_ref(ca["root_key"])) if ca.get("root_key") else "",
+            crl_distribution_url=str(crl.get("distribution_url", "")),
             extra={k: v for k, v in doc.items() if k not in known},
         )
 

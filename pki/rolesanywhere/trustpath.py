@@ -13,6 +13,10 @@ problem the service would meet, in its order:
    breaks its pathLen;
 5. ``revoked``: an enabled CRL, validly signed by the CA above, lists a certificate of the path.
 
+With ``crlDpRevocationEnabled`` on the anchor, step 5 reads the CRLs at the certificates' CRL
+Distribution Points instead (:func:`check_distribution_points`); a CRL that cannot be had there is
+``crl-dp-unusable`` unless the caller lets it through.
+
 The emulator's CreateSession refuses with the first problem; ``rapki doctor`` runs the steps
 (:func:`build_path`, :func:`find_revocation`) one by one to show each. Verified issuer links are
 cached (the emulator checks the same few links on every call); everything here is pure otherwise.
@@ -20,7 +24,7 @@ cached (the emulator checks the same few links on every call); everything here i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -38,6 +42,7 @@ ISSUER_NOT_FOUND = "issuer-not-found"
 FOREIGN_CA = "foreign-ca"
 CA_RULE = "ca-rule"
 REVOKED = "revoked"
+DP_UNUSABLE = "crl-dp-unusable"
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,42 @@ def find_revocation(path: Sequence[x509.Certificate], crls: Iterable[ParsedCrl])
                 continue
             if child.serial_number in parsed.revoked:
                 return Revocation(child, parsed)
+    return None
+
+
+def distribution_points(cert: x509.Certificate) -> list[str]:
+    """The http(s) URLs of ``cert``'s CRL Distribution Points (full names only; LDAP and relative
+    names are not fetched)."""
+    try:
+        cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    return [name.value for point in cdp for name in point.full_name or ()
+            if isinstance(name, x509.UniformResourceIdentifier) and name.value.lower().startswith(("http://",
+                                                                                                  "https://"))]
+
+
+def check_distribution_points(path: Sequence[x509.Certificate], fetch: Callable[[str], ParsedCrl], *,
+                              allow_unusable: bool = False) -> Verdict | None:
+    """Revocation by distribution point: each certificate of ``path`` (but the anchor) with a CRL
+    Distribution Point is looked up on the CRL ``fetch(url)`` gives (raising ``Exception`` with the
+    reason when it has none), which must be signed by the certificate above it. None when nothing
+    is revoked; a ``REVOKED`` verdict, or ``DP_UNUSABLE`` when a CRL could not be had or was not
+    the issuer's (unless ``allow_unusable``). A certificate without a distribution point is not
+    checked: there is nothing to fetch."""
+    for child, parent in pairwise(path):
+        for url in distribution_points(child):
+            try:
+                parsed = fetch(url)
+                if child.issuer != parsed.crl.issuer or not parsed.signature_valid_for(parent):
+                    raise ValueError(f"{url}: the CRL there is not signed by {parent.subject.rfc4514_string()}")
+            except Exception as exc:
+                if allow_unusable:
+                    continue
+                return Verdict(tuple(path), DP_UNUSABLE, f"no usable CRL for {child.subject.rfc4514_string()}: {exc}")
+            if child.serial_number in parsed.revoked:
+                return Verdict(tuple(path), REVOKED, f"serial {child.serial_number:x} of "
+                               f"{child.subject.rfc4514_string()} is on the CRL at {url}")
     return None
 
 

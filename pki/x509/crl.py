@@ -80,22 +80,38 @@ def _revoked(entry: RevokedEntry) -> x509.RevokedCertificate:
     return builder.build()
 
 
+# RFC 5280 5.2.5: the CRL of an issuing CA (pathLen 0) lists only end-entity certificates. It
+# names no distribution point: a CRL whose IDP names one covers only certificates carrying that
+# same point (6.3.3 b.2.i), so certificates issued before [crl].distribution_url was set (and
+# openssl checking them) would find no CRL; without the name it stays complete for the issuer.
+USER_CERTS_ONLY = x509.IssuingDistributionPoint(
+    full_name=None, relative_name=None, only_contains_user_certs=True, only_contains_ca_certs=False,
+    only_some_reasons=None, indirect_crl=False, only_contains_attribute_certs=False,
+)
+
+
 def build_crl(entries: Iterable[RevokedEntry], *, issuer_cert: x509.Certificate, issuer_key: SigningKey,
-              number: int, this_update: datetime, next_update: datetime) -> BuiltCrl:
+              number: int, this_update: datetime, next_update: datetime,
+              distribution_point: bool = False) -> BuiltCrl:
+    """``distribution_point``: the CRL is also served from the issuer's distribution point
+    ([crl].distribution_url), and carries the (critical) Issuing Distribution Point extension."""
     revoked = [_revoked(e) for e in entries]
     ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    extensions = [
+        x509.Extension(
+            x509.AuthorityKeyIdentifier.oid, False,
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+        ),
+        x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(number)),
+    ]
+    if distribution_point:
+        extensions.append(x509.Extension(USER_CERTS_ONLY.oid, True, USER_CERTS_ONLY))
     builder = x509.CertificateRevocationListBuilder(
         issuer_name=issuer_cert.subject,
         last_update=this_update,
         next_update=next_update,
         revoked_certificates=revoked,
-        extensions=[
-            x509.Extension(
-                x509.AuthorityKeyIdentifier.oid, False,
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
-            ),
-            x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(number)),
-        ],
+        extensions=extensions,
     )
     crl = crl_signed_by(builder, issuer_key)
     return BuiltCrl(crl=crl, number=number, entries=len(revoked))

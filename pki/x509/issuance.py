@@ -296,6 +296,7 @@ class LeafSigner:
     issuer_aki: x509.AuthorityKeyIdentifier
     key: external.SigningKey
     key_type: KeyType
+    crl_url: str | None = None  # the CRL Distribution Point of its leaves ([crl].distribution_url)
     direct: PrivateKey | None = field(init=False)
     hash: hashes.SHA256 | hashes.SHA384 = field(init=False)
     shared: dict[x509.ObjectIdentifier, tuple[x509.Extension[x509.ExtensionType], ...]] = field(init=False)
@@ -303,11 +304,18 @@ class LeafSigner:
     def __post_init__(self) -> None:
         object.__setattr__(self, "direct", external.key_object(self.key))
         object.__setattr__(self, "hash", self.key_type.signature_hash())
+        distribution = (_extension(crl_distribution_points(self.crl_url)),) if self.crl_url else ()
         object.__setattr__(self, "shared", {
             usage: (_extension(_BASIC, critical=True), _extension(_KEY_USAGE, critical=True), _extension(eku),
-                    _extension(self.issuer_aki))
+                    _extension(self.issuer_aki), *distribution)
             for usage, eku in _EKU.items()
         })
+
+
+def crl_distribution_points(url: str) -> x509.CRLDistributionPoints:
+    """One distribution point: the full name ``url``, no reasons, no cRLIssuer (the CA signs its
+    own CRL, which covers every reason), as RFC 5280 4.2.1.13 and the CA/B profile want."""
+    return x509.CRLDistributionPoints([x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)])
 
 
 def _naive_utc(moment: datetime) -> datetime:

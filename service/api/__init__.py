@@ -62,10 +62,12 @@ def create_app(home: str | Path | None = None, *, ca: CertificateAuthority | Non
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    from service.api.crlfiles import CrlFiles
     from service.api.direct import DirectEnroll
 
-    # Flask's documented way to add WSGI middleware is to replace the wsgi_app method.
-    app.wsgi_app = DirectEnroll(app, app.wsgi_app)  # type: ignore[method-assign]
+    # Flask's documented way to add WSGI middleware is to replace the wsgi_app method. Enrollment,
+    # the hot path, is looked at first.
+    app.wsgi_app = DirectEnroll(app, CrlFiles(ca, app.wsgi_app))  # type: ignore[method-assign]
     return app
 
 

@@ -244,6 +244,15 @@ def spec() -> dict[str, Any]:
                     "application/x-pem-file": {"schema": {"type": "string"}}}},
                     **_resp(404, 503)},
             }},
+            "/crl/{issuer}.crl": {"get": {
+                "summary": "An issuing CA's current CRL, where its certificates' CRL Distribution Point leads (DER; "
+                           "ETag, If-None-Match -> 304)", "operationId": "distributionPointCrl", "security": [],
+                "parameters": [{"name": "issuer", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "CRL", "content": {
+                    "application/pkix-crl": {"schema": {"type": "string", "format": "binary"}}}},
+                    "304": {"description": "The CRL named by If-None-Match is still the current one"},
+                    **_resp(404, 503)},
+            }},
             "/v1/openapi.json": {"get": {"summary": "This document", "operationId": "openapi", "security": [],
                                          "responses": {"200": {"description": "OpenAPI 3.1",
                                                                "content": {"application/json": {"schema": {

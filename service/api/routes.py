@@ -17,7 +17,7 @@ from pki.ca.tokens import TokenExpired, TokenRevoked, TokenUsed, parse_token
 from pki.errors import AlreadyRenewed, InvalidInput, RapkiError, Unauthenticated, Unavailable
 from pki.x509.durations import parse_duration
 from pki.x509.pem import Pem
-from service.api import enrollment, jsonio, metrics
+from service.api import crlfiles, enrollment, jsonio, metrics
 from service.api.auth import Caller, certificate_caller, client_address, operator_caller, require_bearer
 from service.api.context import ApiContext
 from service.api.errors import MalformedJson
@@ -217,6 +217,15 @@ def crl() -> Response:
     if PEM_TYPE in request.headers.get("Accept", ""):
         return _pem(built.pem)
     return Response(built.der, mimetype="application/pkix-crl")
+
+
+@ops.get("/crl/<issuer>.crl")
+def distribution_point_crl(issuer: str) -> Response:
+    """Served by ``service.api.crlfiles`` in front of Flask (and on the plain-HTTP listener); this
+    view answers when the app is called without it and keeps the route known."""
+    status, headers, body = crlfiles.crl_answer(ctx().ca, request.method, request.path,
+                                                request.headers.get("If-None-Match", ""))
+    return Response(body, status=status, headers=headers)  # Werkzeug drops the body of a HEAD answer
 
 
 @v1.get("/openapi.json")

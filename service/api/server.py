@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -215,10 +216,18 @@ class ApiServer(BaseApplication):
         return InlineWsgi(app, max_body=MAX_BODY, body_timeout=self.connection_limits.body_timeout)
 
 
+def crl_listener(home: Path, host: str, port: int) -> subprocess.Popen[bytes]:
+    """The plain-HTTP CRL listener (``service.api.crlfiles``), a process of its own: gunicorn's
+    workers all serve TLS, and this one must not. It stops with ``rapki serve``, however that ends."""
+    return subprocess.Popen([sys.executable, "-m", "service.api.crlfiles", "--home", str(home), "--host", host,
+                             "--port", str(port)])
+
+
 def run(home: Path, *, host: str, port: int, workers: int, certfile: Path, keyfile: Path,
         client_ca: Path | None, access_log: bool = True, pidfile: Path | None = None,
-        cpus: list[int] | None = None) -> None:
-    """``cpus``: one CPU per worker to pin it to (``cpu_affinity_plan``), or None."""
+        cpus: list[int] | None = None, crl_http_port: int | None = None) -> None:
+    """``cpus``: one CPU per worker to pin it to (``cpu_affinity_plan``), or None. ``crl_http_port``:
+    also answer ``GET /crl/<issuer>.crl`` over plain HTTP on that port (nothing else)."""
     connection_limits = ConnectionLimits.from_config(Home(home).load_config().extra.get("api", {}))
     options: dict[str, Any] = {
         "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
@@ -248,4 +257,10 @@ def run(home: Path, *, host: str, port: int, workers: int, certfile: Path, keyfi
         options["pidfile"] = str(pidfile)
     if cpus:
         _CPUS["cpus"] = cpus
-    ApiServer(home, options, connection_limits).run()
+    listener = crl_listener(home, host, crl_http_port) if crl_http_port is not None else None
+    try:
+        ApiServer(home, options, connection_limits).run()
+    finally:
+        if listener is not None:
+            listener.terminate()
+            listener.wait(timeout=10)

@@ -228,8 +228,14 @@ def doctor(home: Path | None, cert_path: Path, key_path: Path | None, chain_path
         anchor = anchor_from_aws(aws, anchor_arn)
     elif authority is not None:
         anchor = anchor_from_local_ca(authority)
+    from datetime import UTC, datetime
+
+    from pki.rolesanywhere.crlfetch import CrlFetcher
+
+    fetcher, now = CrlFetcher(), datetime.now(UTC)
     report = diagnose(cert_path.read_bytes(), key_path.read_bytes() if key_path else None,
-                      chain_path.read_bytes() if chain_path else None, anchor=anchor)
+                      chain_path.read_bytes() if chain_path else None, anchor=anchor,
+                      fetch_crl=lambda url: fetcher.get(url, now))
     if authority is not None:
         try:
             leaf = load_certificates(cert_path.read_bytes())[0]

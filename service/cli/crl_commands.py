@@ -70,6 +70,12 @@ def crl_build(home: Path | None, issuer: str | None, out: Path | None, fmt: str,
 @aws_options
 @click.option("--name", default=None, help="CRL name prefix on the anchor (default: the --name given to 'rapki aws "
               "register', else rapki; the CRL is NAME-issuing-N).")
+@click.option("--s3", "s3_url", default=None, metavar="s3://BUCKET/PREFIX",
+              help="Upload each issuing CA's DER CRL to PREFIX/<issuer>.crl, where [crl].distribution_url "
+                   "leads. Alone, only this runs; add --roles-anywhere to import into the trust anchor too.")
+@click.option("--s3-endpoint-url", default=None, help="S3 endpoint (default: $AWS_ENDPOINT_URL_S3, else AWS's).")
+@click.option("--roles-anywhere/--no-roles-anywhere", "roles_anywhere", default=None,
+              help="Also (or not) import the CRLs into the trust anchor [default: only without --s3].")
 @click.option("--dry-run", is_flag=True, help="Say what would be sent; change nothing here or in AWS.")
 @click.option("--lock-timeout", type=click.FloatRange(0, 3600), default=120.0, show_default=True,
               help="Seconds to wait for another publisher to finish.")
@@ -77,21 +83,45 @@ def crl_build(home: Path | None, issuer: str | None, out: Path | None, fmt: str,
 @json_option
 def crl_publish(home: Path | None, trust_anchor_arn: str | None, region: str | None, endpoint_url: str | None,
                 ca_bundle: str | None, aws_profile: str | None, fips: bool | None, name: str | None,
+                s3_url: str | None, s3_endpoint_url: str | None, roles_anywhere: bool | None,
                 dry_run: bool, lock_timeout: float, quiet: bool, as_json: bool) -> None:
-    """Publish the current CRL of each issuing CA to a Roles Anywhere trust anchor (cron-safe)."""
+    """Publish the current CRL of each issuing CA to a Roles Anywhere trust anchor and/or S3 (cron-safe)."""
     from pki.aws.publish import publish
 
     options = make_options(region, endpoint_url, ca_bundle, aws_profile, fips, quiet=quiet or as_json)
-    report = publish(open_ca(home), trust_anchor_arn, options=options, name=name, dry_run=dry_run,
-                     lock_timeout=lock_timeout)
+    authority = open_ca(home)
+    result: dict[str, Any] = {}
+    if s3_url is not None:
+        result["s3"] = _publish_s3(authority, s3_url, options, s3_endpoint_url, dry_run, lock_timeout,
+                                   show=not as_json, quiet=quiet)
+    report = None
+    if roles_anywhere or (roles_anywhere is None and s3_url is None):
+        report = publish(authority, trust_anchor_arn, options=options, name=name, dry_run=dry_run,
+                         lock_timeout=lock_timeout)
+        result = {**report.to_dict(), **result}
     if as_json:
-        echo_json(report.to_dict())
-    elif not (quiet and report.ok and report.writes == 0 and not report.warnings
-              and not any(p.built for p in report.publications)):
+        echo_json(result)
+    elif report is not None and not (quiet and report.ok and report.writes == 0 and not report.warnings
+                                     and not any(p.built for p in report.publications)):
         print_report(report)
-    if not report.ok:
+    if report is not None and not report.ok:
         click.echo(f"rapki: error: {report.errors[0]}", err=True)
         sys.exit(1)
+
+
+def _publish_s3(authority: CertificateAuthority, url: str, options: Any, endpoint_url: str | None,
+                dry_run: bool, lock_timeout: float, *, show: bool, quiet: bool) -> dict[str, Any]:
+    """``--s3``: the upload, one line per issuer (none with ``quiet`` when nothing changed)."""
+    from pki.aws.s3publish import publish_s3
+
+    report = publish_s3(authority, url, options=options, endpoint_url=endpoint_url, dry_run=dry_run,
+                        lock_timeout=lock_timeout)
+    bucket = report.destination.removeprefix("s3://").split("/")[0]
+    if show and not (quiet and report.writes == 0):
+        for pub in report.publications:
+            click.echo(f"{pub.issuer}: CRL #{pub.crl_number} ({pub.entries} entries, {pub.size:,} bytes) "
+                       f"{pub.action} s3://{bucket}/{pub.key}")
+    return report.to_dict()
 
 
 def print_report(report: Any, err: bool = False) -> None:

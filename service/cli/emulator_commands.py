@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -66,11 +67,23 @@ from service.cli.base import default_home, ensure_port_free
     "--session-rate", default=0.0, show_default=True, type=click.FloatRange(0.0),
     help="CreateSession requests/second per certificate and client (0: no limit; AWS: 10).",
 )  # fmt: skip
+@click.option(
+    "--crl-dp-unreachable", type=click.Choice(["deny", "allow"]), default="deny", show_default=True,
+    help="Anchors with crlDpRevocationEnabled: refuse (deny) or accept (allow) a certificate whose distribution "
+         "point gives no usable CRL (unreachable, slow, too large, stale, not its issuer's); AWS does not say.",
+)
+@click.option("--crl-dp-timeout", default=5.0, show_default=True, type=click.FloatRange(0.1, 60.0),
+              help="Seconds a CRL download from a distribution point may take.")
+@click.option("--crl-dp-max-bytes", default=1 << 20, show_default=True, type=click.IntRange(1024),
+              help="Largest CRL fetched from a distribution point.")
+@click.option("--crl-dp-max-age", default=None, type=click.FloatRange(0.0),
+              help="Seconds a fetched CRL is kept at most [default: until its nextUpdate].")
 @click.option("--print-ca", is_flag=True, help="Print the TLS certificate to trust (PEM, for AWS_CA_BUNDLE) and exit.")
 def emulator(
     host: str, port: int, tls_cert: Path | None, tls_key: Path | None, state_path: Path | None,
     region: str, account: str, threads: int, fail_rate: float, throttle: float, latency: float,
-    session_rate: float, print_ca: bool,
+    session_rate: float, crl_dp_unreachable: str, crl_dp_timeout: float, crl_dp_max_bytes: int,
+    crl_dp_max_age: float | None, print_ca: bool,
 ) -> None:  # fmt: skip
     """Serve the Roles Anywhere control plane and CreateSession on HTTPS.
 
@@ -96,16 +109,20 @@ def emulator(
         return
     _serve(host=host, port=port, cert_path=cert_path, key_path=key_path, state=state, region=region,
            account=account, threads=threads, fail_rate=fail_rate, throttle=throttle, latency=latency,
-           session_rate=session_rate)  # fmt: skip
+           session_rate=session_rate,
+           crl_dp={"unusable": crl_dp_unreachable, "timeout": crl_dp_timeout, "max_bytes": crl_dp_max_bytes,
+                   "max_age": crl_dp_max_age})  # fmt: skip
 
 
 def _serve(
     *, host: str, port: int, cert_path: Path, key_path: Path, state: Path, region: str, account: str,
-    threads: int, fail_rate: float, throttle: float, latency: float, session_rate: float,
+    threads: int, fail_rate: float, throttle: float, latency: float, session_rate: float, crl_dp: dict[str, Any],
 ) -> None:  # fmt: skip
+    from pki.rolesanywhere.crlfetch import CrlFetcher
     from service.emulator import create_app
     from service.emulator.faults import FaultSettings
     from service.emulator.server import EmulatorServer, gunicorn_options
+    from service.emulator.sessions import DistributionPoints
     from service.emulator.state import EmulatorState
 
     state.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +133,9 @@ def _serve(
 
     def factory() -> object:
         faults = FaultSettings(fail_rate=fail_rate, throttle=throttle, latency=latency, session_rate=session_rate)
-        return create_app(state, account=account, region=region, faults=faults)
+        fetcher = CrlFetcher(max_bytes=crl_dp["max_bytes"], timeout=crl_dp["timeout"], max_age=crl_dp["max_age"])
+        return create_app(state, account=account, region=region, faults=faults,
+                          crl_dp=DistributionPoints(fetcher, crl_dp["unusable"]))
 
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"rapki emulator: https://{shown}:{port}")

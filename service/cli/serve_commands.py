@@ -33,9 +33,12 @@ from service.cli.ca_commands import open_ca, progress
 @click.option("--cpu-affinity", type=click.Choice(["auto", "on", "off"]), default="off", show_default=True,
               help="Pin each worker to a CPU of its own (auto: when there is exactly one worker per CPU). "
                    "Off by default: with the current single-threaded workers it measured within noise.")
+@click.option("--crl-http-port", type=click.IntRange(1, 65535), default=None,
+              help="Also serve GET /crl/<issuer>.crl (and nothing else) over plain HTTP on this port, for "
+                   "relying parties following the certificates' CRL Distribution Point.")
 def serve(home: Path | None, host: str, port: int, workers: int | None, tls_cert: Path | None,
           tls_key: Path | None, tls_name: tuple[str, ...], no_client_certs: bool, pidfile: Path | None,
-          quiet: bool, cpu_affinity: str) -> None:
+          quiet: bool, cpu_affinity: str, crl_http_port: int | None) -> None:
     """Run the enrollment API over HTTPS under gunicorn (creates the home with defaults on first run)."""
     from pki.ca.authority import CertificateAuthority
     from pki.ca.home import Home
@@ -43,6 +46,8 @@ def serve(home: Path | None, host: str, port: int, workers: int | None, tls_cert
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInput("give --tls-cert and --tls-key together")
     ensure_port_free(host, port)
+    if crl_http_port is not None:
+        ensure_port_free(host, crl_http_port)
     target = resolve_home(home)
     if not Home(target).exists():
         progress(f"{target} is not a rapki home yet: creating one with defaults (EC P-256 root and issuing CA)")
@@ -63,10 +68,12 @@ def serve(home: Path | None, host: str, port: int, workers: int | None, tls_cert
     placement = f", pinned to CPUs {','.join(map(str, pinned))}" if pinned else ""
     progress(f"serving https://{host}:{port} ({workers} worker{'s' if workers != 1 else ''}{placement}), "
              f"certificate {tls.describe(certfile)}; CA root: {ca.home.root_cert_path}")
+    if crl_http_port is not None:
+        progress(f"serving CRLs on http://{host}:{crl_http_port}/crl/<issuer>.crl")
     ca.db.dispose()  # workers open their own connections after the fork
     server.run(target.resolve(), host=host, port=port, workers=workers, certfile=certfile,
                keyfile=keyfile, client_ca=None if no_client_certs else material.client_ca,
-               access_log=not quiet, pidfile=pidfile, cpus=pinned)
+               access_log=not quiet, pidfile=pidfile, cpus=pinned, crl_http_port=crl_http_port)
 
 
 def _prepare_metrics_dir(home: Path) -> Path:

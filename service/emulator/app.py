@@ -24,7 +24,7 @@ from pki.rolesanywhere.partitions import region_from_host
 from service.emulator.control import ROUTES, ControlPlane, Ctx
 from service.emulator.errors import ServiceError, missing_authentication, validation
 from service.emulator.faults import FaultInjector, FaultSettings
-from service.emulator.sessions import SessionInput, create_session
+from service.emulator.sessions import DistributionPoints, SessionInput, create_session
 from service.emulator.state import EmulatorState
 
 DEFAULT_ACCOUNT = "123456789012"
@@ -58,6 +58,7 @@ def create_app(
     region: str = DEFAULT_REGION,
     faults: FaultSettings | None = None,
     clock: Callable[[], datetime] | None = None,
+    crl_dp: DistributionPoints | None = None,
 ) -> Flask:
     """A ready emulator application. ``state_path=None`` keeps state in memory only.
 
@@ -69,6 +70,7 @@ def create_app(
     injector = FaultInjector(faults)
     control = ControlPlane(state)
     now: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+    dp = crl_dp or DistributionPoints()  # one CRL cache per process, shared by its threads
     app.extensions["rapki_emulator"] = {"state": state, "faults": injector, "control": control}
 
     def context() -> Ctx:
@@ -121,7 +123,7 @@ def create_app(
                 query={k: v for k, v in request.args.items()},
                 headers=list(request.headers.items()), body=request.get_data(cache=True),
             )  # fmt: skip
-            return _json_response(201, create_session(state, session, now()))
+            return _json_response(201, create_session(state, session, now(), dp))
         except ServiceError as exc:
             injector.record_error(exc.error_type)
             return error_response(exc)

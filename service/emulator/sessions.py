@@ -21,7 +21,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from pki.errors import InvalidInput
 from pki.rolesanywhere import sigv4x509, trustpath
 from pki.rolesanywhere.arns import IamRoleArn, RolesAnywhereArn
+from pki.rolesanywhere.crlfetch import CrlFetcher
 from pki.rolesanywhere.partitions import region_from_host
 from pki.x509.preflight import common_name, source_identity
 from service.emulator.errors import ServiceError, access_denied, validation
@@ -98,6 +99,25 @@ def _role_id(role_arn: str) -> str:
     return "AROA" + base64.b32encode(digest[:11]).decode("ascii")[:17]
 
 
+@dataclass
+class DistributionPoints:
+    """Revocation by CRL Distribution Point, for trust anchors with ``crlDpRevocationEnabled``.
+
+    AWS documents that such an anchor checks the CRLs at the certificates' distribution points;
+    it does not say what happens when one cannot be had. The emulator's choice is the strict one,
+    ``unusable="deny"``: a distribution point that is unreachable, slow, answers more than the
+    fetcher's ``max_bytes``, something that is not a CRL, a stale CRL (past its nextUpdate) or one
+    its issuer did not sign refuses the certificate; ``"allow"`` lets it through instead
+    (``rapki emulator --crl-dp-unreachable allow``). In that mode CRLs imported with ImportCrl are
+    not consulted: the distribution point decides."""
+
+    fetcher: CrlFetcher = field(default_factory=CrlFetcher)
+    unusable: str = "deny"  # deny | allow
+
+
+_DEFAULT_DP = DistributionPoints()
+
+
 @dataclass(frozen=True)
 class SessionInput:
     method: str
@@ -108,7 +128,8 @@ class SessionInput:
     body: bytes
 
 
-def create_session(state: EmulatorState, request: SessionInput, now: datetime) -> dict[str, Any]:
+def create_session(state: EmulatorState, request: SessionInput, now: datetime,
+                   dp: DistributionPoints = _DEFAULT_DP) -> dict[str, Any]:
     """Run every CreateSession check; return the 201 body or raise ServiceError."""
     try:
         body = json.loads(request.body) if request.body.strip() else {}
@@ -172,7 +193,8 @@ def create_session(state: EmulatorState, request: SessionInput, now: datetime) -
         profile = store["profiles"].get(resource_id(store, profile_arn) or "") if store else None
         anchor_enabled = bool(anchor and anchor.get("enabled"))
         anchor_source = dict(anchor["source"]) if anchor else {}
-        crl_data = [
+        by_distribution_point = bool(anchor and anchor.get("crlDpRevocationEnabled"))
+        crl_data = [] if by_distribution_point else [
             c["crlData"] for c in store["crls"].values()
             if c.get("enabled") and anchor and c.get("trustAnchorArn") == anchor["trustAnchorArn"]
         ] if store else []  # fmt: skip
@@ -189,6 +211,9 @@ def create_session(state: EmulatorState, request: SessionInput, now: datetime) -
         raise access_denied(UNTRUSTED, detail="the trust anchor has no certificate the emulator can use")
     crls = [parsed for parsed in map(parsed_crl, crl_data) if parsed is not None]
     verdict = trustpath.check(leaf, chain, anchors, crls, now)
+    if verdict.ok and by_distribution_point:
+        verdict = trustpath.check_distribution_points(
+            verdict.path, lambda url: dp.fetcher.get(url, now), allow_unusable=dp.unusable == "allow") or verdict
     if not verdict.ok:
         raise access_denied(REVOKED if verdict.problem == trustpath.REVOKED else UNTRUSTED, detail=verdict.detail)
 
