@@ -12,7 +12,6 @@ import re
 import shutil
 import stat
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -28,18 +26,11 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from pki.errors import RapkiError
 from pki.signer import cache, cli, inputs, material, tools
 from pki.signer.serve import default_hop_limit, make_server
-from tests.test_signer import (  # noqa: F401 - fixtures
-    REPO,
-    FakeService,
-    _opts,
-    base_args,
-    fake,
-    files,
-    key_pem,
-    pem,
-    pki,
-    run_signer,
-)
+from tests import test_signer as base
+from tests.test_signer import REPO, FakeService, _opts, base_args, key_pem, pem, run_signer
+
+# The fixtures of test_signer.py, used here under the same names.
+files, fake, pki = base.files, base.fake, base.pki
 
 
 def _cli(*args: str) -> tuple[int, str, str]:
@@ -164,7 +155,7 @@ def test_signer_modules_import_no_posix_only_module_at_load() -> None:
 def test_tss2_key_file_names_the_way_out(tmp_path: Path) -> None:
     key = tmp_path / "tpm.key"
     key.write_text("-----BEGIN TSS2 PRIVATE KEY-----\nMIIB\n-----END TSS2 PRIVATE KEY-----\n")
-    with pytest.raises(material.MaterialError, match="TSS2.*tpm2-pkcs11"):
+    with pytest.raises(material.MaterialError, match=r"TSS2.*tpm2-pkcs11"):
         material.parse_private_key(key.read_bytes(), None, str(key))
 
 
@@ -303,7 +294,7 @@ def test_container_endpoint_refuses_missing_or_wrong_token(served: Any) -> None:
     url = f"http://127.0.0.1:{served.server_address[1]}/v1/credentials"
     for headers in ({}, {"Authorization": "wrong-token-wrong-token"}):
         with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)  # noqa: S310 - loopback
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)
         assert err.value.code == 401 and json.loads(err.value.read())["code"] == "Unauthorized"
 
 
@@ -311,10 +302,10 @@ def test_region_is_answered(served: Any) -> None:
     base = f"http://127.0.0.1:{served.server_address[1]}"
     token_req = urllib.request.Request(base + "/latest/api/token", method="PUT",
                                        headers={"x-aws-ec2-metadata-token-ttl-seconds": "60"})  # fmt: skip
-    token = urllib.request.urlopen(token_req, timeout=10).read().decode()  # noqa: S310 - loopback
+    token = urllib.request.urlopen(token_req, timeout=10).read().decode()
     req = urllib.request.Request(base + "/latest/meta-data/placement/region",
                                  headers={"x-aws-ec2-metadata-token": token})  # fmt: skip
-    assert urllib.request.urlopen(req, timeout=10).read() == b"us-east-1"  # noqa: S310 - loopback
+    assert urllib.request.urlopen(req, timeout=10).read() == b"us-east-1"
 
 
 def test_fail_fast_start(files: dict[str, Path], fake: FakeService, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ Accepted inputs, as with ``aws_signing_helper``:
 - ``pkcs11:`` URIs (RFC 7512) for either: :mod:`pki.signer.pkcs11`. TPM ``handle:`` references and
   TSS2 key files are refused with the way out (tpm2-pkcs11 as a PKCS#11 module).
 
-The Python API also takes bytes and objects (:func:`pki.signer.inputs.load_any`). Files are re-read by :func:`load_material` on every call, which is what lets
+The Python API also takes bytes and objects (:func:`pki.signer.inputs.load_any`). Files are
+re-read by :func:`load_material` on every call, which is what lets
 ``serve`` and ``update`` pick up a renewed certificate without a restart.
 """
 

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
-from pkcs11 import Attribute, Mechanism, ObjectClass
+from pkcs11 import Attribute, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import KeyType as P11KeyType
 from pkcs11 import exceptions as p11
 
@@ -131,6 +131,8 @@ def _slots(lib: Any, uri: Pkcs11Uri) -> list[tuple[Any, Any]]:
     found = []
     for slot in lib.get_slots(token_present=True):
         token = slot.get_token()
+        if not token.flags & TokenFlag.TOKEN_INITIALIZED:
+            continue  # an empty slot (SoftHSM keeps one free): nothing to find there
         if _matches(uri, slot, token):
             found.append((slot, token))
     if not found:

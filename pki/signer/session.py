@@ -86,7 +86,8 @@ class SessionOptions:
                 ("--trust-anchor-arn", self.trust_anchor_arn),
                 ("--profile-arn", self.profile_arn),
                 ("--role-arn", self.role_arn),
-                ("--certificate", self.certificate),
+                # A token key alone is enough: its certificate is found on the token.
+                ("--certificate", self.certificate or str(self.private_key or "").startswith("pkcs11:")),
             )
             if not value
         ]
