@@ -33,18 +33,22 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote, quote_from_bytes, unquote_to_bytes
 
-import pkcs11
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
-from pkcs11 import Attribute, Mechanism, ObjectClass, TokenFlag
-from pkcs11 import KeyType as P11KeyType
-from pkcs11 import exceptions as p11
 
 from pki.signer.material import MAX_CHAIN, Material, MaterialError, _read, check_material, parse_bundle
+
+try:
+    import pkcs11
+    from pkcs11 import Attribute, Mechanism, ObjectClass, TokenFlag
+    from pkcs11 import KeyType as P11KeyType
+    from pkcs11 import exceptions as p11
+except ImportError:  # an optional dependency: say which extra brings it
+    raise MaterialError("pkcs11: URIs need python-pkcs11: pip install 'rapki[hsm]'") from None
 
 PIN_ENV = "RAPKI_SIGNER_PKCS11_PIN"
 DEFAULT_MODULE = {"darwin": "p11-kit-proxy.dylib", "win32": "p11-kit-proxy.dll"}.get(sys.platform, "p11-kit-proxy.so")
