@@ -196,3 +196,23 @@ def test_missing_module_is_named(hsm: TokenSetup) -> None:
     result = run_signer("credential-process", *hsm.args("--private-key", hsm.key_uri("ec")), "--pkcs11-lib",
                         "/nonexistent/libnothing.so")  # fmt: skip
     assert result.returncode == 1 and b"cannot load the PKCS#11 module" in result.stderr
+
+
+def test_serve_refreshes_with_a_token_key(hsm: TokenSetup, tmp_path: Path) -> None:
+    """serve reloads its material at every refresh: the token session is reused, not logged in twice."""
+    from pki.signer.serve import make_server
+    from pki.signer.session import SessionOptions
+
+    opts = SessionOptions(
+        private_key=hsm.key_uri("rsa"), pkcs11_lib=hsm.token.module, trust_anchor_arn=hsm.anchor,
+        profile_arn=hsm.profile, role_arn=ROLE, endpoint=hsm.emulator.endpoint_url,
+        ca_bundle=hsm.emulator.ca_bundle, max_attempts=1,
+    )  # fmt: skip
+    server = make_server(opts, port=0, fail_fast=True, container_token_file=str(tmp_path / "token"))
+    try:
+        first = server.cache.credentials
+        assert server.cache.refresh(force=True), server.cache.last_error
+        assert server.cache.credentials is not None and server.cache.credentials != first
+        assert server.cache.material is not None and server.cache.material.certificate == hsm.leaves["rsa"]
+    finally:
+        server.server_close()

@@ -164,6 +164,12 @@ def user_pin(uri: Pkcs11Uri, what: str = "user PIN") -> str:
     )
 
 
+# One logged-in session per token and process: PKCS#11 login is per application, so a second
+# C_Login fails; ``serve`` reloads its material at every refresh and reuses this session.
+_sessions: dict[tuple[int, int], tuple[Any, str]] = {}
+_STALE = ("SessionHandleInvalid", "SessionClosed", "DeviceRemoved", "TokenNotPresent", "UserNotLoggedIn")
+
+
 def _open(lib: Any, uri: Pkcs11Uri) -> tuple[Any, Any, Any, str]:
     """(session logged in as user, slot, token, pin) on the one token the URI names."""
     found = _slots(lib, uri)
@@ -171,15 +177,22 @@ def _open(lib: Any, uri: Pkcs11Uri) -> tuple[Any, Any, Any, str]:
         labels = ", ".join(repr(t.label) for _, t in found)
         raise Pkcs11Error(f"{uri.redacted} matches several tokens ({labels}): add token= or serial=")
     slot, token = found[0]
+    cached = _sessions.get((id(lib), slot.slot_id))
+    if cached is not None:
+        return cached[0], slot, token, cached[1]
     pin = user_pin(uri)
     try:
-        return token.open(user_pin=pin), slot, token, pin
+        session = token.open(user_pin=pin)
+    except p11.UserAlreadyLoggedIn:
+        session = token.open()  # this process logged in already (login is per application)
     except p11.PinIncorrect:
         raise Pkcs11Error(f"wrong user PIN for token {token.label!r}") from None
     except (p11.PinLocked, p11.PinExpired) as exc:
         raise Pkcs11Error(f"the user PIN of token {token.label!r} is {type(exc).__name__[3:].lower()}") from None
     except p11.PKCS11Error as exc:
         raise Pkcs11Error(f"cannot log in to token {token.label!r}: {type(exc).__name__}") from None
+    _sessions[(id(lib), slot.slot_id)] = (session, pin)
+    return session, slot, token, pin
 
 
 def _template(uri: Pkcs11Uri, object_class: ObjectClass) -> dict[Attribute, Any]:
@@ -342,7 +355,21 @@ def _certificate_for_key(session: Any, uri: Pkcs11Uri, pin: str) -> x509.Certifi
 def load_token_material(
     certificate: str, private_key: str | None, intermediates: str | None, lib: str | None, reuse_pin: bool
 ) -> Material:
-    """Certificate, token key and chain for the CLI's ``--certificate``/``--private-key`` pair."""
+    """Certificate, token key and chain for the CLI's ``--certificate``/``--private-key`` pair; a
+    session the token dropped (removed, reset) is reopened once."""
+    for attempt in (1, 2):
+        try:
+            return _load_token_material(certificate, private_key, intermediates, lib, reuse_pin)
+        except p11.PKCS11Error as exc:
+            if type(exc).__name__ not in _STALE or attempt == 2:
+                raise Pkcs11Error(f"PKCS#11 token: {type(exc).__name__} {exc}".strip()) from None
+            _sessions.clear()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _load_token_material(
+    certificate: str, private_key: str | None, intermediates: str | None, lib: str | None, reuse_pin: bool
+) -> Material:
     cert_uri = Pkcs11Uri.parse(certificate) if certificate.startswith("pkcs11:") else None
     key_uri = Pkcs11Uri.parse(private_key) if private_key and private_key.startswith("pkcs11:") else None
     if private_key and key_uri is None:
