@@ -313,8 +313,11 @@ def test_fail_fast_start(files: dict[str, Path], fake: FakeService, tmp_path: Pa
     with pytest.raises(RapkiError, match="--fail-fast"):
         make_server(_opts(files, fake.url), port=0, fail_fast=True,
                     container_token_file=str(tmp_path / "t1"))  # fmt: skip
-    server = make_server(_opts(files, fake.url), port=0, container_token_file=str(tmp_path / "t2"))
+    server = make_server(_opts(files, fake.url), port=0)
+    token_file = Path(server.container_token_file)
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
     server.server_close()  # the helper's behaviour without the flag: it starts and keeps trying
+    assert not token_file.parent.exists()  # a generated token goes with the server
 
 
 # --- the published comparison ----------------------------------------------------------------------

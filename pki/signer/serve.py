@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -33,6 +34,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from pki.errors import InvalidInput, RapkiError
@@ -276,8 +278,15 @@ class ImdsServer(ThreadingHTTPServer):
         self.region = region
         self.container_token = container_token
         self.container_token_file: str = ""
+        self.owned_token_dir: Path | None = None  # a generated token's private directory, removed at close
         self.tokens = MetadataTokens()
         super().__init__(address, ImdsHandler)
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.owned_token_dir is not None:
+            shutil.rmtree(self.owned_token_dir, ignore_errors=True)
+            self.owned_token_dir = None
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
@@ -459,6 +468,7 @@ def make_server(
     except OSError as exc:
         raise RapkiError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}") from None
     server.container_token_file = str(token_file)
+    server.owned_token_dir = None if container_token_file else token_file.parent
     return server
 
 
