@@ -84,7 +84,7 @@ def read_stdin() -> bytes:
 
 TPM_HINT = (
     "TPM keys are not supported by rapki-signer: use the TPM through tpm2-pkcs11 as a PKCS#11 module "
-    "(--pkcs11-lib libtpm2_pkcs11.so --private-key 'pkcs11:token=...;object=...')"
+    "(--pkcs11-lib libtpm2_pkcs11.so.1 --private-key 'pkcs11:token=...;object=...')"
 )
 
 

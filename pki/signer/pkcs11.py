@@ -17,8 +17,8 @@ context-specific login before each signature: with ``--reuse-pin`` the user PIN 
 prompted for (terminal only). The module is ``--pkcs11-lib``, else the URI's ``module-path``, else
 ``p11-kit-proxy.so`` (p11-kit then loads the system's registered modules), as the helper's default.
 
-A TPM 2.0 works through tpm2-pkcs11 as such a module (``--pkcs11-lib libtpm2_pkcs11.so``); that
-path is untested here.
+A TPM 2.0 works through tpm2-pkcs11 as such a module (``--pkcs11-lib libtpm2_pkcs11.so.1``), tested
+with swtpm behind tpm2-abrmd (tests/test_signer_tpm.py).
 """
 
 from __future__ import annotations
