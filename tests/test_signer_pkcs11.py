@@ -44,6 +44,7 @@ class TokenSetup:
     profile: str
     folder: Path
     leaves: dict[str, x509.Certificate]
+    issuing: Any  # the issuing CA, with its key
 
     def args(self, *extra: str) -> list[str]:
         return [*extra, "--trust-anchor-arn", self.anchor, "--profile-arn", self.profile, "--role-arn", ROLE,
@@ -113,7 +114,7 @@ def hsm(softhsm_token: SoftHsmToken, emulator: RunningEmulator, tmp_path_factory
     source = {"sourceType": "CERTIFICATE_BUNDLE", "sourceData": {"x509CertificateData": pem_of(root.cert)}}
     anchor = client.create_trust_anchor(name="pkcs11", source=source, enabled=True)["trustAnchor"]["trustAnchorArn"]
     profile = client.create_profile(name="pkcs11", roleArns=[ROLE], enabled=True)["profile"]["profileArn"]
-    return TokenSetup(softhsm_token, emulator, anchor, profile, folder, leaves)
+    return TokenSetup(softhsm_token, emulator, anchor, profile, folder, leaves, issuing)
 
 
 def run_signer(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -216,3 +217,30 @@ def test_serve_refreshes_with_a_token_key(hsm: TokenSetup, tmp_path: Path) -> No
         assert server.cache.material is not None and server.cache.material.certificate == hsm.leaves["rsa"]
     finally:
         server.server_close()
+
+
+@pytest.fixture(scope="module")
+def always_auth_key(hsm: TokenSetup) -> Any:
+    """The public half of an EC key marked CKA_ALWAYS_AUTHENTICATE (a PIN before each signature)."""
+    token = pkcs11.lib(hsm.token.module).get_token(token_label=hsm.token.label)
+    try:
+        session = token.open(rw=True, user_pin=hsm.token.pin)
+    except pkcs11.exceptions.UserAlreadyLoggedIn:  # a test before this one signed in this process
+        session = token.open(rw=True)
+    with session:
+        params = session.create_domain_parameters(
+            P11KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+        pub, _priv = params.generate_keypair(store=True, label="signer-always", id=b"\x51\x03",
+                                             private_template={Attribute.ALWAYS_AUTHENTICATE: True})  # fmt: skip
+        return _public_key(pub)
+
+
+def test_always_authenticate_key_is_refused_with_the_reason(
+    hsm: TokenSetup, always_auth_key: Any, tmp_path: Path
+) -> None:
+    cert = tmp_path / "always.pem"
+    cert.write_bytes(_leaf(hsm.issuing, always_auth_key, "pkcs11-always").public_bytes(serialization.Encoding.PEM))
+    args = hsm.args("--certificate", str(cert), "--private-key", hsm.key_uri("always"), "--reuse-pin")
+    refused = run_signer("credential-process", *args)
+    assert refused.returncode == 1 and refused.stdout == b""
+    assert b"CKA_ALWAYS_AUTHENTICATE" in refused.stderr, refused.stderr

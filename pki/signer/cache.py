@@ -98,7 +98,9 @@ def read_entry(path: Path) -> Entry | None:
 def write_entry(path: Path, entry: Entry) -> None:
     """Atomic (temporary file + rename), 0600 from its creation."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # left by a crashed run with this pid; O_EXCL below never follows a planted link
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump({"output": entry.output, "expiration": entry.expiration, "duration": entry.duration}, fh)
     os.replace(tmp, path)

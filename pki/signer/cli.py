@@ -93,7 +93,9 @@ def _add_credential_flags(p: argparse.ArgumentParser) -> None:
 def _add_pkcs11_flags(p: argparse.ArgumentParser) -> None:
     h = p.add_argument_group("PKCS#11 tokens")
     h.add_argument("--pkcs11-lib", default="", help="PKCS#11 module (default: p11-kit-proxy.so)")
-    h.add_argument("--reuse-pin", action="store_true", help="use the user PIN as the key's context-specific PIN")
+    h.add_argument(
+        "--reuse-pin", action="store_true", help="accepted, no effect (keys needing a PIN per signature are refused)"
+    )
 
 
 def _add_unsupported(p: argparse.ArgumentParser, flags: tuple[str, ...] = _UNSUPPORTED) -> None:

@@ -13,8 +13,9 @@ What is found where, as ``aws_signing_helper`` does:
 PIN, first found wins: ``pin-value`` in the URI, ``pin-source`` in the URI (a file path or
 ``file:`` URI, read as is, trailing newline dropped), ``$RAPKI_SIGNER_PKCS11_PIN``, then a prompt
 when standard input is a terminal. A key marked ``CKA_ALWAYS_AUTHENTICATE`` needs a
-context-specific login before each signature: with ``--reuse-pin`` the user PIN is used, else it is
-prompted for (terminal only). The module is ``--pkcs11-lib``, else the URI's ``module-path``, else
+context-specific login between C_SignInit and C_Sign, which python-pkcs11 performs as one call: such
+keys are refused with that reason, and ``--reuse-pin`` (the helper's answer to them) is accepted
+without effect. The module is ``--pkcs11-lib``, else the URI's ``module-path``, else
 ``p11-kit-proxy.so`` (p11-kit then loads the system's registered modules), as the helper's default.
 
 A TPM 2.0 works through tpm2-pkcs11 as such a module (``--pkcs11-lib libtpm2_pkcs11.so.1``), tested
@@ -252,14 +253,12 @@ class _TokenKeyMixin:
         self._session, self._key, self._public = session, key, public
         self._pin, self._reuse_pin, self._where = pin, reuse_pin, where
         self._lock = threading.Lock()
-        self._always_auth = bool(_attribute(key, Attribute.ALWAYS_AUTHENTICATE))
+        # Such a key wants its PIN between C_SignInit and C_Sign, which python-pkcs11 makes one call.
+        self.always_auth = bool(_attribute(key, Attribute.ALWAYS_AUTHENTICATE))
 
     def _token_sign(self, data: bytes, mechanism: Mechanism) -> bytes:
         with self._lock:
             try:
-                if self._always_auth:
-                    pin = self._pin if self._reuse_pin else user_pin(Pkcs11Uri("pkcs11:"), "context-specific PIN")
-                    self._session.reaffirm_credentials(pin)
                 return bytes(self._key.sign(data, mechanism=mechanism))
             except p11.PKCS11Error as exc:
                 raise Pkcs11Error(f"signing with {self._where} failed: {type(exc).__name__} {exc}".strip()) from None
@@ -329,10 +328,18 @@ def _key_for(session: Any, uri: Pkcs11Uri, cert: x509.Certificate, pin: str, reu
     """The private key matching ``uri`` whose signatures ``cert`` verifies."""
     public = cert.public_key()
     candidates = list(session.get_objects(_template(uri, ObjectClass.PRIVATE_KEY)))
+    always_auth = False
     for obj in candidates:
         key = _wrap(session, obj, public, pin, reuse_pin, uri.redacted)
-        if key is not None and _verifies(key, public):
+        if key is not None and key.always_auth:
+            always_auth = True
+        elif key is not None and _verifies(key, public):
             return key
+    if always_auth:
+        raise Pkcs11Error(
+            f"{uri.redacted} asks for a PIN before each signature (CKA_ALWAYS_AUTHENTICATE): such keys are not "
+            "supported; use a key without it (--reuse-pin cannot help here)"
+        )
     what = f"{len(candidates)} private key(s) match {uri.redacted}" if candidates else "no private key matches"
     raise Pkcs11Error(f"{what}, none of them for certificate {cert.subject.rfc4514_string()!r}")
 
@@ -347,7 +354,7 @@ def _certificate_for_key(session: Any, uri: Pkcs11Uri, pin: str) -> x509.Certifi
     for tc in sorted(certs, key=lambda c: c.key_id not in ids):
         for obj in keys:
             key = _wrap(session, obj, tc.certificate.public_key(), pin, False, uri.redacted)
-            if key is not None and _verifies(key, tc.certificate.public_key()):
+            if key is not None and not key.always_auth and _verifies(key, tc.certificate.public_key()):
                 return tc.certificate
     raise Pkcs11Error(f"no certificate on the token belongs to the key {uri.redacted}: pass --certificate")
 
