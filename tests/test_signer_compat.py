@@ -344,3 +344,16 @@ def test_comparison_table_matches_help() -> None:
     helper_commands = {"credential-process", "serve", "update", "sign-string", "read-certificate-data", "version",
                        "help", "completion"}  # fmt: skip
     assert helper_commands <= {c for c, _, _ in rows}
+
+
+def test_session_options_take_bytes_and_objects(pki: dict[str, Any], fake: FakeService) -> None:
+    """The Python API (SessionOptions, hence roles_anywhere_session) signs with objects, no files."""
+    from pki.signer.session import SessionOptions, create_session
+
+    opts = SessionOptions(
+        certificate=pem(pki["ec_leaf"]), private_key=pki["ec_key"], intermediates=[pki["inter"]],
+        trust_anchor_arn=base.ANCHOR, profile_arn=base.PROFILE, role_arn=base.ROLE, endpoint=fake.url, max_attempts=1,
+    )  # fmt: skip
+    assert create_session(opts).access_key_id == "ASIATESTKEY"
+    (req,) = fake.requests
+    assert req["headers"]["X-Amz-X509-Chain"]
