@@ -10,7 +10,11 @@ helper's (and IMDSv2's): ``PUT /latest/api/token`` with ``x-aws-ec2-metadata-tok
 What differs from the helper, on purpose:
 
 - ``--bind`` picks the listening address (loopback unless asked), so a sidecar can serve a pod;
-  ``--hop-limit`` (IP TTL, default 64) still keeps answers from travelling further than intended;
+  ``--hop-limit`` (IP TTL: 64 on loopback, 1 elsewhere, as the helper's PR #29) keeps answers from
+  travelling further than intended;
+- a container credentials endpoint (:mod:`pki.signer.container`) beside IMDS, for SDKs in
+  containers with no IMDS, and ``/latest/meta-data/placement/region``;
+- ``--fail-fast`` exits when the first CreateSession fails (by default the server starts anyway);
 - credentials are cached and refreshed in the background well before expiry (the earlier of
   ``expiry - 15 min`` and half the lifetime), so SDK calls never wait on CreateSession and the
   10 requests/s quota is never approached;
