@@ -50,7 +50,7 @@ def _certificate_bytes(certificate: str) -> bytes:
     if certificate.startswith("pkcs11:"):
         return certificate.encode()
     if certificate == "-":
-        from pki.signer.material import read_stdin
+        from pki.signer.stdin import read_stdin
 
         return read_stdin()
     try:

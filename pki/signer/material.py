@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pki.errors import InvalidInput, RapkiError
+from pki.signer.stdin import STDIN, read_stdin
 from pki.x509.keys import KeyType, PrivateKey, key_family, load_private_key, public_key_matches
 
 # The service refuses a longer X-Amz-X509-Chain.
@@ -66,20 +67,6 @@ def file_fingerprint(paths: list[str]) -> tuple[tuple[str, int, int, int], ...]:
         except OSError:
             out.append((path, -1, -1, -1))
     return tuple(out)
-
-
-STDIN = "-"
-_stdin_data: bytes | None = None
-
-
-def read_stdin() -> bytes:
-    """Standard input, read once: ``--certificate -`` and ``--private-key -`` share one PEM stream."""
-    global _stdin_data
-    if _stdin_data is None:
-        import sys
-
-        _stdin_data = sys.stdin.buffer.read()
-    return _stdin_data
 
 
 TPM_HINT = (
