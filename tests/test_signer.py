@@ -484,15 +484,27 @@ def test_bad_input_exit_1_nothing_on_stdout(files: dict[str, Path], fake: FakeSe
 
 
 @pytest.mark.e2e
-def test_proxy_is_used_only_with_flag(files: dict[str, Path], fake: FakeService) -> None:
-    """--with-proxy sends through HTTP_PROXY; the Host header (signed) stays the endpoint's."""
+@pytest.mark.parametrize("flag", [[], ["--with-proxy"], ["--with-proxy=false"], ["--with-proxy=true"]])
+def test_proxy_from_environment_with_or_without_flag(
+    files: dict[str, Path], fake: FakeService, flag: list[str]
+) -> None:
+    """HTTP_PROXY is honoured whatever --with-proxy says (the Go SDK's default transport reads it);
+    the Host header (signed) stays the endpoint's."""
     env = {"HTTP_PROXY": fake.url, "http_proxy": fake.url, "NO_PROXY": "", "no_proxy": ""}
     args = base_args(files, "http://rolesanywhere.example.test")
-    result = run_signer("credential-process", *args, "--with-proxy", env=env)
+    result = run_signer("credential-process", *args, *flag, env=env)
     assert result.returncode == 0, result.stderr.decode()
     (req,) = fake.requests
     assert req["path"].startswith("http://rolesanywhere.example.test/sessions?")
     assert req["headers"]["Host"] == "rolesanywhere.example.test"
+
+
+@pytest.mark.e2e
+def test_no_proxy_bypasses_the_proxy(files: dict[str, Path], fake: FakeService) -> None:
+    host = fake.url.split("//", 1)[1].split(":")[0]
+    env = {"HTTP_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9", "NO_PROXY": host, "no_proxy": host}
+    result = run_signer("credential-process", *base_args(files, fake.url), env=env)
+    assert result.returncode == 0, result.stderr.decode()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -417,3 +417,50 @@ def test_tls_verification_and_no_verify_ssl(ra: Setup, tmp_path: Path) -> None:
     assert_credentials(run_signer("credential-process", *without_bundle, "--no-verify-ssl"))
     # AWS_CA_BUNDLE works like --ca-bundle.
     assert_credentials(run_signer("credential-process", *without_bundle, env={"AWS_CA_BUNDLE": ra.emulator.ca_bundle}))
+
+
+# ------------------------------------------------------------------------------------------------
+# credential-process --cache
+
+
+def test_parallel_cached_processes_make_one_create_session(
+    ra: Setup, emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    """Eight SDK processes starting at once share one CreateSession (the helper's issue #31)."""
+    ra.issue(tmp_path / "id")
+    args = [*ra.args(tmp_path / "id"), "--cache-dir", str(tmp_path / "cache")]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    emulator.reset_stats()
+    procs = [subprocess.Popen([*signer_cmd(), "credential-process", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=clean) for _ in range(8)]  # fmt: skip
+    outputs = set()
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+        outputs.add(out)
+    assert len(outputs) == 1
+    assert emulator.stats()["calls"].get("CreateSession") == 1
+    assert_credentials(run_signer("credential-process", *args))
+    assert emulator.stats()["calls"].get("CreateSession") == 1
+
+
+CACHE_HIT_PROBE = (
+    "import sys, io, contextlib\n"
+    "from pki.signer.cli import main\n"
+    "out = io.StringIO()\n"
+    "with contextlib.redirect_stdout(out):\n"
+    "    rc = main(sys.argv[1:])\n"
+    "loaded = sorted(m for m in ('cryptography', 'http.client', 'ssl', 'pki.signer.session', 'pki.signer.material',\n"
+    "                            'pki.rolesanywhere', 'boto3') if m in sys.modules)\n"
+    "print(rc, loaded)\n"
+)
+
+
+def test_cache_hit_loads_only_the_standard_library(ra: Setup, tmp_path: Path) -> None:
+    """What a cache hit loads: no cryptography, no TLS, none of the signing code."""
+    ra.issue(tmp_path / "id")
+    args = ["credential-process", *ra.args(tmp_path / "id"), "--cache-dir", str(tmp_path / "cache")]
+    assert_credentials(run_signer(*args))
+    result = subprocess.run([sys.executable, "-c", CACHE_HIT_PROBE, *args], capture_output=True, text=True,
+                            timeout=120, check=False)  # fmt: skip
+    assert result.stdout.strip() == "0 []", result.stderr

@@ -5,7 +5,12 @@ that ``credential-process`` (started by the SDK on every refresh) imports only w
 
 - :mod:`pki.signer.material`  certificate, key, intermediates and PKCS#12 loading
 - :mod:`pki.signer.session`   one CreateSession call with retries and actionable errors
+- :mod:`pki.signer.inputs`    material from paths, ``pkcs11:`` URIs, bytes or objects
+- :mod:`pki.signer.pkcs11`    keys and certificates on PKCS#11 tokens (python-pkcs11, the ``hsm`` extra)
+- :mod:`pki.signer.cache`     ``credential-process --cache`` (standard library only on a hit)
 - :mod:`pki.signer.serve`     the IMDSv2-compatible credentials endpoint
+- :mod:`pki.signer.container` serve's container credentials endpoint
+- :mod:`pki.signer.completion` shell completion scripts
 - :mod:`pki.signer.update`    the shared credentials file writer
 - :mod:`pki.signer.boto`      a ``boto3.Session`` factory (the only module importing boto3)
 - :mod:`pki.signer.cli`       the command line

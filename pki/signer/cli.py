@@ -36,15 +36,17 @@ from typing import Any, NoReturn
 
 PROG = "rapki-signer"
 
-# The helper's flags for hardware and OS certificate stores: accepted so a copied command line fails
+# The helper's flags for OS certificate stores and TPM keys: accepted so a copied command line fails
 # with a clear sentence rather than "unrecognized arguments".
 _UNSUPPORTED = (
     "--cert-selector",
     "--system-store-name",
-    "--pkcs11-lib",
     "--tpm-key-password",
 )
-_UNSUPPORTED_FLAGS = ("--use-latest-expiring-certificate", "--reuse-pin", "--no-tpm-key-password")
+_UNSUPPORTED_FLAGS = ("--use-latest-expiring-certificate", "--no-tpm-key-password")
+# Go's strconv.ParseBool, which cobra uses for "--flag=value" on boolean flags.
+_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,8 +59,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_credential_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("credentials")
-    g.add_argument("--certificate", default="", help="path to the PEM certificate, or a PKCS#12 bundle")
-    g.add_argument("--private-key", default="", help="path to the private key (PKCS#1, SEC1, PKCS#8)")
+    g.add_argument(
+        "--certificate", default="", help="PEM certificate (with its key, or not), PKCS#12 bundle, pkcs11: URI, or -"
+    )
+    g.add_argument("--private-key", default="", help="private key (PKCS#1, SEC1, PKCS#8), pkcs11: URI, or -")
     g.add_argument("--intermediates", default="", help="path to a PEM bundle of intermediate CAs")
     g.add_argument("--pkcs8-password", default="", help="password of an encrypted PKCS#8 key (or PKCS#12)")
     g.add_argument("--trust-anchor-arn", default="", help="trust anchor to use for authentication")
@@ -72,7 +76,9 @@ def _add_credential_flags(p: argparse.ArgumentParser) -> None:
     n.add_argument("--region", default="", help="signing region (default: the trust anchor ARN's)")
     n.add_argument("--endpoint", default="", help="endpoint for CreateSession: https://host[:port] or http://...")
     n.add_argument("--no-verify-ssl", action="store_true", help="do not verify the endpoint's TLS certificate")
-    n.add_argument("--with-proxy", action="store_true", help="use HTTPS_PROXY/HTTP_PROXY/NO_PROXY")
+    n.add_argument(
+        "--with-proxy", action="store_true", help="accepted; HTTPS_PROXY/HTTP_PROXY/NO_PROXY are always honoured"
+    )
     n.add_argument("--ca-bundle", default="", help="CA bundle to verify the endpoint with (env AWS_CA_BUNDLE)")
     n.add_argument("--use-fips-endpoint", action="store_true", help="use the FIPS endpoint (env AWS_USE_FIPS_ENDPOINT)")
     n.add_argument(
@@ -80,7 +86,16 @@ def _add_credential_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the dual-stack endpoint (env AWS_USE_DUALSTACK_ENDPOINT)",
     )
+    _add_pkcs11_flags(p)
     _add_unsupported(p)
+
+
+def _add_pkcs11_flags(p: argparse.ArgumentParser) -> None:
+    h = p.add_argument_group("PKCS#11 tokens")
+    h.add_argument("--pkcs11-lib", default="", help="PKCS#11 module (default: p11-kit-proxy.so)")
+    h.add_argument(
+        "--reuse-pin", action="store_true", help="accepted, no effect (keys needing a PIN per signature are refused)"
+    )
 
 
 def _add_unsupported(p: argparse.ArgumentParser, flags: tuple[str, ...] = _UNSUPPORTED) -> None:
@@ -106,12 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("credential-process", "print credentials for the SDKs' credential_process setting")
     _add_credential_flags(p)
+    c = p.add_argument_group("cache (rapki-signer only)")
+    c.add_argument("--cache", action="store_true", help="share credentials among processes (a 0600 file per identity)")
+    c.add_argument("--cache-dir", default="", help="cache directory (implies --cache; default ~/.cache/rapki-signer)")
 
     p = command("serve", "serve credentials on an IMDSv2-compatible endpoint")
     _add_credential_flags(p)
     p.add_argument("--port", type=int, default=9911, help="port to listen on (default 9911; 0 picks one)")
     p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1, loopback only)")
-    p.add_argument("--hop-limit", type=int, default=64, help="IP TTL of the answers (default 64)")
+    p.add_argument(
+        "--hop-limit", type=int, default=None, help="IP TTL of the answers (default 64 on loopback, 1 otherwise)"
+    )
+    p.add_argument("--fail-fast", action="store_true", help="exit 1 when the first CreateSession fails")
+    p.add_argument(
+        "--container-token-file",
+        default="",
+        help="token file for the container endpoint (default: generated, see AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE)",
+    )
 
     p = command("update", "keep a profile of the shared credentials file up to date")
     _add_credential_flags(p)
@@ -119,24 +145,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="update the profile once and exit")
 
     p = command("sign-string", "sign the helper's fixed test string with the private key")
-    p.add_argument("--certificate", default="", help="accepted for compatibility; not needed for key files")
-    p.add_argument("--private-key", default="", help="path to the private key")
+    p.add_argument("--certificate", default="", help="PKCS#12 bundle, PEM with its key, or pkcs11: URI")
+    p.add_argument("--private-key", default="", help="private key file or pkcs11: URI")
     p.add_argument("--pkcs8-password", default="", help="password of an encrypted PKCS#8 key")
     p.add_argument("--format", choices=("json", "text", "bin"), default="json", help="output format")
     p.add_argument("--digest", choices=("SHA256", "SHA384", "SHA512"), default="SHA256", help="digest")
+    _add_pkcs11_flags(p)
     _add_unsupported(p)
 
     p = command("read-certificate-data", "print a certificate's key type, DER, serial and algorithms")
-    p.add_argument("--certificate", default="", help="path to the certificate file")
-    _add_unsupported(p, ("--cert-selector", "--system-store-name", "--pkcs11-lib"))
+    p.add_argument("--certificate", default="", help="certificate file, or pkcs11: URI listing token certificates")
+    p.add_argument("--pkcs11-lib", default="", help="PKCS#11 module (default: p11-kit-proxy.so)")
+    _add_unsupported(p, ("--cert-selector", "--system-store-name"))
 
     sub.add_parser("version", help="print the version")
+    p = sub.add_parser("help", help="help about any command")
+    p.add_argument("topic", nargs="*", help="command")
+    p = sub.add_parser("completion", help="print a shell completion script")
+    p.add_argument("shell", choices=("bash", "zsh", "fish", "powershell"))
     return parser
+
+
+def normalise_bool_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Rewrite cobra's ``--flag=true``/``--flag=false`` for boolean flags into argparse's form."""
+    bool_flags = {
+        option
+        for sub in _subparsers(parser)
+        for action in sub._actions
+        if isinstance(action, argparse._StoreTrueAction)
+        for option in action.option_strings
+    }
+    out = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        if not sep or name not in bool_flags:
+            out.append(arg)
+        elif value in _GO_TRUE:
+            out.append(name)
+        elif value not in _GO_FALSE:
+            parser.error(f'invalid argument "{value}" for "{name}" flag: a boolean is true or false')
+    return out
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return list(action.choices.values())
+    return []
 
 
 def _prompt_password_if_needed(args: argparse.Namespace) -> None:
     """Ask for an encrypted key's password on a terminal, as the helper does; never when run by an SDK."""
-    if getattr(args, "pkcs8_password", "") or not getattr(args, "private_key", "") or not sys.stdin.isatty():
+    key = getattr(args, "private_key", "")
+    if getattr(args, "pkcs8_password", "") or not key or key == "-" or key.startswith("pkcs11:"):
+        return
+    if not sys.stdin.isatty():
         return
     try:
         with open(args.private_key, "rb") as fh:
@@ -165,6 +228,8 @@ def session_options(args: argparse.Namespace) -> Any:
         endpoint=args.endpoint or None,
         role_session_name=args.role_session_name or None,
         no_verify_ssl=args.no_verify_ssl,
+        pkcs11_lib=getattr(args, "pkcs11_lib", "") or None,
+        reuse_pin=getattr(args, "reuse_pin", False),
         with_proxy=args.with_proxy,
         ca_bundle=args.ca_bundle or None,
         use_fips_endpoint=args.use_fips_endpoint,
@@ -180,23 +245,55 @@ def _refuse_unsupported(args: argparse.Namespace) -> None:
         dest = flag[2:].replace("-", "_")
         if getattr(args, dest, None):
             raise InvalidInput(
-                f"{flag} (OS certificate stores, PKCS#11 and TPM keys) is not supported by rapki-signer: "
-                "use --certificate and --private-key files, or a PKCS#12 bundle"
+                f"{flag} (OS certificate stores and TPM keys) is not supported by rapki-signer: use "
+                "--certificate and --private-key files, a PKCS#12 bundle, or pkcs11: URIs (a TPM through tpm2-pkcs11)"
             )
 
 
 def cmd_credential_process(args: argparse.Namespace) -> None:
-    from pki.signer.session import create_session
+    if args.cache or args.cache_dir:
+        output = _cached_credentials(args)
+    else:
+        from pki.signer.session import create_session
 
-    creds = create_session(session_options(args))
-    sys.stdout.write(creds.process_output())
+        output = create_session(session_options(args)).process_output()
+    sys.stdout.write(output)
     sys.stdout.flush()
+
+
+def _cached_credentials(args: argparse.Namespace) -> str:
+    """The hit path imports the standard library only; a miss loads the signer."""
+    from pathlib import Path
+
+    from pki.signer.cache import Entry, cache_key, cached_output, default_dir
+
+    request = {
+        name: getattr(args, name)
+        for name in ("private_key", "intermediates", "trust_anchor_arn", "profile_arn", "role_arn",
+                     "session_duration", "role_session_name", "region", "endpoint", "pkcs11_lib")
+    }  # fmt: skip
+
+    def fetch() -> Entry:
+        from pki.signer.session import create_session
+
+        creds = create_session(session_options(args))
+        return Entry(creds.process_output(), creds.expiration, args.session_duration)
+
+    directory = Path(args.cache_dir).expanduser() if args.cache_dir else default_dir()
+    return cached_output(directory, cache_key(args.certificate, request), fetch)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
     from pki.signer.serve import serve
 
-    serve(session_options(args), port=args.port, bind=args.bind, hop_limit=args.hop_limit)
+    serve(
+        session_options(args),
+        port=args.port,
+        bind=args.bind,
+        hop_limit=args.hop_limit,
+        fail_fast=args.fail_fast,
+        container_token_file=args.container_token_file or None,
+    )
 
 
 def cmd_update(args: argparse.Namespace) -> None:
@@ -206,14 +303,11 @@ def cmd_update(args: argparse.Namespace) -> None:
 
 
 def cmd_sign_string(args: argparse.Namespace) -> None:
-    from pki.signer.material import _read, parse_private_key
-    from pki.signer.tools import sign_fixed_string
+    from pki.signer.tools import sign_fixed_string, signing_key
 
-    if not args.private_key:
-        from pki.errors import InvalidInput
-
-        raise InvalidInput("--private-key is required")
-    key = parse_private_key(_read(args.private_key, "private key"), args.pkcs8_password or None, args.private_key)
+    key = signing_key(
+        args.certificate, args.private_key, args.pkcs8_password or None, args.pkcs11_lib or None, args.reuse_pin
+    )
     signature = sign_fixed_string(key, args.digest)
     if args.format == "bin":
         sys.stdout.buffer.write(signature)
@@ -225,6 +319,11 @@ def cmd_sign_string(args: argparse.Namespace) -> None:
 
 
 def cmd_read_certificate_data(args: argparse.Namespace) -> None:
+    if args.certificate.startswith("pkcs11:"):
+        from pki.signer.pkcs11 import matching_identities
+
+        sys.stdout.write(matching_identities(args.certificate, args.pkcs11_lib or None))
+        return
     from pki.signer.tools import certificate_data
 
     if not args.certificate:
@@ -240,6 +339,26 @@ def cmd_version(args: argparse.Namespace) -> None:
     sys.stdout.write(__version__ + "\n")
 
 
+def cmd_help(args: argparse.Namespace) -> None:
+    parser = build_parser()
+    if not args.topic:
+        parser.print_help()
+        return
+    subs = {sub.prog.split()[-1]: sub for sub in _subparsers(parser)}
+    sub = subs.get(args.topic[0])
+    if sub is None:
+        from pki.errors import InvalidInput
+
+        raise InvalidInput(f"unknown help topic {args.topic[0]!r}: one of {', '.join(subs)}")
+    sub.print_help()
+
+
+def cmd_completion(args: argparse.Namespace) -> None:
+    from pki.signer.completion import completion_script
+
+    sys.stdout.write(completion_script(build_parser(), args.shell))
+
+
 COMMANDS = {
     "credential-process": cmd_credential_process,
     "serve": cmd_serve,
@@ -247,12 +366,14 @@ COMMANDS = {
     "sign-string": cmd_sign_string,
     "read-certificate-data": cmd_read_certificate_data,
     "version": cmd_version,
+    "help": cmd_help,
+    "completion": cmd_completion,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(normalise_bool_flags(parser, sys.argv[1:] if argv is None else argv))
     if not args.command:
         parser.print_help()
         return 0

@@ -8,8 +8,14 @@ Accepted inputs, as with ``aws_signing_helper``:
   encrypted PKCS#8 (``ENCRYPTED PRIVATE KEY`` with ``--pkcs8-password``);
 - ``--intermediates``: a PEM bundle of CA certificates sent in ``X-Amz-X509-Chain``.
 
-Hardware-backed keys (``pkcs11:`` URIs, TPM ``handle:``) are refused with a clear message instead of
-a parse error. Files are re-read by :func:`load_material` on every call, which is what lets
+- ``-`` for ``--certificate`` and/or ``--private-key``: one PEM stream on standard input holding the
+  certificate, the key and optionally the chain (read once per process), and a single PEM file
+  holding both certificate and key with no ``--private-key``, as the helper accepts;
+- ``pkcs11:`` URIs (RFC 7512) for either: :mod:`pki.signer.pkcs11`. TPM ``handle:`` references and
+  TSS2 key files are refused with the way out (tpm2-pkcs11 as a PKCS#11 module).
+
+The Python API also takes bytes and objects (:func:`pki.signer.inputs.load_any`). Files are
+re-read by :func:`load_material` on every call, which is what lets
 ``serve`` and ``update`` pick up a renewed certificate without a restart.
 """
 
@@ -24,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pki.errors import InvalidInput, RapkiError
+from pki.signer.stdin import STDIN, read_stdin
 from pki.x509.keys import KeyType, PrivateKey, key_family, load_private_key, public_key_matches
 
 # The service refuses a longer X-Amz-X509-Chain.
@@ -62,14 +69,19 @@ def file_fingerprint(paths: list[str]) -> tuple[tuple[str, int, int, int], ...]:
     return tuple(out)
 
 
+TPM_HINT = (
+    "TPM keys are not supported by rapki-signer: use the TPM through tpm2-pkcs11 as a PKCS#11 module "
+    "(--pkcs11-lib libtpm2_pkcs11.so.1 --private-key 'pkcs11:token=...;object=...')"
+)
+
+
 def _read(path: str, what: str) -> bytes:
+    if path == STDIN:
+        return read_stdin()
     if path.startswith("pkcs11:"):
-        raise MaterialError(
-            f"{what} {path!r} is a PKCS#11 URI: rapki-signer does not drive hardware tokens; "
-            "export a certificate file or use aws_signing_helper for PKCS#11 keys"
-        )
+        raise MaterialError(f"{what} {path!r} is a PKCS#11 URI: pki.signer.inputs.load_any loads token keys")
     if path.startswith("handle:"):
-        raise MaterialError(f"{what} {path!r} is a TPM handle: TPM keys are not supported by rapki-signer")
+        raise MaterialError(f"{what} {path!r} is a TPM handle: {TPM_HINT}")
     try:
         return Path(path).read_bytes()
     except FileNotFoundError:
@@ -120,6 +132,8 @@ def parse_private_key(data: bytes, password: str | None, path: str = "private ke
     An OpenSSL ``ecparam -genkey`` file starts with an ``EC PARAMETERS`` block that the PEM loader
     does not skip, so the key block is cut out first.
     """
+    if b"-----BEGIN TSS2 PRIVATE KEY-----" in data:
+        raise MaterialError(f"private key {path!r} is a TPM-wrapped (TSS2) key: {TPM_HINT}")
     if b"-----BEGIN" in data:
         keys = [block for kind, block in _pem_blocks(data) if kind.endswith("PRIVATE KEY")]
         if not keys:
@@ -178,17 +192,33 @@ def _is_pem_certificate(data: bytes) -> bool:
     return b"-----BEGIN CERTIFICATE-----" in data
 
 
+def _stdin_chain(data: bytes) -> list[x509.Certificate]:
+    """The certificates after the leaf in a PEM stream on standard input: the chain to send."""
+    blocks = [block for kind, block in _pem_blocks(data) if kind == "CERTIFICATE"][1:]
+    return parse_bundle(b"".join(blocks), "standard input") if blocks else []
+
+
+def _has_pem_key(data: bytes) -> bool:
+    return any(kind.endswith("PRIVATE KEY") for kind, _ in _pem_blocks(data))
+
+
 def load_material(
     certificate: str,
     private_key: str | None = None,
     intermediates: str | None = None,
     pkcs8_password: str | None = None,
 ) -> Material:
-    """Read and check everything needed to sign; every problem becomes one MaterialError."""
+    """Read and check everything needed to sign; every problem becomes one MaterialError.
+
+    Paths only (``-``: standard input); :func:`pki.signer.inputs.load_any` also takes ``pkcs11:``
+    URIs, bytes and loaded objects.
+    """
     if not certificate:
         raise MaterialError("--certificate is required (a PEM certificate or a PKCS#12 bundle)")
     cert_data = _read(certificate, "certificate")
     paths = [certificate]
+    if not private_key and _is_pem_certificate(cert_data) and _has_pem_key(cert_data):
+        private_key = certificate  # one PEM file (or stdin) with both, as the helper accepts
     if not private_key:
         if _is_pem_certificate(cert_data):
             raise MaterialError(
@@ -203,18 +233,21 @@ def load_material(
     else:
         leaf = parse_certificate(cert_data, certificate)
         key = parse_private_key(_read(private_key, "private key"), pkcs8_password, private_key)
-        paths.append(private_key)
+        if private_key != certificate:
+            paths.append(private_key)
         chain: tuple[x509.Certificate, ...] = ()
         if intermediates:
             chain = tuple(parse_bundle(_read(intermediates, "intermediates bundle"), intermediates))
             paths.append(intermediates)
+        elif certificate == STDIN:
+            chain = tuple(_stdin_chain(cert_data))
         material = Material(certificate=leaf, private_key=key, chain=chain)
     check_material(material, certificate, private_key or certificate)
     return Material(
         certificate=material.certificate,
         private_key=material.private_key,
         chain=material.chain,
-        sources=file_fingerprint(paths),
+        sources=file_fingerprint([p for p in paths if p != STDIN]),
     )
 
 

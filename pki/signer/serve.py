@@ -10,7 +10,11 @@ helper's (and IMDSv2's): ``PUT /latest/api/token`` with ``x-aws-ec2-metadata-tok
 What differs from the helper, on purpose:
 
 - ``--bind`` picks the listening address (loopback unless asked), so a sidecar can serve a pod;
-  ``--hop-limit`` (IP TTL, default 64) still keeps answers from travelling further than intended;
+  ``--hop-limit`` (IP TTL: 64 on loopback, 1 elsewhere, as the helper's PR #29) keeps answers from
+  travelling further than intended;
+- a container credentials endpoint (:mod:`pki.signer.container`) beside IMDS, for SDKs in
+  containers with no IMDS, and ``/latest/meta-data/placement/region``;
+- ``--fail-fast`` exits when the first CreateSession fails (by default the server starts anyway);
 - credentials are cached and refreshed in the background well before expiry (the earlier of
   ``expiry - 15 min`` and half the lifetime), so SDK calls never wait on CreateSession and the
   10 requests/s quota is never approached;
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -33,10 +38,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from pki.errors import InvalidInput, RapkiError
 from pki.rolesanywhere.arns import IamRoleArn
+from pki.rolesanywhere.endpoints import session_region
+from pki.rolesanywhere.partitions import split_fips
+from pki.signer.container import CONTAINER_PATH, authorized, container_body, load_or_create_token
 from pki.signer.material import Material, file_fingerprint
 from pki.signer.session import Credentials, SessionOptions, create_session, go_json
 
@@ -45,6 +54,7 @@ DEFAULT_HOP_LIMIT = 64
 DEFAULT_BIND = "127.0.0.1"
 TOKEN_PATH = "/latest/api/token"
 CREDS_PATH = "/latest/meta-data/iam/security-credentials"
+REGION_PATH = "/latest/meta-data/placement/region"
 TOKEN_HEADER = "x-aws-ec2-metadata-token"
 TTL_HEADER = "x-aws-ec2-metadata-token-ttl-seconds"
 DEFAULT_TOKEN_TTL = 21600
@@ -97,7 +107,7 @@ class CredentialCache:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._paths = [p for p in (opts.certificate, opts.private_key, opts.intermediates) if p]
+        self._paths = opts.file_paths()
 
     # -- policy ---------------------------------------------------------------------------------
     def _refresh_margin(self, creds: Credentials) -> float:
@@ -254,14 +264,33 @@ class ImdsServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], cache: CredentialCache, role: str, hop_limit: int) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        cache: CredentialCache,
+        role: str,
+        hop_limit: int,
+        *,
+        region: str = "",
+        container_token: str = "",
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.cache = cache
         self.role = role
         self.hop_limit = hop_limit
+        self.region = region
+        self.container_token = container_token
+        self.container_token_file: str = ""
+        self.owned_token_dir: Path | None = None  # a generated token's private directory, removed at close
         self.tokens = MetadataTokens()
         super().__init__(address, ImdsHandler)
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self.owned_token_dir is not None:
+            shutil.rmtree(self.owned_token_dir, ignore_errors=True)
+            self.owned_token_dir = None
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
@@ -287,10 +316,10 @@ class ImdsHandler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: str | bytes = b"", headers: dict[str, str] | None = None) -> None:
         data = body.encode() if isinstance(body, str) else body
+        headers = {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
+        for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
@@ -300,6 +329,10 @@ class ImdsHandler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in (TOKEN_PATH, TOKEN_PATH + "/"):
             return "token"
+        if path == CONTAINER_PATH:
+            return "container"
+        if path == REGION_PATH:
+            return "region"
         if path in (CREDS_PATH, CREDS_PATH + "/"):
             return "roles"
         role = self.server.role
@@ -321,13 +354,38 @@ class ImdsHandler(BaseHTTPRequestHandler):
         if self.command != "GET":
             self._send(405)
             return
+        if route == "container":
+            self._container_credentials()
+            return
         ttl = self._check_token()
         if ttl is None:
             return
         if route == "roles":
             self._send(200, self.server.role, {TTL_HEADER: str(ttl)})
+        elif route == "region":
+            self._send(200, self.server.region, {TTL_HEADER: str(ttl)})
         else:
             self._credentials(ttl)
+
+    def _json(self, status: int, body: dict[str, str]) -> None:
+        self._send(status, go_json(body) + "\n", {"Content-Type": "application/json"})
+
+    def _container_credentials(self) -> None:
+        if not self.server.container_token or not authorized(
+            self.server.container_token, self.headers.get("Authorization")
+        ):
+            self._json(401, {"code": "Unauthorized", "message": "missing or wrong Authorization token"})
+            return
+        try:
+            creds, _ = self.server.cache.get()
+        except CredentialsUnavailable as exc:
+            self._json(503, {"code": "Unavailable", "message": str(exc)})
+            return
+        body = container_body(
+            creds.access_key_id, creds.secret_access_key, creds.session_token, go_time(creds.expires_at),
+            creds.assumed_role_arn or self.server.cache.opts.role_arn,
+        )  # fmt: skip
+        self._json(200, body)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = do_HEAD = _dispatch
 
@@ -375,42 +433,75 @@ class ImdsHandler(BaseHTTPRequestHandler):
         self._send(200, go_json(body) + "\n", {TTL_HEADER: str(ttl)})
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def default_hop_limit(bind: str) -> int:
+    """64 on loopback; 1 elsewhere, so answers die at the first router (the helper's PR #29)."""
+    return DEFAULT_HOP_LIMIT if bind in LOOPBACK or bind.startswith("127.") else 1
+
+
 def make_server(
     opts: SessionOptions,
     *,
     port: int = DEFAULT_PORT,
     bind: str = DEFAULT_BIND,
-    hop_limit: int = DEFAULT_HOP_LIMIT,
+    hop_limit: int | None = None,
     cache: CredentialCache | None = None,
+    fail_fast: bool = False,
+    container_token_file: str | None = None,
 ) -> ImdsServer:
-    """Check the options, fetch the first credentials (a failure is logged, not fatal) and bind."""
+    """Check the options, fetch the first credentials and bind.
+
+    A failed first fetch is logged and the server starts anyway (the helper's behaviour, and what a
+    host that boots before the network needs); ``fail_fast`` makes it an error instead.
+    """
     opts.check()
     role = IamRoleArn.parse(opts.role_arn, "--role-arn").name
+    hop_limit = default_hop_limit(bind) if hop_limit is None else hop_limit
     if not 1 <= hop_limit <= 255:
         raise InvalidInput("--hop-limit must be 1-255")
     cache = cache or CredentialCache(opts)
     opts.load_material()  # unreadable files or a key mismatch stop here, before listening
-    cache.refresh(force=True)
+    if not cache.refresh(force=True) and fail_fast:
+        raise RapkiError(f"--fail-fast: the first CreateSession failed: {cache.last_error}")
+    region = split_fips(session_region(opts.trust_anchor_arn, opts.profile_arn, opts.region))[0]
+    token, token_file = load_or_create_token(container_token_file)
     try:
-        return ImdsServer((bind, port), cache, role, hop_limit)
+        server = ImdsServer((bind, port), cache, role, hop_limit, region=region, container_token=token)
     except OSError as exc:
         raise RapkiError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}") from None
+    server.container_token_file = str(token_file)
+    server.owned_token_dir = None if container_token_file else token_file.parent
+    return server
 
 
 def serve(
-    opts: SessionOptions, *, port: int = DEFAULT_PORT, bind: str = DEFAULT_BIND, hop_limit: int = DEFAULT_HOP_LIMIT
+    opts: SessionOptions,
+    *,
+    port: int = DEFAULT_PORT,
+    bind: str = DEFAULT_BIND,
+    hop_limit: int | None = None,
+    fail_fast: bool = False,
+    container_token_file: str | None = None,
 ) -> None:
     """Run until SIGINT/SIGTERM."""
-    server = make_server(opts, port=port, bind=bind, hop_limit=hop_limit)
+    server = make_server(
+        opts, port=port, bind=bind, hop_limit=hop_limit, fail_fast=fail_fast, container_token_file=container_token_file
+    )
     host, actual_port = server.server_address[:2]
     host = host.decode() if isinstance(host, bytes) else str(host)
     shown = f"[{host}]" if ":" in host else host
     server.cache.start()
-    if bind not in ("127.0.0.1", "::1", "localhost"):
-        log(f"warning: listening on {bind}: anyone who can reach it gets these credentials")
+    if bind not in LOOPBACK:
+        log(f"warning: listening on {bind}: anyone who can reach it gets these credentials "
+            f"(IP TTL {server.hop_limit})")
     log(f"Local server started on port: {actual_port}")
     log("Make it available to the sdk by running:")
     log(f"export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://{shown}:{actual_port}/")
+    log("or, for the SDKs' container credentials provider:")
+    log(f"export AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{shown}:{actual_port}{CONTAINER_PATH}")
+    log(f"export AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={server.container_token_file}")
 
     def stop(signum: int, frame: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()

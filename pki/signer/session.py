@@ -24,7 +24,7 @@ from pki import __version__
 from pki.errors import InvalidInput, RapkiError
 from pki.rolesanywhere.endpoints import Endpoint, env_flag, resolve_endpoint, session_region
 from pki.rolesanywhere.partitions import split_fips
-from pki.signer.material import Material, describe_certificate, load_material
+from pki.signer.material import Material, describe_certificate
 
 DEFAULT_DURATION = 3600
 DEFAULT_MAX_ATTEMPTS = 3
@@ -47,9 +47,10 @@ USER_AGENT = f"rapki-signer/{__version__} (python {sys.version_info[0]}.{sys.ver
 class SessionOptions:
     """Everything the credential-vending commands take, named after the helper's flags."""
 
-    certificate: str = ""
-    private_key: str | None = None
-    intermediates: str | None = None
+    # Paths (``-``: standard input, ``pkcs11:`` URIs), or for the Python API bytes and loaded objects.
+    certificate: Any = ""
+    private_key: Any = None
+    intermediates: Any = None
     pkcs8_password: str | None = None
     trust_anchor_arn: str = ""
     profile_arn: str = ""
@@ -66,6 +67,8 @@ class SessionOptions:
     debug: bool = False
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     timeout: float = 10.0
+    pkcs11_lib: str | None = None
+    reuse_pin: bool = False
 
     def __post_init__(self) -> None:
         # The SDK-wide environment settings the helper honours through the Go SDK's config loader.
@@ -83,7 +86,8 @@ class SessionOptions:
                 ("--trust-anchor-arn", self.trust_anchor_arn),
                 ("--profile-arn", self.profile_arn),
                 ("--role-arn", self.role_arn),
-                ("--certificate", self.certificate),
+                # A token key alone is enough: its certificate is found on the token.
+                ("--certificate", self.certificate or str(self.private_key or "").startswith("pkcs11:")),
             )
             if not value
         ]
@@ -91,7 +95,21 @@ class SessionOptions:
             raise InvalidInput(f"missing required flag(s): {', '.join(missing)}")
 
     def load_material(self) -> Material:
-        return load_material(self.certificate, self.private_key, self.intermediates, self.pkcs8_password)
+        from pki.signer.inputs import load_any
+
+        return load_any(
+            self.certificate,
+            self.private_key,
+            self.intermediates,
+            self.pkcs8_password,
+            pkcs11_lib=self.pkcs11_lib,
+            reuse_pin=self.reuse_pin,
+        )
+
+    def file_paths(self) -> list[str]:
+        """The files behind the material (not stdin, tokens or objects): serve watches them."""
+        given = (self.certificate, self.private_key, self.intermediates)
+        return [p for p in given if isinstance(p, str) and p and p != "-" and not p.startswith("pkcs11:")]
 
 
 @dataclass(frozen=True)
@@ -192,7 +210,7 @@ def debug_log(enabled: bool, text: str) -> None:
 
 def _connection(endpoint: Endpoint, opts: SessionOptions) -> tuple[http.client.HTTPConnection, str]:
     """An unopened connection and the request target (absolute URL when going through an http proxy)."""
-    proxy = _proxy_for(endpoint) if opts.with_proxy else None
+    proxy = _proxy_for(endpoint)
     context = None
     if endpoint.scheme == "https":
         context = tls_context(opts.ca_bundle, opts.no_verify_ssl)
@@ -220,7 +238,11 @@ def _connection(endpoint: Endpoint, opts: SessionOptions) -> tuple[http.client.H
 
 
 def _proxy_for(endpoint: Endpoint) -> str | None:
-    """HTTPS_PROXY/HTTP_PROXY/NO_PROXY, read only when --with-proxy asks (as the helper does)."""
+    """HTTPS_PROXY/HTTP_PROXY/NO_PROXY, always honoured.
+
+    The helper's transport is the Go SDK's default one, which already reads these variables;
+    ``--with-proxy`` sets the same function again, so it changes nothing and is accepted for that.
+    """
     # proxy_bypass_environment is public in urllib.request but missing from typeshed.
     from urllib.request import getproxies_environment, proxy_bypass_environment  # type: ignore[attr-defined]
 
@@ -414,7 +436,7 @@ def _transport_error(exc: BaseException, endpoint: Endpoint, opts: SessionOption
         f"could not reach {endpoint.url}: {reason}",
         error_type="ConnectionError",
         retryable=True,
-        hint="check --endpoint/--region, the network path, and --with-proxy with HTTPS_PROXY if a proxy is needed",
+        hint="check --endpoint/--region, the network path, and HTTPS_PROXY/NO_PROXY if a proxy is needed",
     )
 
 

@@ -14,7 +14,8 @@ import hashlib
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from pki.signer.material import _read, key_type_label, parse_certificate
+from pki.errors import InvalidInput
+from pki.signer.material import _read, key_type_label, load_material, parse_certificate, parse_private_key
 from pki.signer.session import go_json
 from pki.x509.keys import PrivateKey
 
@@ -42,6 +43,22 @@ def sign_fixed_string(key: PrivateKey, digest: str = "SHA256") -> bytes:
     if isinstance(key, rsa.RSAPrivateKey):
         return key.sign(data, padding.PKCS1v15(), algorithm)
     return key.sign(data, ec.ECDSA(algorithm))
+
+
+def signing_key(
+    certificate: str, private_key: str, password: str | None, pkcs11_lib: str | None = None, reuse_pin: bool = False
+) -> PrivateKey:
+    """The key ``sign-string`` signs with: a key file, a token key, or the key inside a PKCS#12
+    bundle or a PEM file holding both (``--certificate`` alone, as the helper allows)."""
+    if private_key.startswith("pkcs11:") or (not private_key and certificate.startswith("pkcs11:")):
+        from pki.signer.pkcs11 import token_key
+
+        return token_key(certificate, private_key, pkcs11_lib, reuse_pin)
+    if private_key:
+        return parse_private_key(_read(private_key, "private key"), password, private_key)
+    if not certificate:
+        raise InvalidInput("--private-key is required (or --certificate with a PKCS#12 bundle)")
+    return load_material(certificate, None, None, password).private_key
 
 
 def certificate_data(path: str) -> str:

@@ -20,7 +20,6 @@ whatever the old mode) and serialised by an advisory lock on ``<file>.lock``, so
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sys
 import time
@@ -29,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pki.files import atomic_write
+from pki.signer.cache import file_lock
 from pki.signer.session import Credentials, SessionOptions, create_session
 
 UPDATE_REFRESH_BEFORE = 5 * 60  # seconds before expiry, as the helper
@@ -81,22 +81,14 @@ def rewrite(lines: list[str], profile: str, creds: Credentials) -> str:
 
 @contextlib.contextmanager
 def locked(path: Path, timeout: float = 30.0) -> Iterator[None]:
-    """An exclusive advisory lock on ``<path>.lock`` (the file itself is replaced, so not locked)."""
+    """An exclusive advisory lock on ``<path>.lock`` (the file itself is replaced, so not locked);
+    fcntl on POSIX, msvcrt on Windows, both imported only when locking."""
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{lock_path} is held by another writer") from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+        with file_lock(lock_path, timeout):
+            yield
+    except TimeoutError:
+        raise TimeoutError(f"{lock_path} is held by another writer") from None
 
 
 def read_lines(path: Path) -> list[str]:
