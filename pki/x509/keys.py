@@ -1,7 +1,11 @@
 """Key types rapki issues for and accepts, and how CA keys are kept at rest.
 
-Roles Anywhere accepts RSA and EC P-256/P-384 leaves; Ed25519 is refused, RSA below 2048 bits too.
-CA keys are stored as encrypted PKCS#8 (``BestAvailableEncryption``) and never written in clear.
+Roles Anywhere accepts RSA, EC P-256/P-384 and post-quantum ML-DSA-44/65/87 (FIPS 204) keys;
+Ed25519 is refused, RSA below 2048 bits too. CA keys are stored as encrypted PKCS#8
+(``BestAvailableEncryption``) and never written in clear.
+
+ML-DSA signs the message itself (no separate hash), so ``KeyType.signature_hash`` is ``None`` for
+it, which is what ``cryptography``'s builders take for such keys.
 """
 
 from __future__ import annotations
@@ -12,13 +16,22 @@ from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from pki.errors import InvalidInput, PolicyViolation, WrongPassphrase
 
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+MLDSAPrivateKey = mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey
+MLDSAPublicKey = mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | MLDSAPrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | MLDSAPublicKey
+
+# The ML-DSA parameter set of each key class (private and public), by the name KeyType uses.
+_MLDSA_SETS: dict[type, str] = {
+    mldsa.MLDSA44PrivateKey: "ml-dsa-44", mldsa.MLDSA44PublicKey: "ml-dsa-44",
+    mldsa.MLDSA65PrivateKey: "ml-dsa-65", mldsa.MLDSA65PublicKey: "ml-dsa-65",
+    mldsa.MLDSA87PrivateKey: "ml-dsa-87", mldsa.MLDSA87PublicKey: "ml-dsa-87",
+}
 
 
 _FAMILIES: dict[type, str] = {}
@@ -31,6 +44,8 @@ def _family_of_class(cls: type) -> str:
             family = "ec"
         elif issubclass(cls, rsa.RSAPrivateKey | rsa.RSAPublicKey):
             family = "rsa"
+        elif any(issubclass(cls, known) for known in _MLDSA_SETS):
+            family = "mldsa"
         else:
             family = ""
         _FAMILIES[cls] = family
@@ -38,7 +53,7 @@ def _family_of_class(cls: type) -> str:
 
 
 def key_family(key: object) -> str:
-    """``"ec"``, ``"rsa"`` or ``""`` for a key (private or public). ``isinstance`` against
+    """``"ec"``, ``"rsa"``, ``"mldsa"`` or ``""`` for a key (private or public). ``isinstance`` against
     cryptography's key ABCs costs about 0.7 us for its own key classes (registered virtual
     subclasses); issuing asks four times per certificate, so the answer is kept per class."""
     return _family_of_class(type(key))
@@ -54,6 +69,9 @@ class KeyType(enum.StrEnum):
     RSA_2048 = "rsa-2048"
     RSA_3072 = "rsa-3072"
     RSA_4096 = "rsa-4096"
+    ML_DSA_44 = "ml-dsa-44"
+    ML_DSA_65 = "ml-dsa-65"
+    ML_DSA_87 = "ml-dsa-87"
 
     @classmethod
     def parse(cls, text: str) -> KeyType:
@@ -87,24 +105,39 @@ class KeyType(enum.StrEnum):
                 raise PolicyViolation(f"RSA public exponent {exponent} is not accepted: "
                                       "use 65537 (an odd exponent of at least 65537)")
             return cls(f"rsa-{size}")
+        if family == "mldsa":
+            return cls(next(name for known, name in _MLDSA_SETS.items() if isinstance(key, known)))
         kind = type(key).__name__.removeprefix("_").replace("PublicKey", "").replace("PrivateKey", "")
         raise PolicyViolation(
-            f"{kind or 'this'} keys are not accepted by Roles Anywhere: use EC P-256/P-384 or RSA >= 2048"
+            f"{kind or 'this'} keys are not accepted by Roles Anywhere: use EC P-256/P-384, RSA >= 2048 or ML-DSA"
         )
 
     @property
     def is_ec(self) -> bool:
         return self.value.startswith("ec-")
 
+    @property
+    def is_mldsa(self) -> bool:
+        return self.value.startswith("ml-dsa-")
+
     def generate(self) -> PrivateKey:
         if self is KeyType.EC_P256:
             return ec.generate_private_key(ec.SECP256R1())
         if self is KeyType.EC_P384:
             return ec.generate_private_key(ec.SECP384R1())
+        if self is KeyType.ML_DSA_44:
+            return mldsa.MLDSA44PrivateKey.generate()
+        if self is KeyType.ML_DSA_65:
+            return mldsa.MLDSA65PrivateKey.generate()
+        if self is KeyType.ML_DSA_87:
+            return mldsa.MLDSA87PrivateKey.generate()
         return rsa.generate_private_key(public_exponent=65537, key_size=int(self.value[4:]))
 
-    def signature_hash(self) -> hashes.SHA256 | hashes.SHA384:
-        """The hash a CA of this type signs with: SHA-384 for P-384 (matched strength), else SHA-256."""
+    def signature_hash(self) -> hashes.SHA256 | hashes.SHA384 | None:
+        """The hash a CA of this type signs with: SHA-384 for P-384 (matched strength), none for
+        ML-DSA (it hashes internally), else SHA-256."""
+        if self.is_mldsa:
+            return None
         return hashes.SHA384() if self is KeyType.EC_P384 else hashes.SHA256()
 
 
