@@ -5,18 +5,33 @@ Ed25519 is refused, RSA below 2048 bits too. CA keys are stored as encrypted PKC
 (``BestAvailableEncryption``) and never written in clear.
 
 ML-DSA signs the message itself (no separate hash), so ``KeyType.signature_hash`` is ``None`` for
-it, which is what ``cryptography``'s builders take for such keys.
+it, which is what ``cryptography``'s builders take for such keys. rapki signs with pure ML-DSA and
+an empty context (RFC 9881 for certificates and CRLs; the same for request signatures).
+
+ML-DSA private keys have two PKCS#8 forms (RFC 9881 / draft-ietf-lamps-dilithium-certificates):
+the seed alone (``[0] IMPLICIT OCTET STRING``, what ``cryptography`` writes and the only one it
+reads) and ``SEQUENCE { seed, expandedKey }`` (what OpenSSL writes by default and the only form AWS's
+credential helper reads). ``load_private_key`` reads both: from the second it takes the seed and
+checks the expanded key is the one the seed makes. ``workload_key_pem`` writes the second for
+keys handed to workloads. ``cryptography`` cannot output the expanded key (FIPS 204 skEncode), so
+it is derived from the seed with ``dilithium-py`` (pure Python, ~20 ms per key; loaded only then):
+an OpenSSL 3.5 CLI would do it too, but shelling out per key is slower and older systems lack it.
+CA keys stay in the seed-only form (encrypted PKCS#8; only rapki reads them).
 """
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
+import re
 from typing import cast
 
+from asn1crypto import core as asn1
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, mldsa, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from pki.errors import InvalidInput, PolicyViolation, WrongPassphrase
@@ -33,6 +48,19 @@ _MLDSA_SETS: dict[type, str] = {
     mldsa.MLDSA87PrivateKey: "ml-dsa-87", mldsa.MLDSA87PublicKey: "ml-dsa-87",
 }
 
+
+# The FIPS 204 algorithm identifiers (NIST CSOR): in SubjectPublicKeyInfo, PKCS#8 and, with no
+# parameters, as signatureAlgorithm (pure ML-DSA).
+MLDSA_OIDS = {
+    "ml-dsa-44": "2.16.840.1.101.3.4.3.17",
+    "ml-dsa-65": "2.16.840.1.101.3.4.3.18",
+    "ml-dsa-87": "2.16.840.1.101.3.4.3.19",
+}
+_MLDSA_FROM_SEED = {
+    "ml-dsa-44": mldsa.MLDSA44PrivateKey.from_seed_bytes,
+    "ml-dsa-65": mldsa.MLDSA65PrivateKey.from_seed_bytes,
+    "ml-dsa-87": mldsa.MLDSA87PrivateKey.from_seed_bytes,
+}
 
 _FAMILIES: dict[type, str] = {}
 
@@ -164,7 +192,11 @@ def private_key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
 
 
 def load_private_key(data: bytes, passphrase: bytes | None = None, *, what: str = "private key") -> PrivateKey:
-    """Load a PEM (PKCS#1, SEC1, PKCS#8, encrypted PKCS#8) or DER private key."""
+    """Load a PEM (PKCS#1, SEC1, PKCS#8, encrypted PKCS#8) or DER private key; ML-DSA in either
+    PKCS#8 form (the seed+expanded one only unencrypted: ``cryptography`` decrypts only what it reads)."""
+    mldsa_key = _mldsa_seed_and_expanded_key(data, what)
+    if mldsa_key is not None:
+        return mldsa_key
     loader = serialization.load_pem_private_key if b"-----BEGIN" in data else serialization.load_der_private_key
     try:
         key = loader(data, password=passphrase)
@@ -186,3 +218,121 @@ def public_key_matches(private_key: PrivateKey, public_key: CertificatePublicKey
     fmt = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER
     return private_key.public_key().public_bytes(enc, fmt) == public_key.public_bytes(enc, fmt)
+
+
+def sign_message(key: PrivateKey, data: bytes, algorithm: hashes.HashAlgorithm | None) -> bytes:
+    """``key``'s signature over ``data``: ECDSA (DER) or RSA PKCS#1 v1.5 with ``algorithm``, or pure
+    ML-DSA with an empty context (``algorithm`` is not used: ML-DSA hashes internally)."""
+    family = key_family(key)
+    if family == "mldsa":
+        return cast(MLDSAPrivateKey, key).sign(data)
+    if algorithm is None:
+        raise ValueError(f"a {family} signature needs a hash")
+    if family == "ec":
+        return cast(ec.EllipticCurvePrivateKey, key).sign(data, ec.ECDSA(algorithm))
+    return cast(rsa.RSAPrivateKey, key).sign(data, padding.PKCS1v15(), algorithm)
+
+
+def signature_verifies(public_key: object, signature: bytes, data: bytes,
+                       algorithm: hashes.HashAlgorithm | None) -> bool:
+    """Whether ``signature`` over ``data`` verifies as ``sign_message`` signs (False for a key of
+    another kind, or an ECDSA/RSA check without a hash)."""
+    family = key_family(public_key)
+    try:
+        if family == "mldsa":
+            cast(MLDSAPublicKey, public_key).verify(signature, data)
+        elif family == "ec" and algorithm is not None:
+            cast(ec.EllipticCurvePublicKey, public_key).verify(signature, data, ec.ECDSA(algorithm))
+        elif family == "rsa" and algorithm is not None:
+            cast(rsa.RSAPublicKey, public_key).verify(signature, data, padding.PKCS1v15(), algorithm)
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _mldsa_name(key: object) -> str:
+    return next(name for known, name in _MLDSA_SETS.items() if isinstance(key, known))
+
+
+def mldsa_expanded_key(name: str, seed: bytes) -> tuple[bytes, bytes]:
+    """The FIPS 204 public key and expanded private key (skEncode) ``seed`` makes for parameter set
+    ``name``, computed by dilithium-py (``cryptography`` does not output the expanded key)."""
+    from dilithium_py import ml_dsa
+
+    scheme = {"ml-dsa-44": ml_dsa.ML_DSA_44, "ml-dsa-65": ml_dsa.ML_DSA_65, "ml-dsa-87": ml_dsa.ML_DSA_87}[name]
+    public, expanded = scheme.key_derive(seed)
+    return public, expanded
+
+
+class _SeedAndExpanded(asn1.Sequence):
+    _fields = [("seed", asn1.OctetString), ("expanded_key", asn1.OctetString)]
+
+
+class _AlgorithmIdentifier(asn1.Sequence):
+    _fields = [("algorithm", asn1.ObjectIdentifier), ("parameters", asn1.Any, {"optional": True})]
+
+
+class _PrivateKeyInfo(asn1.Sequence):
+    """RFC 5958 OneAsymmetricKey, as far as rapki reads it."""
+
+    _fields = [("version", asn1.Integer), ("algorithm", _AlgorithmIdentifier), ("private_key", asn1.OctetString),
+               ("attributes", asn1.Any, {"implicit": 0, "optional": True}),
+               ("public_key", asn1.Any, {"implicit": 1, "optional": True})]
+
+
+def mldsa_pkcs8_seed_and_expanded(key: MLDSAPrivateKey) -> bytes:
+    """``key`` as unencrypted PKCS#8 DER whose privateKey is ``SEQUENCE { seed, expandedKey }``:
+    the form OpenSSL writes by default and AWS's credential helper reads."""
+    name = _mldsa_name(key)
+    seed = key.private_bytes_raw()
+    public, expanded = mldsa_expanded_key(name, seed)
+    if public != key.public_key().public_bytes_raw():  # pragma: no cover - two implementations disagree
+        raise ValueError(f"the {name} public key derived from the seed differs between implementations")
+    inner = _SeedAndExpanded({"seed": seed, "expanded_key": expanded}).dump()
+    return _PrivateKeyInfo({"version": 0, "algorithm": {"algorithm": MLDSA_OIDS[name]},
+                            "private_key": inner}).dump()
+
+
+def workload_key_pem(key: PrivateKey) -> bytes:
+    """A key handed to a workload, as clear PKCS#8 PEM that AWS's credential helper reads: for
+    ML-DSA the seed+expanded form, else what ``private_key_pem`` writes."""
+    if key_family(key) != "mldsa":
+        return private_key_pem(key)
+    body = base64.b64encode(mldsa_pkcs8_seed_and_expanded(cast(MLDSAPrivateKey, key)))
+    lines = b"\n".join(body[i:i + 64] for i in range(0, len(body), 64))
+    return b"-----BEGIN PRIVATE KEY-----\n" + lines + b"\n-----END PRIVATE KEY-----\n"
+
+
+_CLEAR_PKCS8_PEM = re.compile(rb"-----BEGIN PRIVATE KEY-----(.+?)-----END PRIVATE KEY-----", re.S)
+_MLDSA_BY_OID = {dotted: name for name, dotted in MLDSA_OIDS.items()}
+
+
+def _seed_and_expanded(data: bytes) -> tuple[str, bytes, bytes] | None:
+    """Parameter set, seed and expanded key of a clear ML-DSA PKCS#8 (PEM or DER) in the
+    seed+expanded form; None for anything else."""
+    match = _CLEAR_PKCS8_PEM.search(data)
+    try:
+        der = base64.b64decode(b"".join(match.group(1).split()), validate=True) if match else data
+        info = _PrivateKeyInfo.load(der, strict=True)
+        name = _MLDSA_BY_OID.get(info["algorithm"]["algorithm"].dotted)
+        inner = info["private_key"].native
+        if name is None or not inner.startswith(b"\x30"):
+            return None  # not ML-DSA, or the seed-only form: cryptography reads those
+        both = _SeedAndExpanded.load(inner, strict=True)
+        return name, both["seed"].native, both["expanded_key"].native
+    except (ValueError, TypeError, KeyError):
+        return None  # not this form: cryptography reads it or says why not
+
+
+def _mldsa_seed_and_expanded_key(data: bytes, what: str) -> PrivateKey | None:
+    """The ML-DSA key in ``data`` when it is in the seed+expanded form, else None. Refused when the
+    expanded key is not the one the seed makes (a damaged or forged file: which half is the key?)."""
+    found = _seed_and_expanded(data)
+    if found is None:
+        return None
+    name, seed, expanded = found
+    if len(seed) != 32 or mldsa_expanded_key(name, seed)[1] != expanded:
+        raise InvalidInput(f"the {what} is an {name} key whose expanded key is not the one its seed makes")
+    return cast(PrivateKey, _MLDSA_FROM_SEED[name](seed))
