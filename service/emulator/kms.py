@@ -80,7 +80,8 @@ def _generate_private_key(original: Any, key_spec: str) -> Any:
 def _signing_algorithms(self: Any, original: Any) -> list[str] | None:
     if self.key_spec in _MLDSA_SPECS and self.key_usage == "SIGN_VERIFY":
         return [MLDSA_ALGORITHM]
-    return original.fget(self)  # type: ignore[no-any-return,unused-ignore]  # None for ENCRYPT_DECRYPT keys, as moto
+    algorithms: list[str] | None = original.fget(self)  # None for ENCRYPT_DECRYPT keys, as moto has it
+    return algorithms
 
 
 def _message(self: Any) -> bytes:
