@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from asn1crypto import core
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from dilithium_py import ml_dsa
@@ -22,7 +23,8 @@ from pki.ca.tokens import TokenStore
 from pki.custody.hsm import PKCS11_MLDSA_REFUSAL, Pkcs11Key
 from pki.custody.refs import KmsRef, Pkcs11Ref
 from pki.errors import InvalidInput
-from pki.workload.client import make_csr, sign_request, string_to_sign
+from pki.workload.client import EnrollmentClient, make_csr, sign_request, string_to_sign
+from pki.workload.client import enroll as do_enroll
 from pki.x509.issuance import load_csr
 from pki.x509.keys import (
     MLDSA_OIDS,
@@ -36,6 +38,7 @@ from pki.x509.pem import pkcs12_bundle
 from pki.x509.preflight import leaf_problems
 from pki.x509.profiles import Profile
 from service.api import create_app
+from service.cli import main
 from tests.conftest import PASSPHRASE, make_ca
 from tests.custody_builders import ca_builder
 from tests.validators import dilithium_verifies, dilithium_verifies_issued, lint_cert, lint_chain, lint_crl
@@ -227,3 +230,43 @@ def test_a_ca_in_kms_signs_raw_and_external_mu(tmp_path: Path, aws_env: dict[str
     _verified_by(issuing, leaf)
     _verified_by(issuing, crl)
     assert sorted(p.name for p in (ca.home.path / "ca").iterdir() if p.name.endswith(".key.pem")) == []
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+def _cli(*args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == code, f"rapki {' '.join(args)} -> {result.exit_code}: {result.output}{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def test_cli_init_rotation_issue_and_crl_with_ml_dsa(tmp_path: Path, passphrase_env: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rapki init --key-type ml-dsa-65`` (root and issuing CA), ``ca sign-intermediate --key-type``
+    into ML-DSA-87, ``issue --key-type ml-dsa-44`` (key.pem in the helper's form) and ``crl build``."""
+    monkeypatch.setenv("RAPKI_HOME", str(tmp_path / "home"))
+    _cli("init", "--key-type", "ml-dsa-65")
+    _cli("profile", "add", "web", "--cn-pattern", "web-[0-9]+", "--key-types", "ml-dsa-44,ec-p256")
+    _cli("ca", "sign-intermediate", "--key-type", "ml-dsa-87")
+    out = tmp_path / "leaf"
+    issued = json.loads(_cli("issue", "--profile", "web", "--cn", "web-1", "--key-type", "ml-dsa-44",
+                             "--out", str(out), "--json"))
+    leaf = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    chain = x509.load_pem_x509_certificate((out / "chain.pem").read_bytes())
+    root = x509.load_pem_x509_certificate(_cli("ca", "root").encode())
+    assert [KeyType.of(c.public_key()) for c in (root, chain, leaf)] == [
+        KeyType.ML_DSA_65, KeyType.ML_DSA_87, KeyType.ML_DSA_44]
+    _verified_by(root, chain)
+    _verified_by(chain, leaf)
+    assert core.Sequence.load(_der((out / "key.pem").read_bytes()))[2].contents[:2] != b"\x80\x20"
+    assert load_private_key((out / "key.pem").read_bytes()).public_key() == leaf.public_key()
+    _cli("revoke", issued["serial"], "--reason", "keyCompromise")
+    crl_path = tmp_path / "crl.pem"
+    _cli("crl", "build", "--out", str(crl_path))
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    _verified_by(chain, crl)
+    assert crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None
+    assert lint_crl(crl_path) == ""
+    with pytest.raises(InvalidInput, match="pkcs12 cannot hold an ml-dsa-65 key"):
+        do_enroll(EnrollmentClient("https://127.0.0.1:1"), "token", tmp_path / "never", key_type="ml-dsa-65",
+                  pkcs12_password=b"a-long-password")
+    assert not (tmp_path / "never").exists()
