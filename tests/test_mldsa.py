@@ -70,7 +70,7 @@ def test_workload_keys_are_seed_and_expanded_and_sign_with_dilithium_py(key_type
     key = key_type.generate()
     pem = workload_key_pem(key)
     info = core.Sequence.load(_der(pem))
-    assert core.ObjectIdentifier.load(info[1].contents[:11]).dotted == MLDSA_OIDS[key_type.value]  # type: ignore[union-attr]
+    assert core.ObjectIdentifier.load(info[1].contents[:11]).dotted == MLDSA_OIDS[key_type.value]
     inner = core.Sequence.load(core.OctetString.load(info[2].dump()).native)
     seed, expanded = core.OctetString.load(inner[0].dump()).native, core.OctetString.load(inner[1].dump()).native
     assert seed == key.private_bytes_raw()  # type: ignore[union-attr]
@@ -270,3 +270,20 @@ def test_cli_init_rotation_issue_and_crl_with_ml_dsa(tmp_path: Path, passphrase_
         do_enroll(EnrollmentClient("https://127.0.0.1:1"), "token", tmp_path / "never", key_type="ml-dsa-65",
                   pkcs12_password=b"a-long-password")
     assert not (tmp_path / "never").exists()
+
+
+def test_pkilint_judges_ml_dsa_keys(tmp_path: Path) -> None:
+    """pkilint reads ML-DSA keys (its RFC 9881 rules), so its silence on ours means something: an
+    ML-DSA leaf with keyEncipherment, which RFC 9881 prohibits, is flagged."""
+    from datetime import UTC, datetime, timedelta
+
+    key = KeyType.ML_DSA_65.generate()
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "web-1")])
+    now = datetime.now(UTC)
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                          encipher_only=False, decipher_only=False)
+    bad = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+           .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+           .add_extension(usage, critical=True).sign(key, None))
+    assert "key_usage_value_prohibited_for_mldsa" in lint_cert(_pem(tmp_path / "bad.pem", bad))
