@@ -8,15 +8,16 @@ ML-DSA signs the message itself (no separate hash), so ``KeyType.signature_hash`
 it, which is what ``cryptography``'s builders take for such keys. rapki signs with pure ML-DSA and
 an empty context (RFC 9881 for certificates and CRLs; the same for request signatures).
 
-ML-DSA private keys have two PKCS#8 forms (RFC 9881 / draft-ietf-lamps-dilithium-certificates):
-the seed alone (``[0] IMPLICIT OCTET STRING``, what ``cryptography`` writes and the only one it
-reads) and ``SEQUENCE { seed, expandedKey }`` (what OpenSSL writes by default and the only form AWS's
+ML-DSA private keys have three PKCS#8 forms (RFC 9881); two matter here: the seed alone
+(``[0] IMPLICIT OCTET STRING``, what ``cryptography`` writes and the only one it reads) and
+``SEQUENCE { seed, expandedKey }`` (what OpenSSL writes by default and the only form AWS's
 credential helper reads). ``load_private_key`` reads both: from the second it takes the seed and
-checks the expanded key is the one the seed makes. ``workload_key_pem`` writes the second for
-keys handed to workloads. ``cryptography`` cannot output the expanded key (FIPS 204 skEncode), so
-it is derived from the seed with ``dilithium-py`` (pure Python, ~20 ms per key; loaded only then):
-an OpenSSL 3.5 CLI would do it too, but shelling out per key is slower and older systems lack it.
-CA keys stay in the seed-only form (encrypted PKCS#8; only rapki reads them).
+checks the expanded key is the one the seed makes. ``workload_key_pem`` writes the second for keys
+handed to workloads (both with ``pki.x509.pkcs8_mldsa``). ``cryptography`` cannot output the
+expanded key (FIPS 204 skEncode), so it is derived from the seed with ``dilithium-py`` (pure Python,
+about 25-40 ms per key; loaded only then): an OpenSSL 3.5 CLI would do it too, but a subprocess per
+key is slower and older systems lack it. CA keys stay in the seed-only form (encrypted PKCS#8;
+only rapki reads them).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import hashlib
 import re
 from typing import cast
 
-from asn1crypto import core as asn1
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -56,6 +56,7 @@ MLDSA_OIDS = {
     "ml-dsa-65": "2.16.840.1.101.3.4.3.18",
     "ml-dsa-87": "2.16.840.1.101.3.4.3.19",
 }
+_MLDSA_BY_OID = {dotted: name for name, dotted in MLDSA_OIDS.items()}
 _MLDSA_FROM_SEED = {
     "ml-dsa-44": mldsa.MLDSA44PrivateKey.from_seed_bytes,
     "ml-dsa-65": mldsa.MLDSA65PrivateKey.from_seed_bytes,
@@ -134,7 +135,7 @@ class KeyType(enum.StrEnum):
                                       "use 65537 (an odd exponent of at least 65537)")
             return cls(f"rsa-{size}")
         if family == "mldsa":
-            return cls(next(name for known, name in _MLDSA_SETS.items() if isinstance(key, known)))
+            return cls(mldsa_name(key))
         kind = type(key).__name__.removeprefix("_").replace("PublicKey", "").replace("PrivateKey", "")
         raise PolicyViolation(
             f"{kind or 'this'} keys are not accepted by Roles Anywhere: use EC P-256/P-384, RSA >= 2048 or ML-DSA"
@@ -252,7 +253,49 @@ def signature_verifies(public_key: object, signature: bytes, data: bytes,
     return True
 
 
-def _mldsa_name(key: object) -> str:
+def workload_key_pem(key: PrivateKey) -> bytes:
+    """A key handed to a workload, as clear PKCS#8 PEM that AWS's credential helper reads: for
+    ML-DSA the seed+expanded form (``pki.x509.pkcs8_mldsa``), else what ``private_key_pem`` writes."""
+    if key_family(key) != "mldsa":
+        return private_key_pem(key)
+    from pki.x509.pkcs8_mldsa import seed_and_expanded_pem
+
+    name, seed = mldsa_name(key), cast(MLDSAPrivateKey, key).private_bytes_raw()
+    public, expanded = mldsa_expanded_key(name, seed)
+    if public != key.public_key().public_bytes_raw():  # type: ignore[union-attr]  # pragma: no cover
+        raise ValueError(f"the {name} public key derived from the seed differs between implementations")
+    return seed_and_expanded_pem(MLDSA_OIDS[name], seed, expanded)
+
+
+_CLEAR_PKCS8_PEM = re.compile(rb"-----BEGIN PRIVATE KEY-----(.+?)-----END PRIVATE KEY-----", re.S)
+_MLDSA_OID_PREFIX = bytes.fromhex("0609608648016503040311")[:-1]  # DER of 2.16.840.1.101.3.4.3.1x, less the last arc
+
+
+def _mldsa_seed_and_expanded_key(data: bytes, what: str) -> PrivateKey | None:
+    """The ML-DSA key in ``data`` when it is clear PKCS#8 in the seed+expanded form, else None (any
+    other key is left to ``cryptography``). Only ML-DSA PKCS#8 is parsed (``pki.x509.pkcs8_mldsa``,
+    asn1crypto): the signer loads keys on every refresh, and other keys pay no parser import."""
+    match = _CLEAR_PKCS8_PEM.search(data)
+    try:
+        der = base64.b64decode(b"".join(match.group(1).split()), validate=True) if match else data
+    except ValueError:
+        return None
+    if _MLDSA_OID_PREFIX not in der[:32]:
+        return None
+    from pki.x509.pkcs8_mldsa import read_seed_and_expanded
+
+    found = read_seed_and_expanded(der)
+    name = _MLDSA_BY_OID.get(found[0]) if found else None
+    if found is None or name is None:
+        return None  # the seed-only form (cryptography reads it), or another key
+    _oid, seed, expanded = found
+    if len(seed) != 32 or mldsa_expanded_key(name, seed)[1] != expanded:
+        raise InvalidInput(f"the {what} is an {name} key whose expanded key is not the one its seed makes")
+    return cast(PrivateKey, _MLDSA_FROM_SEED[name](seed))
+
+
+def mldsa_name(key: object) -> str:
+    """``"ml-dsa-44"``, ``"ml-dsa-65"`` or ``"ml-dsa-87"`` for an ML-DSA key (private or public)."""
     return next(name for known, name in _MLDSA_SETS.items() if isinstance(key, known))
 
 
@@ -264,75 +307,3 @@ def mldsa_expanded_key(name: str, seed: bytes) -> tuple[bytes, bytes]:
     scheme = {"ml-dsa-44": ml_dsa.ML_DSA_44, "ml-dsa-65": ml_dsa.ML_DSA_65, "ml-dsa-87": ml_dsa.ML_DSA_87}[name]
     public, expanded = scheme.key_derive(seed)
     return public, expanded
-
-
-class _SeedAndExpanded(asn1.Sequence):
-    _fields = [("seed", asn1.OctetString), ("expanded_key", asn1.OctetString)]
-
-
-class _AlgorithmIdentifier(asn1.Sequence):
-    _fields = [("algorithm", asn1.ObjectIdentifier), ("parameters", asn1.Any, {"optional": True})]
-
-
-class _PrivateKeyInfo(asn1.Sequence):
-    """RFC 5958 OneAsymmetricKey, as far as rapki reads it."""
-
-    _fields = [("version", asn1.Integer), ("algorithm", _AlgorithmIdentifier), ("private_key", asn1.OctetString),
-               ("attributes", asn1.Any, {"implicit": 0, "optional": True}),
-               ("public_key", asn1.Any, {"implicit": 1, "optional": True})]
-
-
-def mldsa_pkcs8_seed_and_expanded(key: MLDSAPrivateKey) -> bytes:
-    """``key`` as unencrypted PKCS#8 DER whose privateKey is ``SEQUENCE { seed, expandedKey }``:
-    the form OpenSSL writes by default and AWS's credential helper reads."""
-    name = _mldsa_name(key)
-    seed = key.private_bytes_raw()
-    public, expanded = mldsa_expanded_key(name, seed)
-    if public != key.public_key().public_bytes_raw():  # pragma: no cover - two implementations disagree
-        raise ValueError(f"the {name} public key derived from the seed differs between implementations")
-    inner = _SeedAndExpanded({"seed": seed, "expanded_key": expanded}).dump()
-    return _PrivateKeyInfo({"version": 0, "algorithm": {"algorithm": MLDSA_OIDS[name]},
-                            "private_key": inner}).dump()
-
-
-def workload_key_pem(key: PrivateKey) -> bytes:
-    """A key handed to a workload, as clear PKCS#8 PEM that AWS's credential helper reads: for
-    ML-DSA the seed+expanded form, else what ``private_key_pem`` writes."""
-    if key_family(key) != "mldsa":
-        return private_key_pem(key)
-    body = base64.b64encode(mldsa_pkcs8_seed_and_expanded(cast(MLDSAPrivateKey, key)))
-    lines = b"\n".join(body[i:i + 64] for i in range(0, len(body), 64))
-    return b"-----BEGIN PRIVATE KEY-----\n" + lines + b"\n-----END PRIVATE KEY-----\n"
-
-
-_CLEAR_PKCS8_PEM = re.compile(rb"-----BEGIN PRIVATE KEY-----(.+?)-----END PRIVATE KEY-----", re.S)
-_MLDSA_BY_OID = {dotted: name for name, dotted in MLDSA_OIDS.items()}
-
-
-def _seed_and_expanded(data: bytes) -> tuple[str, bytes, bytes] | None:
-    """Parameter set, seed and expanded key of a clear ML-DSA PKCS#8 (PEM or DER) in the
-    seed+expanded form; None for anything else."""
-    match = _CLEAR_PKCS8_PEM.search(data)
-    try:
-        der = base64.b64decode(b"".join(match.group(1).split()), validate=True) if match else data
-        info = _PrivateKeyInfo.load(der, strict=True)
-        name = _MLDSA_BY_OID.get(info["algorithm"]["algorithm"].dotted)
-        inner = info["private_key"].native
-        if name is None or not inner.startswith(b"\x30"):
-            return None  # not ML-DSA, or the seed-only form: cryptography reads those
-        both = _SeedAndExpanded.load(inner, strict=True)
-        return name, both["seed"].native, both["expanded_key"].native
-    except (ValueError, TypeError, KeyError):
-        return None  # not this form: cryptography reads it or says why not
-
-
-def _mldsa_seed_and_expanded_key(data: bytes, what: str) -> PrivateKey | None:
-    """The ML-DSA key in ``data`` when it is in the seed+expanded form, else None. Refused when the
-    expanded key is not the one the seed makes (a damaged or forged file: which half is the key?)."""
-    found = _seed_and_expanded(data)
-    if found is None:
-        return None
-    name, seed, expanded = found
-    if len(seed) != 32 or mldsa_expanded_key(name, seed)[1] != expanded:
-        raise InvalidInput(f"the {what} is an {name} key whose expanded key is not the one its seed makes")
-    return cast(PrivateKey, _MLDSA_FROM_SEED[name](seed))
