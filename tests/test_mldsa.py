@@ -1,7 +1,7 @@
 """Post-quantum ML-DSA (FIPS 204) on the CA side: both PKCS#8 forms of a key, CA hierarchies of
 every mix (EC root with ML-DSA issuing CA or ML-DSA leaves, ML-DSA roots), CSR enrollment and
 server-made keys, CRLs, RAPKI-SIG-V1 request signatures, a CA key in KMS (moto's stand-in) and the
-refusals (PKCS#12, PKCS#11). Every ML-DSA signature is checked by dilithium-py, a second FIPS 204
+refusal of PKCS#12 (PKCS#11's: tests/test_custody_pkcs11.py). Every ML-DSA signature is checked by dilithium-py, a second FIPS 204
 implementation; every certificate and CRL by pkilint (0.13 knows ML-DSA keys; it does not check
 ML-DSA signatures, and the installed openssl 3.0 has no ML-DSA)."""
 
@@ -20,8 +20,7 @@ from dilithium_py import ml_dsa
 
 from pki.ca.authority import CertificateAuthority, InitOptions
 from pki.ca.tokens import TokenStore
-from pki.custody.hsm import PKCS11_MLDSA_REFUSAL, Pkcs11Key
-from pki.custody.refs import KmsRef, Pkcs11Ref
+from pki.custody.refs import KmsRef
 from pki.errors import InvalidInput
 from pki.workload.client import EnrollmentClient, make_csr, sign_request, string_to_sign
 from pki.workload.client import enroll as do_enroll
@@ -89,13 +88,6 @@ def test_pkcs12_refuses_ml_dsa_keys_clearly() -> None:
     key = KeyType.ML_DSA_65.generate()
     with pytest.raises(InvalidInput, match="PKCS#12 bundle cannot hold an ml-dsa-65 key"):
         pkcs12_bundle(b"x", key, ca_builder(key.public_key()).sign(key, None), [], b"password-password")
-
-
-def test_pkcs11_refuses_ml_dsa_with_one_message() -> None:
-    ref = Pkcs11Ref(module="/nonexistent/libsofthsm2.so", token="t", label="ca", pin_env="RAPKI_TEST_PIN")
-    with pytest.raises(InvalidInput) as refused:
-        Pkcs11Key.generate(ref, KeyType.ML_DSA_65)
-    assert PKCS11_MLDSA_REFUSAL in str(refused.value)
 
 
 # --- hierarchies ------------------------------------------------------------------------------------
