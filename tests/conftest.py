@@ -139,3 +139,25 @@ def pg_database_url() -> Iterator[str]:
                      {"n": name})
         conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}"'))
     admin.dispose()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """Credentials that sign requests and are worth nothing; no profile of this machine is read."""
+    values = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00", "AWS_SECRET_ACCESS_KEY": "dummy-secret",
+              "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+              "AWS_EC2_METADATA_DISABLED": "true", "RAPKI_PASSPHRASE": PASSPHRASE}
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "RAPKI_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+@pytest.fixture(scope="module")
+def kms_url() -> Iterator[str]:
+    """moto's KMS on 127.0.0.1 with DIGEST signing and ML-DSA keys (service/emulator/kms.py)."""
+    from service.emulator.kms import kms_server
+
+    with kms_server() as url:
+        yield url

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import requests
+from asn1crypto import core as asn1_core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -36,6 +37,7 @@ from pki.ca.home import Home
 from pki.ca.tokens import TokenStore
 from pki.store.schema import audit_log, certificates, enrollment_tokens
 from pki.workload.client import make_csr, sign_request
+from pki.x509.keys import KeyType, load_private_key
 from pki.x509.profiles import Profile, RolesAnywhereBinding
 from tests.conftest import PASSPHRASE, make_ca
 from tests.validators import lint_cert, openssl_verify
@@ -262,6 +264,33 @@ def test_enroll_csr_mode_key_stays_local(server: Server) -> None:
     assert result["serial"] == format(cert.serial_number, "x")
     assert lint_cert(out / "cert.pem") == ""
     assert openssl_verify(out / "cert.pem", root=server.root, untrusted=out / "chain.pem").returncode == 0
+
+
+@pytest.mark.parametrize("csr_mode", [False, True], ids=["server-key", "csr-mode"])
+def test_enroll_and_signed_renewal_with_ml_dsa(server: Server, csr_mode: bool) -> None:
+    """rapki enroll --key-type ml-dsa-65 (key made by the server, or here with --csr-mode): key.pem
+    in the {seed, expandedKey} form AWS's helper reads; rapki renew --signed (RAPKI-SIG-V1 with
+    pure ML-DSA) is accepted by the server; --format pkcs12 is refused before anything is asked."""
+    cn = "web-41" if csr_mode else "web-42"
+    out = server.tmp / f"mldsa-{cn}"
+    args = ["enroll", "--url", server.url, "--token", server.token(cn=cn), "--out", str(out), "--cn", cn,
+            "--key-type", "ml-dsa-65", "--ca-bundle", str(server.root), *(["--csr-mode"] if csr_mode else [])]
+    refused = rapki(*args, "--format", "pkcs12", env={"RAPKI_PKCS12_PASSWORD": "correct horse battery"}, check=False)
+    assert refused.returncode == 2 and "pkcs12 cannot hold an ml-dsa-65 key" in refused.stderr, refused.stderr
+    assert not out.exists()
+    rapki(*args)
+    key_der = base64.b64decode("".join((out / "key.pem").read_text().strip().splitlines()[1:-1]))
+    private_key = asn1_core.Sequence.load(key_der)[2].native  # the privateKey OCTET STRING's content
+    assert private_key[:1] == b"\x30" and len(private_key) == 4 + 34 + 4036  # SEQUENCE {seed, expandedKey}
+    first = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert KeyType.of(first.public_key()) is KeyType.ML_DSA_65
+    assert lint_cert(out / "cert.pem") == ""
+    renewed = json.loads(rapki("renew", "--url", server.url, "--cert-dir", str(out), "--ca-bundle", str(server.root),
+                               "--force", "--signed", "--json").stdout)
+    second = x509.load_pem_x509_certificate((out / "cert.pem").read_bytes())
+    assert renewed["renewed"] is True and second.serial_number != first.serial_number
+    assert KeyType.of(second.public_key()) is KeyType.ML_DSA_65
+    assert load_private_key((out / "key.pem").read_bytes()).public_key() == second.public_key()
 
 
 @pytest.mark.parametrize("csr_mode", [False, True], ids=["server-key", "csr-mode"])

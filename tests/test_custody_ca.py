@@ -12,7 +12,6 @@ import os
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from pki.custody.refs import KmsRef, Pkcs11Ref, key_ref_for, parse_key_ref, plac
 from pki.errors import Conflict
 from pki.x509.keys import KeyType
 from pki.x509.profiles import Profile
-from service.emulator.kms import kms_server
 from tests.commands import rapki_cmd, signer_cmd
 from tests.conftest import PASSPHRASE
 from tests.emulator_fixture import RunningEmulator
@@ -121,25 +119,6 @@ def test_a_file_home_rotates_onto_the_token_and_refuses_a_reused_key(
 
 
 # --- KMS (moto, DIGEST signing) -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
-    """Credentials that sign requests and are worth nothing; no profile of this machine is read."""
-    values = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEEXAMPLE00", "AWS_SECRET_ACCESS_KEY": "dummy-secret",
-              "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-              "AWS_EC2_METADATA_DISABLED": "true", "RAPKI_PASSPHRASE": PASSPHRASE}
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "RAPKI_DATABASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-@pytest.fixture(scope="module")
-def kms_url() -> Iterator[str]:
-    with kms_server() as url:
-        yield url
 
 
 @pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.RSA_2048])

@@ -32,7 +32,7 @@ def _ref(token: SoftHsmToken, label: str | None, key_id: bytes | None = None, **
     return Pkcs11Ref(**fields)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("key_type", list(KeyType))
+@pytest.mark.parametrize("key_type", [k for k in KeyType if not k.is_mldsa])
 def test_keys_generated_on_the_token_sign_what_openssl_and_pkilint_accept(
         tmp_path: Path, softhsm_token: SoftHsmToken, key_type: KeyType) -> None:
     key = create_key(_ref(softhsm_token, f"judged-{key_type}"), key_type)
@@ -44,6 +44,13 @@ def test_keys_generated_on_the_token_sign_what_openssl_and_pkilint_accept(
     assert "certificate revoked" in judged.revoked_leaf
     assert judged.lint == CLEAN_LINT
     assert root.signature_algorithm_oid == external.signature_algorithm(key_type)
+
+
+@pytest.mark.parametrize("key_type", [k for k in KeyType if k.is_mldsa])
+def test_ml_dsa_keys_on_a_token_are_refused_with_one_message(softhsm_token: SoftHsmToken, key_type: KeyType) -> None:
+    """SoftHSM2 (2.6) has no ML-DSA mechanism: creating one is refused before the token is asked."""
+    with pytest.raises(InvalidInput, match="ML-DSA CA keys are not supported on PKCS#11"):
+        create_key(_ref(softhsm_token, f"pq-{key_type}"), key_type)
 
 
 def test_a_generated_key_is_adopted_by_label_id_or_uri_and_cannot_be_exported(softhsm_token: SoftHsmToken) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from pki.ca.authority import CertificateAuthority
 from pki.custody.keys import signing_key
@@ -32,7 +32,8 @@ def test_renewal_due_after_two_thirds(ca: CertificateAuthority) -> None:
     assert renewal_due(cert, at).not_after == end
 
 
-@pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048])
+@pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.EC_P384, KeyType.RSA_2048, KeyType.ML_DSA_44,
+                                      KeyType.ML_DSA_65, KeyType.ML_DSA_87])
 def test_request_signature_round_trip_and_tampering(ca: CertificateAuthority, key_type: KeyType) -> None:
     key = key_type.generate()
     issued = ca.issue("web", csr=make_csr(key, "web-2"))
@@ -46,8 +47,7 @@ def test_request_signature_round_trip_and_tampering(ca: CertificateAuthority, ke
         verify_request_signature(headers, "POST", "/v1/revoke", b'{"a":1}', now=now)
     with pytest.raises(Unauthenticated, match="5 minutes"):
         verify_request_signature(headers, "POST", "/v1/renew", b'{"a":1}', now=now + 301)
-    other = ec.generate_private_key(ec.SECP256R1()) if key_type.is_ec else rsa.generate_private_key(65537, 2048)
-    forged = sign_request(other, issued.certificate, "POST", "/v1/renew", b'{"a":1}', now=now)  # type: ignore[arg-type]
+    forged = sign_request(key_type.generate(), issued.certificate, "POST", "/v1/renew", b'{"a":1}', now=now)
     with pytest.raises(Unauthenticated):
         verify_request_signature(forged, "POST", "/v1/renew", b'{"a":1}', now=now)
     with pytest.raises(Unauthenticated, match="malformed"):

@@ -21,7 +21,7 @@ from pki.x509.keys import KeyType, subject_key_identifier
 from pki.x509.preflight import leaf_problems
 from pki.x509.profiles import Profile, RolesAnywhereBinding
 from tests.conftest import make_ca
-from tests.validators import lint_cert, lint_chain, openssl_verify
+from tests.validators import lint_cert, lint_chain, openssl_knows_mldsa, openssl_verify
 
 
 def csr_for(key, cn: str | None = "web-1", *, sans: list[x509.GeneralName] | None = None,  # type: ignore[no-untyped-def]
@@ -49,8 +49,10 @@ def test_generated_leaf_passes_independent_validation(ca: CertificateAuthority, 
     files = issued.write_to(tmp_path / "out")
     assert lint_cert(files["certificate"]) == ""
     assert lint_chain(files["chain"], files["certificate"]) == ""
-    result = openssl_verify(files["certificate"], root=ca.home.root_cert_path, untrusted=files["chain"])
-    assert result.returncode == 0, result.stdout + result.stderr
+    if not key_type.is_mldsa or openssl_knows_mldsa():  # openssl 3.0 cannot read an ML-DSA leaf's key;
+        # pkilint's chain check above verified the issuer's (EC) signature on it
+        result = openssl_verify(files["certificate"], root=ca.home.root_cert_path, untrusted=files["chain"])
+        assert result.returncode == 0, result.stdout + result.stderr
     assert (files["private_key"].stat().st_mode & 0o777) == 0o600
     assert leaf_problems(issued.certificate) == []
 
@@ -415,7 +417,7 @@ def test_preflight_refuses_sha1_signatures(tmp_path: Path) -> None:
                     "-addext", "keyUsage=critical,digitalSignature", "-addext", "basicConstraints=critical,CA:FALSE"],
                    check=True, capture_output=True)
     problems = leaf_problems(x509.load_pem_x509_certificate(cert.read_bytes()))
-    assert problems == ["signature hash sha1: SHA-256 or stronger is required"]
+    assert problems == ["signature hash sha1: SHA-256 or stronger (or ML-DSA) is required"]
 
 
 def test_server_certificate_for_the_api(ca: CertificateAuthority, tmp_path: Path) -> None:

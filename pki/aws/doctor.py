@@ -24,10 +24,10 @@ from pki.errors import RapkiError
 from pki.rolesanywhere import trustpath
 from pki.rolesanywhere.sigv4x509 import MAX_CHAIN_CERTIFICATES
 from pki.x509.preflight import (
-    STRONG_HASHES,
     common_name,
     extension_problems,
     public_key_problem,
+    signature_problem,
     source_identity,
     source_identity_problem,
 )
@@ -191,13 +191,13 @@ def _leaf_checks(leaf: x509.Certificate) -> list[Check]:
                      "issue the certificate from rapki ('rapki issue'), which sets these" if problems else ""))
     # Algorithms.
     problems = []
-    hash_alg = leaf.signature_hash_algorithm
-    if not isinstance(hash_alg, STRONG_HASHES):
-        problems.append(f"signed with {hash_alg.name if hash_alg else 'no hash'}: SHA-256 or stronger is required")
+    if (problem := signature_problem(leaf.signature_hash_algorithm, leaf.signature_algorithm_oid)) is not None:
+        problems.append(problem)
     if (problem := public_key_problem(leaf.public_key())) is not None:
         problems.append(problem)
     out.append(Check("algorithms", FAIL if problems else PASS, "; ".join(problems) or _alg(leaf),
-                     "issue a new certificate with an EC P-256/P-384 or RSA >= 2048 key ('rapki issue --key-type')"
+                     "issue a new certificate with an EC P-256/P-384, RSA >= 2048 or ML-DSA key "
+                     "('rapki issue --key-type')"
                      if problems else ""))
     # Serial.
     serial = leaf.serial_number
@@ -222,7 +222,7 @@ def _alg(cert: x509.Certificate) -> str:
     key = cert.public_key()
     size = getattr(key, "key_size", "")
     curve = getattr(getattr(key, "curve", None), "name", "")
-    hash_name = cert.signature_hash_algorithm.name if cert.signature_hash_algorithm else "?"
+    hash_name = cert.signature_hash_algorithm.name if cert.signature_hash_algorithm else "no separate hash"
     return f"{type(key).__name__.lstrip('_').replace('PublicKey', '')} {curve or size}, {hash_name}"
 
 
@@ -267,7 +267,7 @@ def _chain_shape_check(chain: Sequence[x509.Certificate], now: datetime) -> Chec
                 problems.append(f"{_subject(cert)} lacks keyCertSign")
         except x509.ExtensionNotFound:
             pass
-        if not isinstance(cert.signature_hash_algorithm, STRONG_HASHES):
+        if signature_problem(cert.signature_hash_algorithm, cert.signature_algorithm_oid) is not None:
             problems.append(f"{_subject(cert)} is signed with a weak hash")
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             problems.append(f"{_subject(cert)} is not valid now (until {cert.not_valid_after_utc:%Y-%m-%d})")

@@ -130,7 +130,8 @@ class Issuance(ProfileCatalog, IssuingCAs):
             spec = LeafSpec(cn, requested_sans, public_key, random_serial(self.config.serial_bytes),
                             now - BACKDATE, not_after)
             extensions = leaf_extensions(spec, signer)
-            problems = leaf_content_problems(spec.serial, signer.hash, public_key, cn, extensions)
+            problems = leaf_content_problems(spec.serial, signer.hash, public_key, cn, extensions,
+                                             signature_algorithm=signer.algorithm)
             if problems:  # a bug or a profile that lets through what Roles Anywhere refuses
                 raise PolicyViolation("the certificate would be refused by Roles Anywhere: " + "; ".join(problems))
             cert = build_leaf(spec, signer, extensions)

@@ -13,7 +13,7 @@ from cryptography import x509
 from pki.custody.keys import CaKey
 from pki.custody.refs import KeyRef, parse_key_ref
 from pki.x509.issuance import LeafSigner
-from pki.x509.keys import KeyType, PrivateKey, private_key_pem
+from pki.x509.keys import KeyType, PrivateKey, workload_key_pem
 from pki.x509.pem import Pem
 from pki.x509.serials import serial_hex
 
@@ -71,7 +71,7 @@ class IssuedCertificate(NamedTuple):
 
     @property
     def key_pem(self) -> Pem | None:
-        return Pem(private_key_pem(self.private_key)) if self.private_key is not None else None
+        return Pem(workload_key_pem(self.private_key)) if self.private_key is not None else None
 
     def write_to(self, directory: Path) -> dict[str, Path]:
         """``cert.pem``, ``chain.pem`` and (when made here) ``key.pem`` (0600) in ``directory``,

@@ -9,11 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import ec, padding
-
 from pki.custody.refs import FileRef
 from pki.errors import Conflict, InvalidInput
-from pki.x509.keys import KeyType, PrivateKey, PublicKey, load_private_key, private_key_pem
+from pki.x509.keys import KeyType, PrivateKey, PublicKey, load_private_key, private_key_pem, sign_message
 from pki.x509.pem import Pem
 
 Passphrase = bytes | Callable[[], bytes]
@@ -72,10 +70,7 @@ class FileKey:
         return self.private_key.public_key()
 
     def sign(self, data: bytes) -> bytes:
-        algorithm = self._key_type.signature_hash()
-        if isinstance(self.private_key, ec.EllipticCurvePrivateKey):
-            return self.private_key.sign(data, ec.ECDSA(algorithm))
-        return self.private_key.sign(data, padding.PKCS1v15(), algorithm)
+        return sign_message(self.private_key, data, self._key_type.signature_hash())
 
     def describe(self) -> str:
         return f"file {self._ref.path} (encrypted PKCS#8, {self._key_type})"

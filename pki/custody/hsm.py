@@ -10,6 +10,8 @@ forked after opening one initialises the module again before using it.
 The private key is generated on the token as sensitive and never extractable; an adopted key that
 could be exported is refused. ECDSA signs a digest computed here (``CKM_ECDSA``: the token sees 32
 or 48 bytes, whatever the size of a CRL); RSA signs with ``CKM_SHA256_RSA_PKCS`` (PKCS#1 v1.5).
+ML-DSA is refused with one message (``PKCS11_MLDSA_REFUSAL``): SoftHSM2, the token rapki is tested
+with, has no ML-DSA mechanism, so a code path for it could not be tested.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _CURVES = {KeyType.EC_P256: "secp256r1", KeyType.EC_P384: "secp384r1"}
+PKCS11_MLDSA_REFUSAL = (
+    "ML-DSA CA keys are not supported on PKCS#11: SoftHSM2 (2.6) has no ML-DSA mechanism (PKCS#11 3.2's "
+    "CKM_ML_DSA is not in it) and rapki does not drive one; keep an ML-DSA CA key in a file or in AWS KMS"
+)
 # Token errors after which the session is gone but a new one may work.
 _STALE = (p11.SessionHandleInvalid, p11.SessionClosed, p11.DeviceRemoved, p11.TokenNotPresent,
           p11.UserNotLoggedIn, p11.DeviceError)
@@ -186,7 +192,8 @@ def _public_key(key: pkcs11.PublicKey) -> PublicKey:
                                        int.from_bytes(key[Attribute.MODULUS], "big"))
         public = numbers.public_key()
     else:
-        raise InvalidInput(f"a {key.key_type.name} key cannot be a CA key: use EC P-256/P-384 or RSA")
+        raise InvalidInput(f"a {key.key_type.name} key cannot be a CA key on a PKCS#11 token: use EC P-256/P-384 "
+                           f"or RSA ({PKCS11_MLDSA_REFUSAL})")
     KeyType.of(public)  # refuses curves and sizes Roles Anywhere refuses
     return public  # type: ignore[return-value]
 
@@ -231,6 +238,8 @@ class Pkcs11Key:
     @classmethod
     def generate(cls, ref: Pkcs11Ref, key_type: KeyType) -> Pkcs11Key:
         """A new key pair of ``key_type`` on the token, under ``ref``'s label and id (which must be free)."""
+        if key_type.is_mldsa:
+            raise InvalidInput(f"{key_type} on token {ref.token!r}: {PKCS11_MLDSA_REFUSAL}")
         key_id = ref.key_id or secrets.token_bytes(16)
         private_template = {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.PRIVATE: True,
                             Attribute.SIGN: True, Attribute.TOKEN: True}
@@ -271,6 +280,8 @@ class Pkcs11Key:
         return self._public_key
 
     def sign(self, data: bytes) -> bytes:
+        if self._hash is None:  # pragma: no cover - _public_key never makes an ML-DSA Pkcs11Key
+            raise InvalidInput(PKCS11_MLDSA_REFUSAL)
         if self._key_type.is_ec:
             digest = hashlib.new(self._hash.name, data).digest()
             raw = _call(self._ref, lambda s: self._private(s).sign(digest, mechanism=Mechanism.ECDSA))

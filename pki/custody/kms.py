@@ -3,7 +3,13 @@
 Signing sends a digest computed here (``MessageType=DIGEST``), never the TBS itself: KMS takes at
 most 4096 bytes of raw message, and a CRL or a certificate with many names is larger; a digest is
 also all KMS needs to see. The signing algorithm follows the key type (``ECDSA_SHA_256``/``_384``,
-``RSASSA_PKCS1_V1_5_SHA_256``). An adopted key is kept by its ARN, never by an alias, so an alias
+``RSASSA_PKCS1_V1_5_SHA_256``).
+
+ML-DSA keys (KeySpec ``ML_DSA_44``/``_65``/``_87``, SigningAlgorithm ``ML_DSA_SHAKE_256``) cannot be
+signed as a digest: a TBS of at most 4096 bytes is sent whole (``MessageType=RAW``), a larger one as
+its 64-byte FIPS 204 mu (``EXTERNAL_MU``: SHAKE256 over the public key's hash, the empty context and
+the TBS, computed here by ``cryptography``'s ``MLDSAMuHasher``); KMS signs both as pure ML-DSA, and
+the signature verifies over the TBS either way. An adopted key is kept by its ARN, never by an alias, so an alias
 pointed elsewhere later cannot swap the key under a CA certificate.
 
 GovCloud regions (``us-gov-west-1``, ``us-gov-east-1``) resolve to their own partition's endpoints;
@@ -15,11 +21,11 @@ boto3 chain (instance role, environment, profile), never from the key reference.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, cast
 
 from pki.custody.refs import KmsRef
 from pki.errors import InvalidInput, KeyUnavailable, NotFound
-from pki.x509.keys import KeyType, PublicKey
+from pki.x509.keys import KeyType, MLDSAPublicKey, PublicKey
 
 KEY_SPECS = {
     KeyType.EC_P256: "ECC_NIST_P256",
@@ -27,6 +33,9 @@ KEY_SPECS = {
     KeyType.RSA_2048: "RSA_2048",
     KeyType.RSA_3072: "RSA_3072",
     KeyType.RSA_4096: "RSA_4096",
+    KeyType.ML_DSA_44: "ML_DSA_44",
+    KeyType.ML_DSA_65: "ML_DSA_65",
+    KeyType.ML_DSA_87: "ML_DSA_87",
 }
 _KEY_TYPES = {spec: key_type for key_type, spec in KEY_SPECS.items()}
 SIGNING_ALGORITHMS = {
@@ -35,7 +44,11 @@ SIGNING_ALGORITHMS = {
     KeyType.RSA_2048: "RSASSA_PKCS1_V1_5_SHA_256",
     KeyType.RSA_3072: "RSASSA_PKCS1_V1_5_SHA_256",
     KeyType.RSA_4096: "RSASSA_PKCS1_V1_5_SHA_256",
+    KeyType.ML_DSA_44: "ML_DSA_SHAKE_256",
+    KeyType.ML_DSA_65: "ML_DSA_SHAKE_256",
+    KeyType.ML_DSA_87: "ML_DSA_SHAKE_256",
 }
+RAW_MESSAGE_LIMIT = 4096  # bytes KMS signs as a RAW message; an ML-DSA TBS beyond it goes as its mu
 
 
 ATTEMPTS = 3  # per call: a KMS that cannot be reached fails within seconds, never hangs a command
@@ -151,10 +164,22 @@ class KmsKey:
         return self._public_key
 
     def sign(self, data: bytes) -> bytes:
-        digest = hashlib.new(self._hash.name, data).digest()
-        answer = _call(self._ref, "Sign", self.client.sign, KeyId=self._ref.key_id, Message=digest,
-                       MessageType="DIGEST", SigningAlgorithm=self._algorithm)
+        message, message_type = self._message(data)
+        answer = _call(self._ref, "Sign", self.client.sign, KeyId=self._ref.key_id, Message=message,
+                       MessageType=message_type, SigningAlgorithm=self._algorithm)
         return bytes(answer["Signature"])
+
+    def _message(self, data: bytes) -> tuple[bytes, str]:
+        """What KMS is sent to sign ``data``, and as which MessageType (see the module doc)."""
+        if self._hash is not None:
+            return hashlib.new(self._hash.name, data).digest(), "DIGEST"
+        if len(data) <= RAW_MESSAGE_LIMIT:
+            return data, "RAW"
+        from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSAMuHasher
+
+        hasher = MLDSAMuHasher(cast(MLDSAPublicKey, self._public_key))
+        hasher.update(data)
+        return hasher.finalize(), "EXTERNAL_MU"
 
     def describe(self) -> str:
         where = self._ref.region or "default region"

@@ -15,7 +15,8 @@ certificate does not reach rapki. The client sends three headers::
 
     RAPKI-SIG-V1\\n<METHOD>\\n<PATH>\\n<TIMESTAMP>\\n<hex SHA-256 of the body>
 
-ECDSA keys sign with ECDSA-SHA256 (DER), RSA keys with PKCS#1 v1.5 SHA-256. The server accepts a
+ECDSA keys sign with ECDSA-SHA256 (DER), RSA keys with PKCS#1 v1.5 SHA-256, ML-DSA keys with pure
+ML-DSA (FIPS 204, empty context) over the string itself. The server accepts a
 timestamp within 5 minutes of its clock and each signature once (replays are refused), and checks
 the certificate as for mutual TLS: issued by this CA (the exact DER is on record), unexpired,
 unrevoked.
@@ -39,13 +40,20 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from pki.errors import InvalidInput, RapkiError, Unauthenticated, Unavailable
 from pki.files import atomic_write
 from pki.rolesanywhere.credential_process import credential_process_line as signer_line
-from pki.x509.keys import KeyType, PrivateKey, load_private_key, private_key_pem
+from pki.x509.keys import (
+    KeyType,
+    PrivateKey,
+    key_family,
+    load_private_key,
+    sign_message,
+    signature_verifies,
+    workload_key_pem,
+)
 from pki.x509.pem import Pem, load_certificate, load_certificates, pkcs12_bundle
 
 SIGNATURE_SCHEME = "RAPKI-SIG-V1"
@@ -65,10 +73,7 @@ def sign_request(key: PrivateKey, certificate: x509.Certificate, method: str, pa
     """The three headers that authenticate a request with the certificate's key."""
     timestamp = str(int(now if now is not None else time.time()))
     message = string_to_sign(method, path, timestamp, body)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        signature = key.sign(message, ec.ECDSA(hashes.SHA256()))
-    else:
-        signature = key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+    signature = sign_message(key, message, hashes.SHA256())  # ML-DSA: pure, empty context, no hash
     return {
         "X-Rapki-Certificate": base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode(),
         "X-Rapki-Timestamp": timestamp,
@@ -94,17 +99,10 @@ def verify_request_signature(headers: dict[str, str], method: str, path: str, bo
                               "check the client's clock")
     message = string_to_sign(method, path, timestamp, body)
     public_key = certificate.public_key()
-    try:
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
-        else:
-            raise Unauthenticated("the certificate's key type cannot sign requests")
-    except Exception as exc:
-        if isinstance(exc, Unauthenticated):
-            raise
-        raise Unauthenticated("the request signature does not verify with the certificate's key") from exc
+    if not key_family(public_key):
+        raise Unauthenticated("the certificate's key type cannot sign requests")
+    if not signature_verifies(public_key, signature, message, hashes.SHA256()):
+        raise Unauthenticated("the request signature does not verify with the certificate's key")
     return certificate, signature
 
 
@@ -200,9 +198,7 @@ def make_csr(key: PrivateKey, cn: str | None, sans: Sequence[str] = ()) -> bytes
         names.append(x509.UniformResourceIdentifier(value) if kind == "uri" else x509.DNSName(value))
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    hash_alg = hashes.SHA384() if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1" \
-        else hashes.SHA256()
-    return builder.sign(key, hash_alg).public_bytes(serialization.Encoding.PEM)
+    return builder.sign(key, KeyType.of(key).signature_hash()).public_bytes(serialization.Encoding.PEM)
 
 
 def write_material(out: Path, certificate_pem: str, chain_pem: str, key_pem: bytes | None) -> dict[str, Path]:
@@ -234,10 +230,13 @@ def enroll(client: EnrollmentClient, token: str, out: Path, *, key_type: str | N
 
     With ``pkcs12_password`` the key goes into ``bundle.p12`` (with the certificate and chain,
     encrypted with that password, made here: the password never travels) instead of key.pem;
-    cert.pem and chain.pem are written as always. ``rapki renew`` needs key.pem, so a PKCS#12
+    cert.pem and chain.pem are written as always. PKCS#12 cannot hold an ML-DSA key
+(``pki.x509.pem.pkcs12_bundle`` refuses it). ``rapki renew`` needs key.pem, so a PKCS#12
     enrollment is renewed by enrolling again."""
     body: dict[str, Any] = {}
     key: PrivateKey | None = None
+    if pkcs12_password is not None and KeyType.parse(key_type or "ec-p256").is_mldsa:
+        raise InvalidInput(f"--format pkcs12 cannot hold an {key_type} key (PKCS#12 has no ML-DSA here): use pem")
     if csr_mode:
         key = KeyType.parse(key_type or "ec-p256").generate()
         body["csr"] = make_csr(key, cn, list(sans or ())).decode()
@@ -250,7 +249,7 @@ def enroll(client: EnrollmentClient, token: str, out: Path, *, key_type: str | N
     if ttl:
         body["ttl"] = ttl
     answer = client.call("POST", "/v1/enroll", body, headers={"Authorization": f"Bearer {token}"})
-    key_pem = private_key_pem(key) if key is not None else answer["private_key"].encode()
+    key_pem = workload_key_pem(key) if key is not None else answer["private_key"].encode()
     if pkcs12_password is None:
         files = write_material(out, answer["certificate"], answer["chain"], key_pem)
     else:
@@ -324,7 +323,7 @@ def renew(client_url: str, cert_dir: Path, *, ca_bundle: Path | None = None, for
                                           serialization.PublicFormat.SubjectPublicKeyInfo) != \
             key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         raise RapkiError("the server returned a certificate for another key: files left unchanged")
-    files = write_material(cert_dir, answer["certificate"], answer["chain"], private_key_pem(key))
+    files = write_material(cert_dir, answer["certificate"], answer["chain"], workload_key_pem(key))
     result = _summary(answer, files, cert_dir)
     result.update({"renewed": True, "replaced": format(current.serial_number, "x")})
     return result

@@ -12,24 +12,26 @@ verify is never handed out.
 
 RSA is signed with PKCS#1 v1.5 (what the builders use by default and what rapki's CAs have always
 used); ECDSA signatures are DER ``Ecdsa-Sig-Value`` (``ecdsa_der_signature`` converts the raw r||s
-that PKCS#11 returns). Ed25519 is not a rapki CA key type (Roles Anywhere refuses it).
+that PKCS#11 returns). ML-DSA is pure ML-DSA with an empty context over the whole TBS, its
+signatureAlgorithm the parameter set's OID (2.16.840.1.101.3.4.3.17/18/19) with no parameters
+(RFC 9881); its throwaway key is of the same parameter set, since the OID names it. Ed25519 is not
+a rapki CA key type (Roles Anywhere refuses it).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Protocol
+from typing import Protocol, cast
 
 from asn1crypto import parser as asn1_parser
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from pki.errors import RapkiError
-from pki.x509.keys import KeyType, PrivateKey, PublicKey
+from pki.x509.keys import KeyType, PrivateKey, PublicKey, key_family, signature_verifies
 
 
 class ExternalSigner(Protocol):
@@ -42,7 +44,8 @@ class ExternalSigner(Protocol):
 
     def sign(self, data: bytes) -> bytes:
         """The X.509 signature over ``data`` (the whole TBS, not a digest), with the hash
-        ``key_type.signature_hash()`` and, for RSA, PKCS#1 v1.5 padding; ECDSA as DER."""
+        ``key_type.signature_hash()`` and, for RSA, PKCS#1 v1.5 padding; ECDSA as DER; pure ML-DSA
+        with an empty context."""
         ...
 
 
@@ -53,30 +56,31 @@ directly: a file key, already in memory) or an ``ExternalSigner`` (an HSM or KMS
 
 def key_object(key: SigningKey) -> PrivateKey | None:
     """``key`` when it is a ``cryptography`` key object (signed with directly), else None."""
-    return key if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
+    return cast(PrivateKey, key) if key_family(key) else None
 
 
 def signing_key_type(key: SigningKey) -> KeyType:
     """The key type of either kind of signing key."""
-    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        return KeyType.of(key)
-    return key.key_type
+    direct = key_object(key)
+    return KeyType.of(direct) if direct is not None else cast(ExternalSigner, key).key_type
 
 
 def certificate_signed_by(builder: x509.CertificateBuilder, key: SigningKey) -> x509.Certificate:
     """``builder``'s certificate signed by ``key``: by ``cryptography`` for a key object, else
     through ``sign_certificate``."""
-    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        return builder.sign(key, signature_hash(KeyType.of(key)))
-    return sign_certificate(builder, key)
+    direct = key_object(key)
+    if direct is not None:
+        return builder.sign(direct, signature_hash(KeyType.of(direct)))
+    return sign_certificate(builder, cast(ExternalSigner, key))
 
 
 def crl_signed_by(builder: x509.CertificateRevocationListBuilder,
                   key: SigningKey) -> x509.CertificateRevocationList:
     """``builder``'s CRL signed by ``key`` (as ``certificate_signed_by``)."""
-    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        return builder.sign(key, signature_hash(KeyType.of(key)))
-    return sign_crl(builder, key)
+    direct = key_object(key)
+    if direct is not None:
+        return builder.sign(direct, signature_hash(KeyType.of(direct)))
+    return sign_crl(builder, cast(ExternalSigner, key))
 
 
 class ExternalSignatureInvalid(RapkiError):
@@ -86,9 +90,9 @@ class ExternalSignatureInvalid(RapkiError):
     code = "external_signature_invalid"
 
 
-def signature_hash(key_type: KeyType) -> hashes.SHA256 | hashes.SHA384:
-    """``key_type.signature_hash()`` as the narrow type the builders' ``sign`` takes."""
-    return hashes.SHA384() if key_type is KeyType.EC_P384 else hashes.SHA256()
+def signature_hash(key_type: KeyType) -> hashes.SHA256 | hashes.SHA384 | None:
+    """``key_type.signature_hash()`` as the narrow type the builders' ``sign`` takes (None: ML-DSA)."""
+    return key_type.signature_hash()
 
 
 def signature_algorithm(key_type: KeyType) -> x509.ObjectIdentifier:
@@ -102,17 +106,23 @@ _SIGNATURE_ALGORITHMS = {
     KeyType.RSA_2048: SignatureAlgorithmOID.RSA_WITH_SHA256,
     KeyType.RSA_3072: SignatureAlgorithmOID.RSA_WITH_SHA256,
     KeyType.RSA_4096: SignatureAlgorithmOID.RSA_WITH_SHA256,
+    KeyType.ML_DSA_44: SignatureAlgorithmOID.ML_DSA_44,
+    KeyType.ML_DSA_65: SignatureAlgorithmOID.ML_DSA_65,
+    KeyType.ML_DSA_87: SignatureAlgorithmOID.ML_DSA_87,
 }
 
 
 @functools.cache
-def _throwaway_key(is_ec: bool) -> PrivateKey:
+def _throwaway_key(key_type: KeyType) -> PrivateKey:
     """A key only ever used to make a builder produce its TBS; its signature is discarded.
 
-    One per family and process: the TBS does not depend on the signing key's curve or size, so
-    the cheapest member of the family serves (P-256; RSA-1024, a fifth of an RSA-2048 signature).
+    For EC and RSA one per family and process: the TBS does not depend on the signing key's curve
+    or size, so the cheapest member of the family serves (P-256; RSA-1024, a fifth of an RSA-2048
+    signature). ML-DSA's signatureAlgorithm names the parameter set, so the throwaway is of it.
     """
-    if is_ec:
+    if key_type.is_mldsa:
+        return key_type.generate()
+    if key_type.is_ec:
         return ec.generate_private_key(ec.SECP256R1())
     return rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - signs nothing kept
 
@@ -128,15 +138,7 @@ def ecdsa_der_signature(raw: bytes) -> bytes:
 
 def verify_signature(public_key: PublicKey, key_type: KeyType, signature: bytes, data: bytes) -> bool:
     """Whether ``signature`` over ``data`` verifies as a CA of ``key_type`` signs."""
-    algorithm = key_type.signature_hash()
-    try:
-        if isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, data, ec.ECDSA(algorithm))
-        else:
-            public_key.verify(signature, data, padding.PKCS1v15(), algorithm)
-    except InvalidSignature:
-        return False
-    return True
+    return signature_verifies(public_key, signature, data, key_type.signature_hash())
 
 
 def _checked_signer_key(signer: ExternalSigner) -> PublicKey:
@@ -185,7 +187,7 @@ def _signed_parts(builder: x509.CertificateBuilder | x509.CertificateRevocationL
     """The TBS and algorithm bytes ``builder`` makes (signed once with a throwaway key of the
     signer's algorithm, to fix them) and the signer's verified signature over that TBS."""
     public_key = _checked_signer_key(signer)
-    template = builder.sign(_throwaway_key(signer.key_type.is_ec), signature_hash(signer.key_type))
+    template = builder.sign(_throwaway_key(signer.key_type), signature_hash(signer.key_type))
     _check_algorithm(template.signature_algorithm_oid, signer.key_type)
     tbs_der, algorithm_der = _split(template.public_bytes(serialization.Encoding.DER))
     return tbs_der, algorithm_der, _external_signature(signer, public_key, tbs_der, what)

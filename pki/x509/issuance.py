@@ -298,13 +298,15 @@ class LeafSigner:
     key_type: KeyType
     crl_url: str | None = None  # the CRL Distribution Point of its leaves ([crl].distribution_url)
     direct: PrivateKey | None = field(init=False)
-    hash: hashes.SHA256 | hashes.SHA384 = field(init=False)
+    hash: hashes.SHA256 | hashes.SHA384 | None = field(init=False)
+    algorithm: x509.ObjectIdentifier = field(init=False)  # the signatureAlgorithm its certificates carry
     shared: dict[x509.ObjectIdentifier, tuple[x509.Extension[x509.ExtensionType], ...]] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "direct", external.key_object(self.key))
         object.__setattr__(self, "hash", self.key_type.signature_hash())
         distribution = (_extension(crl_distribution_points(self.crl_url)),) if self.crl_url else ()
+        object.__setattr__(self, "algorithm", external.signature_algorithm(self.key_type))
         object.__setattr__(self, "shared", {
             usage: (_extension(_BASIC, critical=True), _extension(_KEY_USAGE, critical=True), _extension(eku),
                     _extension(self.issuer_aki), *distribution)

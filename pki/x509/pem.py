@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from pki.errors import InvalidInput
 from pki.files import atomic_write
-from pki.x509.keys import PrivateKey
+from pki.x509.keys import KeyType, PrivateKey, key_family
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,13 @@ def pkcs12_bundle(name: bytes, key: PrivateKey | None, certificate: x509.Certifi
     """A PKCS#12 file holding ``key`` (None: certificates only), ``certificate`` and ``chain``,
     encrypted with ``password``:
     PBES2 (PBKDF2-SHA256, AES-256-CBC) and an HMAC-SHA256 MAC, which current OpenSSL, Java and
-    Windows read (the legacy RC2/3DES forms are not used)."""
+    Windows read (the legacy RC2/3DES forms are not used).
+
+    ML-DSA keys are refused: ``cryptography`` (50) does not put them in PKCS#12, and neither AWS's
+    credential helper nor most PKCS#12 readers would read them; such a key is handed out as PEM."""
+    if key is not None and key_family(key) == "mldsa":
+        raise InvalidInput(f"a PKCS#12 bundle cannot hold an {KeyType.of(key)} key: ask for PEM instead "
+                           "(ML-DSA keys are not serialised in PKCS#12)")
     encryption = (
         serialization.PrivateFormat.PKCS12.encryption_builder()
         .kdf_rounds(PKCS12_KDF_ROUNDS)
@@ -73,4 +79,4 @@ def pkcs12_bundle(name: bytes, key: PrivateKey | None, certificate: x509.Certifi
         .hmac_hash(hashes.SHA256())
         .build(password)
     )
-    return pkcs12.serialize_key_and_certificates(name, key, certificate, list(chain), encryption)
+    return pkcs12.serialize_key_and_certificates(name, key, certificate, list(chain), encryption)  # type: ignore[arg-type]

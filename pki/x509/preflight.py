@@ -16,7 +16,7 @@ from typing import cast
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from pki.x509.keys import key_family
 
@@ -26,6 +26,18 @@ _SOURCE_IDENTITY_PUNCT = set("_.:/=+-@")
 _ASCII_SOURCE_IDENTITY = re.compile(r"[A-Za-z0-9 _.:/=+\-@]+")  # the common case, without per-character look-ups
 MAX_CN_LENGTH = 64
 STRONG_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
+# Pure ML-DSA (RFC 9881): no separate hash; every parameter set is at least as strong as SHA-256.
+MLDSA_SIGNATURES = frozenset({SignatureAlgorithmOID.ML_DSA_44, SignatureAlgorithmOID.ML_DSA_65,
+                              SignatureAlgorithmOID.ML_DSA_87})
+
+
+def signature_problem(hash_alg: hashes.HashAlgorithm | None,
+                      algorithm: x509.ObjectIdentifier | None = None) -> str | None:
+    """Why a signature with ``hash_alg`` (``algorithm``, its signatureAlgorithm) would be refused:
+    SHA-256 or stronger, or pure ML-DSA, which has no separate hash."""
+    if algorithm in MLDSA_SIGNATURES or isinstance(hash_alg, STRONG_HASHES):
+        return None
+    return f"signature hash {hash_alg.name if hash_alg else 'none'}: SHA-256 or stronger (or ML-DSA) is required"
 
 
 def source_identity_problem(cn: str) -> str | None:
@@ -68,7 +80,9 @@ def public_key_problem(key: object) -> str | None:
     if family == "rsa":
         size = cast(rsa.RSAPublicKey, key).key_size
         return None if size >= 2048 else f"RSA-{size} key: at least 2048 bits needed"
-    return f"{type(key).__name__.lstrip('_')}: only RSA and EC P-256/P-384 keys are accepted"
+    if family == "mldsa":
+        return None  # ML-DSA-44/65/87: Roles Anywhere accepts each parameter set
+    return f"{type(key).__name__.lstrip('_')}: only RSA, EC P-256/P-384 and ML-DSA keys are accepted"
 
 
 def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> list[str]:
@@ -80,7 +94,8 @@ def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> lis
     if len(subject) == 0:
         problems.append("the subject is empty")
     problems.extend(leaf_content_problems(cert.serial_number, cert.signature_hash_algorithm, cert.public_key(),
-                                          common_name(subject), cert.extensions))
+                                          common_name(subject), cert.extensions,
+                                          signature_algorithm=cert.signature_algorithm_oid))
     if now is not None:
         if now < cert.not_valid_before_utc:
             problems.append(f"not valid before {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}")
@@ -90,7 +105,8 @@ def leaf_problems(cert: x509.Certificate, *, now: datetime | None = None) -> lis
 
 
 def leaf_content_problems(serial: int, hash_alg: hashes.HashAlgorithm | None, public_key: object, cn: str | None,
-                          extensions: Iterable[x509.Extension[x509.ExtensionType]]) -> list[str]:
+                          extensions: Iterable[x509.Extension[x509.ExtensionType]], *,
+                          signature_algorithm: x509.ObjectIdentifier | None = None) -> list[str]:
     """The rules on what a leaf holds, for a certificate (``leaf_problems``) or for one about to be
     built: the CA checks the very values it hands the builder (``pki.x509.issuance.leaf_extensions``),
     so nothing is signed that would be refused, and nothing is parsed back out of the result."""
@@ -99,9 +115,8 @@ def leaf_content_problems(serial: int, hash_alg: hashes.HashAlgorithm | None, pu
         problems.append("serial number is not positive")
     elif (serial.bit_length() + 8) // 8 > 20:  # DER adds a leading 0 byte when the top bit is set
         problems.append("serial number is longer than 20 octets")
-    if not isinstance(hash_alg, STRONG_HASHES):
-        name = hash_alg.name if hash_alg else "none"
-        problems.append(f"signature hash {name}: SHA-256 or stronger is required")
+    if (problem := signature_problem(hash_alg, signature_algorithm)) is not None:
+        problems.append(problem)
     if (problem := public_key_problem(public_key)) is not None:
         problems.append(problem)
     if cn is None:

@@ -53,9 +53,16 @@ class Request:
         self.password: str | None = fields["password"]
         if self.format == "pkcs12" and (self.password is None or len(self.password) < MIN_PKCS12_PASSWORD):
             raise InvalidInput(f'"format": "pkcs12" needs a "password" of at least {MIN_PKCS12_PASSWORD} characters')
+        self.refuse_pkcs12_of(self.key_type)
         self.sans = SubjectAltNames.parse(fields.get("sans") or [])  # renewal keeps the names: no "sans"
         self.cn: str | None = fields.get("cn")
         self.profile: str | None = fields.get("profile")
+
+    def refuse_pkcs12_of(self, key_type: KeyType | None) -> None:
+        """Refused before anything is issued: a PKCS#12 bundle cannot hold an ML-DSA key
+        (``pki.x509.pem.pkcs12_bundle``)."""
+        if self.format == "pkcs12" and key_type is not None and key_type.is_mldsa:
+            raise InvalidInput(f'"format": "pkcs12" cannot hold an {key_type} key: ask for "format": "pem"')
 
     def check_csr(self) -> None:
         """What the CSR asks for; 422 for what a workload certificate never gets (CA:TRUE...)."""
@@ -109,6 +116,7 @@ def renew(ca: CertificateAuthority, caller: Caller, body: dict[str, Any]) -> tup
     key_type = req.key_type if req.csr is None else None
     if req.csr is None and key_type is None:
         key_type = KeyType.parse(current.key_type)
+        req.refuse_pkcs12_of(key_type)
     profile = ca.profile(current.profile)
     issued = ca.issue(profile, cn=current.common_name, sans=old_sans.as_list(), csr=req.csr, key_type=key_type,
                       ttl=req.ttl, actor=caller.actor, supersedes=current.serial)
