@@ -164,7 +164,7 @@ def test_expanded_key_of_another_seed_refused() -> None:
 
 def test_expanded_only_form_refused_with_the_way_out() -> None:
     expanded = SCHEMES["ml-dsa-44"].key_derive(os.urandom(32))[1]
-    with pytest.raises(material.MaterialError, match="only the expanded key.*with the seed"):
+    with pytest.raises(material.MaterialError, match=r"only the expanded key.*with the seed"):
         material.parse_private_key(pem(pkcs8("ml-dsa-44", core.OctetString(expanded).dump())), None, "k.pem")
 
 

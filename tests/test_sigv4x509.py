@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, mldsa
 
 from pki.rolesanywhere import sigv4x509 as s
 
+
 # shared/ beside the checkout (as CI lays it out), else the development machine's copy.
 def _shared(kind: str) -> Path:
     return next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "vectors" / kind,
