@@ -8,8 +8,11 @@ encrypted (PBES2 with PBKDF2 or scrypt and AES-CBC, the schemes the helper decry
 always rebuilt from the seed by ``cryptography``. The expanded-only form has no seed and
 ``cryptography`` cannot sign from it, so it is refused with the way out.
 
-Loaded by :mod:`pki.signer.material` only for keys that can be ML-DSA: asn1crypto takes ~40 ms to
-import, which RSA and EC users of ``credential-process`` should not pay on every refresh.
+Loaded by :mod:`pki.signer.material` only for keys that can be ML-DSA. ``pki.x509.keys.load_private_key``
+reads the clear forms too, but checks the expanded key by generating the whole key in pure Python
+(dilithium-py, ~30 ms); ``credential-process`` runs on every SDK credential refresh, so the signer
+checks the part of the expanded key the seed fixes cheaply (:func:`expanded_key_belongs_to_seed`,
+~1 ms) and reads the encrypted forms, which ``cryptography`` opens only for the seed-only form.
 """
 
 from __future__ import annotations
@@ -29,13 +32,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from pki.x509.keys import KeyType, MLDSAPrivateKey, PrivateKey
+from pki.x509.keys import MLDSA_OIDS, KeyType, MLDSAPrivateKey, PrivateKey
 
-MLDSA_OIDS = {
-    "2.16.840.1.101.3.4.3.17": KeyType.ML_DSA_44,
-    "2.16.840.1.101.3.4.3.18": KeyType.ML_DSA_65,
-    "2.16.840.1.101.3.4.3.19": KeyType.ML_DSA_87,
-}
+_KEY_TYPE_BY_OID = {dotted: KeyType(name) for name, dotted in MLDSA_OIDS.items()}
 # FIPS 204 Table 2: (k, l) of each parameter set, and the size of its expanded private key.
 _SHAPE = {KeyType.ML_DSA_44: (4, 4, 2560), KeyType.ML_DSA_65: (6, 5, 4032), KeyType.ML_DSA_87: (8, 7, 4896)}
 _FROM_SEED: dict[KeyType, Callable[[bytes], MLDSAPrivateKey]] = {
@@ -110,7 +109,7 @@ def _private_key_info(der: bytes) -> tuple[KeyType, bytes] | None:
     """``(parameter set, privateKey contents)`` of a clear ML-DSA PrivateKeyInfo, else None."""
     try:
         info = _PrivateKeyInfo.load(der, strict=True)
-        key_type = MLDSA_OIDS.get(info["algorithm"]["algorithm"].dotted)
+        key_type = _KEY_TYPE_BY_OID.get(info["algorithm"]["algorithm"].dotted)
         return None if key_type is None else (key_type, bytes(info["private_key"].native))
     except (ValueError, TypeError, KeyError):
         return None
