@@ -13,6 +13,9 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +29,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from pki.rolesanywhere import sigv4x509
 from pki.signer import material
 from pki.signer.tools import fixed_string_to_sign
+from pki.x509.keys import KeyType
+from tests.emulator_fixture import InProcessEmulator, make_ca, make_leaf, pem_of
 from tests.test_signer import FakeService, _vector_command, run_signer
 
 ml_dsa = pytest.importorskip("dilithium_py.ml_dsa")
@@ -248,3 +254,94 @@ def test_sign_string(name: str) -> None:
     assert data == b"AWS Roles Anywhere Credential Helper Signing Test1"
     public = leaf.public_key().public_bytes_raw()  # type: ignore[union-attr]
     assert SCHEMES["ml-dsa-65"].verify(public, data, bytes.fromhex(result.stdout.decode()), ctx=b"")
+
+
+# ------------------------------------------------------------------------------------------------
+# Proof: ML-DSA leaf -> rapki-signer credential-process -> the emulator's credentials, with the
+# request the signer sent verified by dilithium-py
+
+
+class RecordingEmulator:
+    """A loopback HTTP endpoint that records each request and hands it, bytes and headers as
+    received, to the in-process emulator; the emulator's answer goes back to the signer."""
+
+    def __init__(self, emulator: InProcessEmulator) -> None:
+        self.requests: list[dict[str, Any]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = dict(self.headers)
+                recorder.requests.append({"path": self.path, "headers": headers, "body": body})
+                answer = emulator.client.post(self.path, data=body, headers=headers,
+                                              base_url=f"http://{headers['Host']}")
+                payload = answer.get_data()
+                self.send_response(answer.status_code)
+                for name in ("Content-Type", "X-Amzn-ErrorType"):
+                    if name in answer.headers:
+                        self.send_header(name, answer.headers[name])
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _write_leaf_files(tmp_path: Path, leaf: x509.Certificate, key: Any, chain: list[x509.Certificate],
+                      helper_form: bool) -> None:
+    (tmp_path / "cert.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "chain.pem").write_text(pem_of(*chain))
+    key_type = str(KeyType.of(key))
+    seed = key.private_bytes_raw()
+    der = seed_and_expanded(key_type, seed) if helper_form else pkcs8(key_type, b"\x80\x20" + seed)
+    (tmp_path / "key.pem").write_bytes(pem(der))
+
+
+PROOF_CHAINS = {
+    # name: (root, issuing CA, leaf) key types; the key file in the helper's form or cryptography's
+    "EC root, EC issuing CA, ML-DSA-65 leaf": ("ec-p256", "ec-p384", "ml-dsa-65", True),
+    "all ML-DSA": ("ml-dsa-87", "ml-dsa-65", "ml-dsa-65", False),
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("name", list(PROOF_CHAINS))
+def test_mldsa_leaf_gets_credentials_from_the_emulator(name: str, tmp_path: Path,
+                                                      emulator_app: InProcessEmulator) -> None:
+    root_type, issuing_type, leaf_type, helper_form = PROOF_CHAINS[name]
+    root = make_ca("PQ Proof Root", key_type=root_type)
+    issuing = make_ca("PQ Proof Issuing", parent=root, key_type=issuing_type)
+    leaf, key = make_leaf(issuing, "pq-workload", key_type=leaf_type)
+    _write_leaf_files(tmp_path, leaf, key, [issuing.cert], helper_form)
+    role = "arn:aws:iam::123456789012:role/pq-proof"
+    anchor, profile = emulator_app.trust_anchor(root.cert), emulator_app.profile(role)
+    endpoint = RecordingEmulator(emulator_app)
+    try:
+        result = run_signer(
+            "credential-process", "--certificate", str(tmp_path / "cert.pem"), "--private-key",
+            str(tmp_path / "key.pem"), "--intermediates", str(tmp_path / "chain.pem"), "--trust-anchor-arn", anchor,
+            "--profile-arn", profile, "--role-arn", role, "--endpoint", endpoint.url)
+    finally:
+        endpoint.close()
+    assert result.returncode == 0, result.stderr.decode()
+    credentials = json.loads(result.stdout)
+    assert credentials["Version"] == 1 and credentials["AccessKeyId"] and credentials["SessionToken"]
+    (request,) = endpoint.requests
+    verified = sigv4x509.verify_create_session(
+        method="POST", path="/sessions", raw_query=request["path"].partition("?")[2], headers=request["headers"],
+        body=request["body"], now=datetime.now(UTC))
+    assert verified.authorization.algorithm == "AWS4-X509-MLDSA"
+    public = leaf.public_key().public_bytes_raw()  # type: ignore[union-attr]
+    scheme = SCHEMES[leaf_type]
+    assert scheme.verify(public, verified.string_to_sign.encode(), verified.authorization.signature, ctx=b"")
+    assert not scheme.verify(public, verified.string_to_sign.encode()[:-1], verified.authorization.signature)
