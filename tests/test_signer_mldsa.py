@@ -261,40 +261,41 @@ def test_sign_string(name: str) -> None:
 # request the signer sent verified by dilithium-py
 
 
-class RecordingEmulator:
+class _ForwardHandler(BaseHTTPRequestHandler):
+    server: RecordingEmulator
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = dict(self.headers)
+        self.server.requests.append({"path": self.path, "headers": headers, "body": body})
+        answer = self.server.emulator.client.post(self.path, data=body, headers=headers,
+                                                  base_url=f"http://{headers['Host']}")
+        payload = answer.get_data()
+        self.send_response(answer.status_code)
+        for name in ("Content-Type", "X-Amzn-ErrorType"):
+            if name in answer.headers:
+                self.send_header(name, answer.headers[name])
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+class RecordingEmulator(ThreadingHTTPServer):
     """A loopback HTTP endpoint that records each request and hands it, bytes and headers as
     received, to the in-process emulator; the emulator's answer goes back to the signer."""
 
     def __init__(self, emulator: InProcessEmulator) -> None:
+        super().__init__(("127.0.0.1", 0), _ForwardHandler)
+        self.emulator = emulator
         self.requests: list[dict[str, Any]] = []
-        recorder = self
+        threading.Thread(target=self.serve_forever, daemon=True).start()
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = dict(self.headers)
-                recorder.requests.append({"path": self.path, "headers": headers, "body": body})
-                answer = emulator.client.post(self.path, data=body, headers=headers,
-                                              base_url=f"http://{headers['Host']}")
-                payload = answer.get_data()
-                self.send_response(answer.status_code)
-                for name in ("Content-Type", "X-Amzn-ErrorType"):
-                    if name in answer.headers:
-                        self.send_header(name, answer.headers[name])
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
 
 
 def _write_leaf_files(tmp_path: Path, leaf: x509.Certificate, key: Any, chain: list[x509.Certificate],
@@ -332,7 +333,8 @@ def test_mldsa_leaf_gets_credentials_from_the_emulator(name: str, tmp_path: Path
             str(tmp_path / "key.pem"), "--intermediates", str(tmp_path / "chain.pem"), "--trust-anchor-arn", anchor,
             "--profile-arn", profile, "--role-arn", role, "--endpoint", endpoint.url)
     finally:
-        endpoint.close()
+        endpoint.shutdown()
+        endpoint.server_close()
     assert result.returncode == 0, result.stderr.decode()
     credentials = json.loads(result.stdout)
     assert credentials["Version"] == 1 and credentials["AccessKeyId"] and credentials["SessionToken"]
