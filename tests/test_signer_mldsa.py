@@ -151,6 +151,15 @@ def test_encrypted_both_forms(kdf: str) -> None:
             material.parse_private_key(data, "wrong", "k.pem")
 
 
+def test_encrypted_der() -> None:
+    seed = os.urandom(32)
+    data = base64.b64decode(b"".join(encrypt_pkcs8(seed_and_expanded("ml-dsa-87", seed), b"pw", "pbkdf2")
+                                     .splitlines()[1:-1]))
+    assert material.parse_private_key(data, "pw", "k.der").private_bytes_raw() == seed  # type: ignore[union-attr]
+    with pytest.raises(material.MaterialError):
+        material.parse_private_key(data, "not it", "k.der")
+
+
 def test_cryptography_encrypted_seed_form() -> None:
     key = mldsa.MLDSA44PrivateKey.generate()
     data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

@@ -150,10 +150,10 @@ def parse_private_key(data: bytes, password: str | None, path: str = "private ke
 def _mldsa_private_key(data: bytes, secret: bytes | None, path: str, encrypted: bool) -> PrivateKey | None:
     """An ML-DSA PKCS#8 key read by :mod:`pki.signer.mldsa_pkcs8`, else None for the common loader.
 
-    That module (and asn1crypto, ~40 ms to import) is loaded only when the key can be ML-DSA: a
-    clear key naming an ML-DSA OID, or an encrypted one given a password, which ``cryptography``
-    decrypts only for the forms it reads (so for an RSA or EC key this costs one failed parse)."""
-    if encrypted and secret is not None:
+    That module is loaded only when the key can be ML-DSA: a clear key naming an ML-DSA OID, or
+    one given a password that ``cryptography`` does not open (it decrypts, then reads only the
+    seed-only ML-DSA form); an RSA or EC key never gets there."""
+    if secret is not None:  # encrypted PEM, or DER (whose encryption shows only once parsed)
         try:
             return load_private_key(data, secret, what=f"private key {path!r}")
         except RapkiError:
@@ -202,7 +202,8 @@ def parse_pkcs12(data: bytes, password: str | None, path: str) -> Material:
     if key is None:
         raise MaterialError(f"PKCS#12 file {path!r} holds no private key")
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise MaterialError(f"PKCS#12 file {path!r}: only RSA and EC keys are accepted by Roles Anywhere")
+        raise MaterialError(f"PKCS#12 file {path!r}: only RSA and EC keys are read from PKCS#12 "
+                            "(for an ML-DSA key, pass the PEM certificate and --private-key)")
     certs = ([cert] if cert is not None else []) + list(extra)
     leaf = next((c for c in certs if public_key_matches(key, c.public_key())), None)
     if leaf is None:
