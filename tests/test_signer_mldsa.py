@@ -33,7 +33,7 @@ from pki.rolesanywhere import sigv4x509
 from pki.signer import material
 from pki.signer.tools import fixed_string_to_sign
 from pki.x509.keys import KeyType
-from tests.emulator_fixture import InProcessEmulator, make_ca, make_leaf, pem_of
+from tests.emulator_fixture import InProcessEmulator, RunningEmulator, make_ca, make_leaf, pem_of
 from tests.test_signer import FakeService, _vector_command, run_signer
 
 ml_dsa = pytest.importorskip("dilithium_py.ml_dsa")
@@ -356,3 +356,25 @@ def test_mldsa_leaf_gets_credentials_from_the_emulator(name: str, tmp_path: Path
     scheme = SCHEMES[leaf_type]
     assert scheme.verify(public, verified.string_to_sign.encode(), verified.authorization.signature, ctx=b"")
     assert not scheme.verify(public, verified.string_to_sign.encode()[:-1], verified.authorization.signature)
+
+
+@pytest.mark.e2e
+def test_largest_mldsa_headers_pass_the_real_emulator(emulator: RunningEmulator, tmp_path: Path) -> None:
+    """ML-DSA-87 everywhere, over HTTPS through gunicorn: a 4,627-byte signature (9.3 KB of hex in
+    Authorization) and a chain certificate of ~7 KB (9.5 KB of base64) exceed the 8 KB header
+    field limit HTTP servers default to."""
+    root = make_ca("PQ Big Root", key_type="ml-dsa-87")
+    issuing = make_ca("PQ Big Issuing", parent=root, key_type="ml-dsa-87")
+    leaf, key = make_leaf(issuing, "pq-big", key_type="ml-dsa-87")
+    _write_leaf_files(tmp_path, leaf, key, [issuing.cert], helper_form=True)
+    client = emulator.boto3_client()
+    source = {"sourceType": "CERTIFICATE_BUNDLE", "sourceData": {"x509CertificateData": pem_of(root.cert)}}
+    anchor = client.create_trust_anchor(name="pq-big", source=source, enabled=True)["trustAnchor"]["trustAnchorArn"]
+    role = "arn:aws:iam::123456789012:role/pq-big"
+    profile = client.create_profile(name="pq-big", roleArns=[role], enabled=True)["profile"]["profileArn"]
+    result = run_signer(
+        "credential-process", "--certificate", str(tmp_path / "cert.pem"), "--private-key", str(tmp_path / "key.pem"),
+        "--intermediates", str(tmp_path / "chain.pem"), "--trust-anchor-arn", anchor, "--profile-arn", profile,
+        "--role-arn", role, "--endpoint", emulator.endpoint_url, "--ca-bundle", emulator.ca_bundle)
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(result.stdout)["AccessKeyId"]
