@@ -135,7 +135,7 @@ def parse_private_key(data: bytes, password: str | None, path: str = "private ke
     secret = password.encode() if password else None
     if secret is not None and not encrypted and b"-----BEGIN" in data:
         secret = None  # the helper ignores a password given for a clear key; so do we
-    if (mldsa_key := _mldsa_private_key(data, secret, path, encrypted)) is not None:
+    if (mldsa_key := _mldsa_private_key(data, secret, path)) is not None:
         return mldsa_key
     try:
         return load_private_key(data, secret, what=f"private key {path!r}")
@@ -147,12 +147,12 @@ def parse_private_key(data: bytes, password: str | None, path: str = "private ke
         raise MaterialError(str(exc)) from None
 
 
-def _mldsa_private_key(data: bytes, secret: bytes | None, path: str, encrypted: bool) -> PrivateKey | None:
+def _mldsa_private_key(data: bytes, secret: bytes | None, path: str) -> PrivateKey | None:
     """An ML-DSA PKCS#8 key read by :mod:`pki.signer.mldsa_pkcs8`, else None for the common loader.
 
     That module is loaded only when the key can be ML-DSA: a clear key naming an ML-DSA OID, or
     one given a password that ``cryptography`` does not open (it decrypts, then reads only the
-    seed-only ML-DSA form); an RSA or EC key never gets there."""
+    seed-only ML-DSA form); an RSA or EC key gets there only with a wrong password."""
     if secret is not None:  # encrypted PEM, or DER (whose encryption shows only once parsed)
         try:
             return load_private_key(data, secret, what=f"private key {path!r}")
@@ -303,4 +303,3 @@ __all__ = [
     "parse_pkcs12",
     "parse_private_key",
 ]
-
