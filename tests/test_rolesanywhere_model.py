@@ -334,3 +334,83 @@ def test_ca_rules_refuse_in_both_fronts(emulator_app: InProcessEmulator) -> None
     case = Case(leaf, key, [low.cert, mid.cert], [])
     assert doctor_answer(case, root) == ("Untrusted Signing Certificate", "chain builds to the trust anchor")
     assert emulator_answer(case, root, emulator_app) == "Untrusted Signing Certificate"
+
+
+# --------------------------------------------------------------------------------------------
+# ML-DSA (FIPS 204) at every level, alone and mixed with EC: pure ML-DSA certificate and CRL
+# signatures (no separate hash) and AWS4-X509-MLDSA request signatures
+
+# hierarchy -> (root key type, issuing CA key type)
+MLDSA_HIERARCHIES = {
+    "EC CAs": ("ec-p256", "ec-p384"),
+    "EC root, ML-DSA issuing CA": ("ec-p256", "ml-dsa-65"),
+    "all ML-DSA": ("ml-dsa-87", "ml-dsa-65"),
+}
+
+
+@pytest.fixture(scope="module")
+def mldsa_hierarchies() -> dict[str, tuple[SimpleCa, SimpleCa]]:
+    out = {}
+    for kind, (root_type, issuing_type) in MLDSA_HIERARCHIES.items():
+        root = make_ca(f"PQ Root CA ({kind})", key_type=root_type)
+        out[kind] = (root, make_ca(f"PQ Issuing CA ({kind})", parent=root, key_type=issuing_type))
+    return out
+
+
+def build_mldsa_case(name: str, leaf_type: str, root: SimpleCa, issuing: SimpleCa) -> Case:
+    leaf, key = make_leaf(issuing, "pq-1", key_type=leaf_type)
+    if name == "good":
+        return Case(leaf, key, [issuing.cert], [make_crl(issuing, [12345])])
+    if name == "revoked":
+        return Case(leaf, key, [issuing.cert], [make_crl(issuing, [leaf.serial_number])])
+    if name == "revoked intermediate":  # the root's CRL (pure ML-DSA in the all-ML-DSA hierarchy)
+        return Case(leaf, key, [issuing.cert], [make_crl(root, [issuing.cert.serial_number])])
+    if name == "revoked by a CRL another key signed":  # same issuer name, foreign ML-DSA key: ignored
+        forged = make_crl(issuing, [leaf.serial_number], signer_key=make_ca("x", key_type="ml-dsa-65").key)
+        return Case(leaf, key, [issuing.cert], [forged])
+    if name == "foreign CA with the same name":
+        foreign = make_ca(subject=issuing.cert.subject, parent=make_ca(subject=root.cert.subject,
+                                                                       key_type="ml-dsa-65"), key_type="ml-dsa-65")
+        leaf, key = make_leaf(foreign, "intruder", key_type=leaf_type)
+        return Case(leaf, key, [foreign.cert], [])
+    raise AssertionError(name)
+
+
+# case -> (service answer, model problem, doctor's first failing check)
+MLDSA_CASES = {
+    "good": ("ok", None, None),
+    "revoked": ("Certificate revoked", trustpath.REVOKED, "not revoked in the published CRL"),
+    "revoked intermediate": ("Certificate revoked", trustpath.REVOKED, "not revoked in the published CRL"),
+    "revoked by a CRL another key signed": ("ok", None, None),
+    "foreign CA with the same name": ("Untrusted Signing Certificate", trustpath.FOREIGN_CA,
+                                      "chain builds to the trust anchor"),
+}
+
+
+# Every hierarchy with ML-DSA and EC leaves, and the EC one with ML-DSA leaves (EC only: above).
+MLDSA_COMBINATIONS = [(kind, leaf) for kind in MLDSA_HIERARCHIES for leaf in ("ml-dsa-65", "ml-dsa-44", "ec-p256")
+                      if (kind, leaf) != ("EC CAs", "ec-p256")]
+
+
+@pytest.mark.parametrize(("kind", "leaf_type"), MLDSA_COMBINATIONS)
+@pytest.mark.parametrize("name", list(MLDSA_CASES))
+def test_mldsa_chains_get_the_same_verdict(name: str, kind: str, leaf_type: str,
+                                           mldsa_hierarchies: dict[str, tuple[SimpleCa, SimpleCa]],
+                                           emulator_app: InProcessEmulator) -> None:
+    root, issuing = mldsa_hierarchies[kind]
+    case = build_mldsa_case(name, leaf_type, root, issuing)
+    answer, problem, doctor_check = MLDSA_CASES[name]
+    parsed = [trustpath.ParsedCrl.of(x509.load_pem_x509_crl(data)) for data in case.crls]
+    verdict = trustpath.check(case.leaf, case.chain, [root.cert], parsed, datetime.now(UTC))
+    assert verdict.problem == problem, verdict.detail
+    assert doctor_answer(case, root) == (answer, doctor_check)
+    assert emulator_answer(case, root, emulator_app) == answer
+
+
+def test_mldsa_signature_checks_are_real() -> None:
+    """An ML-DSA issuer's key verifies what it signed and nothing else (no hash to confuse)."""
+    one, other = make_ca("PQ One", key_type="ml-dsa-44"), make_ca("PQ One", key_type="ml-dsa-44")
+    leaf, _ = make_leaf(one, "pq-2", key_type="ml-dsa-65")
+    assert trustpath.issued_by(leaf, one.cert) and not trustpath.issued_by(leaf, other.cert)
+    crl = trustpath.ParsedCrl.of(x509.load_pem_x509_crl(make_crl(one, [leaf.serial_number])))
+    assert crl.signature_valid_for(one.cert) and not crl.signature_valid_for(other.cert)

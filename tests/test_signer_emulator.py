@@ -146,7 +146,7 @@ def assert_credentials(result: subprocess.CompletedProcess[bytes]) -> dict[str, 
 # credential-process
 
 
-@pytest.mark.parametrize("key_type", ["ec-p256", "rsa-2048"])
+@pytest.mark.parametrize("key_type", ["ec-p256", "rsa-2048", "ml-dsa-65"])
 @pytest.mark.parametrize("chain", [True, False], ids=["with-intermediates", "anchor-is-issuing-ca"])
 def test_credential_process_with_rapki_issued_certificates(
     ra: Setup, tmp_path: Path, key_type: str, chain: bool

@@ -11,28 +11,39 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa
 
 from pki.rolesanywhere import sigv4x509 as s
 
+
 # shared/ beside the checkout (as CI lays it out), else the development machine's copy.
-VECTORS = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "vectors" / "sigv4-x509",
-                            Path("/work/shared/vectors/sigv4-x509")) if p.is_dir()),
-               Path("/work/shared/vectors/sigv4-x509"))
-VECTOR_NAMES = (
-    sorted(p.name for p in VECTORS.iterdir() if (p / "vector.json").is_file())
-    if VECTORS.is_dir()
-    else []
-)
+def _shared(kind: str) -> Path:
+    return next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "vectors" / kind,
+                             Path("/work/shared/vectors") / kind) if p.is_dir()),
+                Path("/work/shared/vectors") / kind)
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if (p / "vector.json").is_file()) if folder.is_dir() else []
+
+
+VECTORS = _shared("sigv4-x509")
+MLDSA_VECTORS = _shared("sigv4-x509-mldsa")
+# ML-DSA vectors are named by their folder there; both sets go through the same tests.
+VECTOR_NAMES = _names(VECTORS) + _names(MLDSA_VECTORS)
+
+
+def _folder(name: str) -> Path:
+    return VECTORS / name if (VECTORS / name).is_dir() else MLDSA_VECTORS / name
 
 
 def load_vector(name: str) -> dict[str, Any]:
-    folder = VECTORS / name
+    folder = _folder(name)
     vector = json.loads((folder / "vector.json").read_text())
     vector["leaf"] = x509.load_pem_x509_certificate((folder / "leaf.pem").read_bytes())
-    vector["key"] = serialization.load_pem_private_key(
-        (folder / "key.pem").read_bytes(), password=None
-    )
+    # ``cryptography`` reads ML-DSA keys only in the seed-only form, which ML-DSA vectors also ship.
+    key_file = folder / "key-seed.pem" if (folder / "key-seed.pem").exists() else folder / "key.pem"
+    vector["key"] = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     chain_file = folder / "chain.pem"
     vector["chain"] = (
         x509.load_pem_x509_certificates(chain_file.read_bytes()) if chain_file.exists() else []
@@ -97,7 +108,7 @@ def test_vector_reproduced_exactly(name: str) -> None:
 
 @pytest.mark.parametrize("name", VECTOR_NAMES)
 def test_vector_example_authorization_verifies(name: str) -> None:
-    """The reference's own signature (RSA or ECDSA) passes our verifier."""
+    """The reference's own signature (RSA, ECDSA or ML-DSA) passes our verifier."""
     v = load_vector(name)
     signed = sign_vector(v)
     headers = dict(signed.headers, Authorization=v["example_authorization"])
@@ -113,6 +124,54 @@ def test_algorithm_from_key_type_only() -> None:
     p384 = ec.generate_private_key(ec.SECP384R1())
     assert s.algorithm_for_key(p384) == s.ALGORITHM_ECDSA
     assert s.algorithm_for_key(p384.public_key()) == s.ALGORITHM_ECDSA
+    for key in (mldsa.MLDSA44PrivateKey.generate(), mldsa.MLDSA87PrivateKey.generate()):
+        assert s.algorithm_for_key(key) == s.algorithm_for_key(key.public_key()) == "AWS4-X509-MLDSA"
+
+
+# ---- ML-DSA, checked by a second implementation (dilithium-py) --------------------------------
+
+MLDSA_NAMES = _names(MLDSA_VECTORS)
+
+
+def _dilithium(key_type: str) -> Any:
+    ml_dsa = pytest.importorskip("dilithium_py.ml_dsa")
+    return {"ml-dsa-44": ml_dsa.ML_DSA_44, "ml-dsa-65": ml_dsa.ML_DSA_65, "ml-dsa-87": ml_dsa.ML_DSA_87}[key_type]
+
+
+@pytest.mark.parametrize("name", MLDSA_NAMES)
+def test_mldsa_signature_verified_by_dilithium_py(name: str) -> None:
+    """Pure ML-DSA over the string to sign, empty context: what the helper signs and AWS checks."""
+    v = load_vector(name)
+    signed = sign_vector(v)
+    signature = bytes.fromhex(signed.headers["Authorization"].removeprefix(v["authorization_prefix"]))
+    public = v["leaf"].public_key().public_bytes_raw()
+    scheme = _dilithium(v["key_type"])
+    assert scheme.verify(public, v["string_to_sign"].encode(), signature, ctx=b"")
+    assert not scheme.verify(public, v["string_to_sign"].encode(), signature, ctx=b"rolesanywhere")
+    assert not scheme.verify(public, v["string_to_sign"].encode() + b" ", signature)
+
+
+@pytest.mark.parametrize("name", MLDSA_NAMES)
+def test_mldsa_example_is_the_deterministic_signature(name: str) -> None:
+    """The vector's example header is FIPS 204 deterministic signing (the helper's mode) of the
+    string to sign with the seed of key.pem: a second implementation makes the very same bytes."""
+    v = load_vector(name)
+    _, expanded = _dilithium(v["key_type"]).key_derive(v["key"].private_bytes_raw())
+    signature = _dilithium(v["key_type"]).sign(expanded, v["string_to_sign"].encode(), ctx=b"", deterministic=True)
+    assert v["example_authorization"] == v["authorization_prefix"] + signature.hex()
+
+
+@pytest.mark.parametrize("name", MLDSA_NAMES)
+def test_mldsa_signature_refused_for_another_key_or_string(name: str) -> None:
+    v = load_vector(name)
+    signed = sign_vector(v)
+    signature = bytes.fromhex(signed.headers["Authorization"].removeprefix(v["authorization_prefix"]))
+    other = mldsa.MLDSA65PrivateKey.generate().public_key()
+    assert not s.verify_bytes(other, signature, v["string_to_sign"].encode())
+    assert not s.verify_bytes(v["leaf"].public_key(), signature, v["string_to_sign"].encode()[:-1])
+    ecdsa_header = signed.headers["Authorization"].replace("AWS4-X509-MLDSA", "AWS4-X509-ECDSA-SHA256", 1)
+    with pytest.raises(s.InvalidSignatureError):
+        verify(replace(signed, headers=dict(signed.headers, Authorization=ecdsa_header)), now=_now(v))
 
 
 def test_canonical_query_encoding() -> None:

@@ -25,13 +25,14 @@ from urllib.parse import quote, unquote
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa, padding, rsa
 
 from pki.errors import RapkiError
 
 ALGORITHM_RSA = "AWS4-X509-RSA-SHA256"
 ALGORITHM_ECDSA = "AWS4-X509-ECDSA-SHA256"
-ALGORITHMS = (ALGORITHM_RSA, ALGORITHM_ECDSA)
+ALGORITHM_MLDSA = "AWS4-X509-MLDSA"
+ALGORITHMS = (ALGORITHM_RSA, ALGORITHM_ECDSA, ALGORITHM_MLDSA)
 SERVICE = "rolesanywhere"
 TERMINATOR = "aws4_request"
 SESSIONS_PATH = "/sessions"
@@ -39,6 +40,10 @@ AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 MAX_CHAIN_CERTIFICATES = 5
 CONTENT_TYPE = "application/json"
+
+# ML-DSA key classes, private and public (any parameter set: the algorithm name does not say which).
+_MLDSA_PRIVATE = (mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey, mldsa.MLDSA87PrivateKey)
+_MLDSA_PUBLIC = (mldsa.MLDSA44PublicKey, mldsa.MLDSA65PublicKey, mldsa.MLDSA87PublicKey)
 
 # Headers never signed: Authorization carries the signature itself, and User-Agent is rewritten by
 # proxies and SDK middleware, so the official helper leaves it out.
@@ -48,7 +53,7 @@ _UNSIGNED_HEADERS = frozenset({"authorization", "user-agent"})
 REQUIRED_SIGNED_HEADERS = ("host", "x-amz-date", "x-amz-x509")
 _SPACES = re.compile(r" +")
 _AUTH_RE = re.compile(
-    r"^(?P<alg>AWS4-X509-[A-Z0-9]+-SHA256) +"
+    r"^(?P<alg>AWS4-X509-(?:[A-Z0-9]+-SHA256|MLDSA)) +"
     r"Credential=(?P<cred>[^,\s]+), *SignedHeaders=(?P<signed>[^,\s]+), *"
     r"Signature=(?P<sig>[0-9a-fA-F]+)$"
 )
@@ -199,11 +204,14 @@ def canonical_headers(
 
 
 def algorithm_for_key(key: object) -> str:
-    """The SigV4-X509 algorithm name: it depends on the key type only (P-384 stays ECDSA-SHA256)."""
+    """The SigV4-X509 algorithm name: it depends on the key type only (P-384 stays ECDSA-SHA256,
+    every ML-DSA parameter set is ``AWS4-X509-MLDSA``)."""
     if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
         return ALGORITHM_RSA
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         return ALGORITHM_ECDSA
+    if isinstance(key, _MLDSA_PRIVATE + _MLDSA_PUBLIC):
+        return ALGORITHM_MLDSA
     raise ValueError(f"{type(key).__name__.lstrip('_')} keys cannot sign Roles Anywhere requests")
 
 
@@ -237,11 +245,19 @@ def build_string_to_sign(algorithm: str, amz_date: str, scope: str, canonical_re
 
 
 def sign_bytes(private_key: object, data: bytes) -> bytes:
-    """The raw signature: RSA PKCS#1 v1.5 + SHA-256, or DER ECDSA with SHA-256 (any curve)."""
+    """The raw signature: RSA PKCS#1 v1.5 + SHA-256, DER ECDSA with SHA-256 (any curve), or pure
+    ML-DSA over ``data`` itself with an empty context (FIPS 204, no pre-hash), as the helper signs.
+
+    The helper signs ML-DSA deterministically; ``cryptography`` only signs hedged (fresh randomness
+    mixed in, which FIPS 204 recommends against fault and side-channel attacks). The verifier cannot
+    tell the two apart, so only the signature bytes differ from the helper's, as with ECDSA.
+    """
     if isinstance(private_key, rsa.RSAPrivateKey):
         return private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
     if isinstance(private_key, ec.EllipticCurvePrivateKey):
         return private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+    if isinstance(private_key, _MLDSA_PRIVATE):
+        return private_key.sign(data)
     raise ValueError(
         f"{type(private_key).__name__.lstrip('_')} keys cannot sign Roles Anywhere requests"
     )
@@ -254,6 +270,8 @@ def verify_bytes(public_key: object, signature: bytes, data: bytes) -> bool:
             public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
         elif isinstance(public_key, ec.EllipticCurvePublicKey):
             public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(public_key, _MLDSA_PUBLIC):
+            public_key.verify(signature, data)  # empty context, as the helper signs
         else:
             return False
     except (_CryptoInvalidSignature, ValueError):
@@ -332,7 +350,7 @@ def sign_create_session(
     """Sign ``POST /sessions`` exactly as the official helper does.
 
     ``host`` is the Host header value, with ``:port`` when the port is not the default. ``region``
-    is the plain region (also on FIPS hosts). ``private_key`` is any ``cryptography`` RSA or EC
+    is the plain region (also on FIPS hosts). ``private_key`` is any ``cryptography`` RSA, EC or ML-DSA
     private key (including hardware-backed implementations of those interfaces); the algorithm
     name comes from the certificate's public key, which the key must match.
     """
@@ -429,7 +447,7 @@ def verify_create_session(
     try:
         expected_alg = algorithm_for_key(certificate.public_key())
     except ValueError:
-        raise CertificateHeaderError(detail="the certificate key is neither RSA nor EC") from None
+        raise CertificateHeaderError(detail="the certificate key is neither RSA, EC nor ML-DSA") from None
     if auth.algorithm != expected_alg:
         raise InvalidSignatureError(
             detail=f"{auth.algorithm} does not match the certificate key ({expected_alg})"

@@ -64,7 +64,10 @@ def subject_of(cert: x509.Certificate) -> str:
 
 @lru_cache(maxsize=8192)
 def issued_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """True when ``issuer``'s subject names ``child``'s issuer and its key verifies the signature."""
+    """True when ``issuer``'s subject names ``child``'s issuer and its key verifies the signature:
+    RSA or ECDSA with the hash the certificate names, or pure ML-DSA (FIPS 204, empty context, RFC
+    9881), which ``cryptography`` checks from the signature algorithm alone. Any mix of the three
+    along a path is accepted, as by the service (an EC root over an ML-DSA CA, and so on)."""
     if child.issuer != issuer.subject:
         return False
     try:
@@ -151,8 +154,9 @@ class ParsedCrl:
 
 def _crl_signature_ok(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
     try:
-        # the issuer of a CRL we trust is a CA with an RSA or EC key; anything else raises TypeError
-        # is_signature_valid refuses key-agreement keys by type; a CA certificate never holds one.
+        # The issuer of a CRL we trust is a CA with an RSA, EC or ML-DSA key (ML-DSA CRLs are pure
+        # ML-DSA: no hash to pick). is_signature_valid refuses key-agreement keys by type (TypeError);
+        # a CA certificate never holds one.
         return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False

@@ -5,7 +5,8 @@ Accepted inputs, as with ``aws_signing_helper``:
 - ``--certificate``: a PEM certificate (the first CERTIFICATE block is the leaf), or a PKCS#12
   bundle holding the leaf, its key and optionally its chain (then ``--private-key`` is omitted);
 - ``--private-key``: PEM or DER, PKCS#1 (``RSA PRIVATE KEY``), SEC1 (``EC PRIVATE KEY``), PKCS#8 or
-  encrypted PKCS#8 (``ENCRYPTED PRIVATE KEY`` with ``--pkcs8-password``);
+  encrypted PKCS#8 (``ENCRYPTED PRIVATE KEY`` with ``--pkcs8-password``); ML-DSA keys as PKCS#8 in
+  both of their forms, clear or encrypted (see :mod:`pki.signer.mldsa_pkcs8`);
 - ``--intermediates``: a PEM bundle of CA certificates sent in ``X-Amz-X509-Chain``.
 
 - ``-`` for ``--certificate`` and/or ``--private-key``: one PEM stream on standard input holding the
@@ -21,6 +22,7 @@ re-read by :func:`load_material` on every call, which is what lets
 
 from __future__ import annotations
 
+import binascii
 import os
 import re
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ from pki.x509.keys import KeyType, PrivateKey, key_family, load_private_key, pub
 # The service refuses a longer X-Amz-X509-Chain.
 MAX_CHAIN = 5
 
+# The DER of the three ML-DSA algorithm OIDs (2.16.840.1.101.3.4.3.17-19), as found in a DER key.
+_MLDSA_OID_MARKS = tuple(b"\x06\x09\x60\x86\x48\x01\x65\x03\x04\x03" + bytes([n]) for n in (17, 18, 19))
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
 
@@ -145,6 +149,8 @@ def parse_private_key(data: bytes, password: str | None, path: str = "private ke
     secret = password.encode() if password else None
     if secret is not None and not encrypted and b"-----BEGIN" in data:
         secret = None  # the helper ignores a password given for a clear key; so do we
+    if (mldsa_key := _mldsa_private_key(data, secret, path)) is not None:
+        return mldsa_key
     try:
         return load_private_key(data, secret, what=f"private key {path!r}")
     except RapkiError as exc:
@@ -153,6 +159,37 @@ def parse_private_key(data: bytes, password: str | None, path: str = "private ke
                 f"private key {path!r} is encrypted PKCS#8: pass its password with --pkcs8-password"
             ) from None
         raise MaterialError(str(exc)) from None
+
+
+def _mldsa_private_key(data: bytes, secret: bytes | None, path: str) -> PrivateKey | None:
+    """An ML-DSA PKCS#8 key read by :mod:`pki.signer.mldsa_pkcs8`, else None for the common loader.
+
+    That module is loaded only when the key can be ML-DSA: a clear key naming an ML-DSA OID, or
+    one given a password that ``cryptography`` does not open (it decrypts, then reads only the
+    seed-only ML-DSA form); an RSA or EC key gets there only with a wrong password."""
+    if secret is not None:  # encrypted PEM, or DER (whose encryption shows only once parsed)
+        try:
+            return load_private_key(data, secret, what=f"private key {path!r}")
+        except RapkiError:
+            pass
+    elif not any(oid in _der_of(data) for oid in _MLDSA_OID_MARKS):
+        return None
+    from pki.signer.mldsa_pkcs8 import parse_mldsa_private_key  # loaded here: see the docstring
+
+    try:
+        return parse_mldsa_private_key(data, secret, path)
+    except ValueError as exc:
+        raise MaterialError(str(exc)) from None
+
+
+def _der_of(data: bytes) -> bytes:
+    """The DER of a (single-block) PEM, or ``data`` itself; b"" when the base64 is broken."""
+    if b"-----BEGIN" not in data:
+        return data
+    try:
+        return binascii.a2b_base64(b"".join(data.strip().splitlines()[1:-1]), strict_mode=True)
+    except binascii.Error:
+        return b""
 
 
 def parse_pkcs12(data: bytes, password: str | None, path: str) -> Material:
@@ -179,7 +216,8 @@ def parse_pkcs12(data: bytes, password: str | None, path: str) -> Material:
     if key is None:
         raise MaterialError(f"PKCS#12 file {path!r} holds no private key")
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise MaterialError(f"PKCS#12 file {path!r}: only RSA and EC keys are accepted by Roles Anywhere")
+        raise MaterialError(f"PKCS#12 file {path!r}: only RSA and EC keys are read from PKCS#12 "
+                            "(for an ML-DSA key, pass the PEM certificate and --private-key)")
     certs = ([cert] if cert is not None else []) + list(extra)
     leaf = next((c for c in certs if public_key_matches(key, c.public_key())), None)
     if leaf is None:
@@ -277,7 +315,10 @@ def describe_certificate(cert: x509.Certificate) -> str:
 
 
 def key_type_label(key: object) -> str:
-    """``RSA`` or ``EC``: the helper's ``keyType`` in read-certificate-data."""
+    """``RSA``, ``EC`` or ``ML-DSA-44``/``-65``/``-87``: the helper's ``keyType`` in
+    read-certificate-data (for ML-DSA the parameter set, which is also its only algorithm)."""
+    if key_family(key) == "mldsa":
+        return str(KeyType.of(key)).upper()
     return key_family(key).upper()
 
 

@@ -4,6 +4,10 @@
 ``"AWS Roles Anywhere Credential Helper Signing Test" || "1" || SHA256("IAM RA" || public key)``,
 the public key being the uncompressed EC point or the PKCS#1 RSA public key. Tools built on the
 helper (e.g. checks that a key is usable before enrolling it) verify against exactly that string.
+
+For an ML-DSA key the helper adds no suffix (its suffix covers EC and RSA keys only) and signs the
+string itself with pure ML-DSA, empty context, ignoring ``--digest``; so do we. The helper's
+ML-DSA signature is deterministic, ours hedged: both verify, the bytes differ (as for ECDSA).
 """
 
 from __future__ import annotations
@@ -37,12 +41,15 @@ def fixed_string_to_sign(public_key: object) -> bytes:
 
 
 def sign_fixed_string(key: PrivateKey, digest: str = "SHA256") -> bytes:
-    """The signature bytes: PKCS#1 v1.5 for RSA, DER ECDSA for EC, over the chosen digest."""
+    """The signature bytes: PKCS#1 v1.5 for RSA, DER ECDSA for EC, over the chosen digest; pure
+    ML-DSA (no digest) for ML-DSA."""
     algorithm = _DIGESTS[digest.upper()]()
     data = fixed_string_to_sign(key.public_key())
     if isinstance(key, rsa.RSAPrivateKey):
         return key.sign(data, padding.PKCS1v15(), algorithm)
-    return key.sign(data, ec.ECDSA(algorithm))
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(algorithm))
+    return key.sign(data)
 
 
 def signing_key(
@@ -66,11 +73,13 @@ def certificate_data(path: str) -> str:
     cert = parse_certificate(_read(path, "certificate"), path)
     kind = key_type_label(cert.public_key())
     der = cert.public_bytes(serialization.Encoding.DER)
+    # ML-DSA has no separate digest: the helper lists the parameter set as the only algorithm.
+    algorithms = [kind] if kind.startswith("ML-DSA") else [f"{kind}SHA256", f"{kind}SHA384", f"{kind}SHA512"]
     return go_json(
         {
             "keyType": kind,
             "certificateData": base64.b64encode(der).decode(),
             "serialNumber": str(cert.serial_number),
-            "supportedAlgorithms": [f"{kind}SHA256", f"{kind}SHA384", f"{kind}SHA512"],
+            "supportedAlgorithms": algorithms,
         }
     )

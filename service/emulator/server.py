@@ -150,6 +150,9 @@ def gunicorn_options(
         "certfile": str(certfile),
         "keyfile": str(keyfile),
         "keepalive": 75,  # longer than SDK idle pools, so keep-alive connections are reused
+        # gunicorn's 8 KB default answers 431 to ML-DSA requests: an ML-DSA-87 signature is 9.3 KB of
+        # hex in Authorization, and X-Amz-X509-Chain with five ML-DSA-87 certificates ~50 KB of base64.
+        "limit_request_field_size": 65536,
         "timeout": 120,
         "graceful_timeout": 5,
         "accesslog": None,

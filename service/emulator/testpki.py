@@ -1,7 +1,8 @@
 """A throwaway PKI for exercising the emulator, built directly with cryptography (not the CA core).
 
 Roots, intermediates, leaves Roles Anywhere accepts (or, when told, refuses) and CRLs, so that
-tests and benchmarks need no rapki home. Imports only cryptography.
+tests and benchmarks need no rapki home. Imports only cryptography. Key types: ``ec-p256``,
+``ec-p384``, ``rsa-N`` and ``ml-dsa-44/65/87`` (whose certificates and CRLs are pure ML-DSA).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, mldsa, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -32,7 +33,19 @@ def _new_key(key_type: str) -> Any:
         return ec.generate_private_key(ec.SECP384R1())
     if key_type.startswith("rsa-"):
         return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    if key_type in _MLDSA:
+        return _MLDSA[key_type].generate()
     raise ValueError(key_type)
+
+
+_MLDSA: dict[str, Any] = {
+    "ml-dsa-44": mldsa.MLDSA44PrivateKey, "ml-dsa-65": mldsa.MLDSA65PrivateKey, "ml-dsa-87": mldsa.MLDSA87PrivateKey,
+}
+
+
+def _hash_for(signing_key: Any) -> hashes.SHA256 | None:
+    """SHA-256 for RSA and EC signers; none for ML-DSA, which signs the message itself."""
+    return None if isinstance(signing_key, tuple(_MLDSA.values())) else hashes.SHA256()
 
 
 def _name(cn: str) -> x509.Name:
@@ -82,7 +95,7 @@ def make_ca(
     signer = parent.key if parent else key
     issuer_key = parent.key.public_key() if parent else key.public_key()
     builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key), critical=False)
-    return SimpleCa(builder.sign(signer, hashes.SHA256()), key)
+    return SimpleCa(builder.sign(signer, _hash_for(signer)), key)
 
 
 def make_leaf(
@@ -119,7 +132,7 @@ def make_leaf(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False)
-        .sign(issuer.key, hashes.SHA256())
+        .sign(issuer.key, _hash_for(issuer.key))
     )
     return cert, key
 
@@ -139,7 +152,7 @@ def make_crl(issuer: SimpleCa, serials: Sequence[int] = (), *, signer_key: Any =
     )
     for entry in revoked:
         builder = builder.add_revoked_certificate(entry)
-    crl = builder.sign(signer_key or issuer.key, hashes.SHA256())
+    crl = builder.sign(signer_key or issuer.key, _hash_for(signer_key or issuer.key))
     return crl.public_bytes(serialization.Encoding.PEM)
 
 
