@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +40,18 @@ def unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{reason}; CI must have it (scripts/test installs softhsm2)")
     pytest.skip(f"{reason}: install it with 'apt-get install -y softhsm2' (under CI=true this fails)")
+
+
+def open_rw_session(token: Any, pin: str) -> Any:
+    """A read-write session on ``token`` signed in as the user. PKCS#11 login is per process and
+    token, so when an earlier test in this process (a custody key, a signer key) left a session
+    signed in, the new one shares that login instead of signing in again."""
+    import pkcs11
+
+    try:
+        return token.open(rw=True, user_pin=pin)
+    except pkcs11.exceptions.UserAlreadyLoggedIn:
+        return token.open(rw=True)
 
 
 def private_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsmToken]:

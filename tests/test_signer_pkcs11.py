@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from pki.signer.tools import fixed_string_to_sign
 from tests.commands import signer_cmd
 from tests.emulator_fixture import RunningEmulator, make_ca, pem_of
-from tests.softhsm_fixture import SoftHsmToken
+from tests.softhsm_fixture import SoftHsmToken, open_rw_session
 
 pkcs11 = pytest.importorskip("pkcs11")
 from pkcs11 import Attribute, CertificateType, ObjectClass  # noqa: E402
@@ -95,7 +95,7 @@ def hsm(softhsm_token: SoftHsmToken, emulator: RunningEmulator, tmp_path_factory
     token = lib.get_token(token_label=softhsm_token.label)
     folder = tmp_path_factory.mktemp("signer-pkcs11")
     leaves = {}
-    with token.open(rw=True, user_pin=softhsm_token.pin) as session:
+    with open_rw_session(token, softhsm_token.pin) as session:
         _store_certificate(session, issuing.cert, "signer-issuing", b"\x7f\x01")
         for kind, key_id in (("ec", b"\x51\x01"), ("rsa", b"\x51\x02")):
             common = {"store": True, "label": f"signer-{kind}", "id": key_id}
@@ -223,11 +223,7 @@ def test_serve_refreshes_with_a_token_key(hsm: TokenSetup, tmp_path: Path) -> No
 def always_auth_key(hsm: TokenSetup) -> Any:
     """The public half of an EC key marked CKA_ALWAYS_AUTHENTICATE (a PIN before each signature)."""
     token = pkcs11.lib(hsm.token.module).get_token(token_label=hsm.token.label)
-    try:
-        session = token.open(rw=True, user_pin=hsm.token.pin)
-    except pkcs11.exceptions.UserAlreadyLoggedIn:  # a test before this one signed in this process
-        session = token.open(rw=True)
-    with session:
+    with open_rw_session(token, hsm.token.pin) as session:
         params = session.create_domain_parameters(
             P11KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
         pub, _priv = params.generate_keypair(store=True, label="signer-always", id=b"\x51\x03",
