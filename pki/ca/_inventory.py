@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 import orjson
-
 from sqlalchemy.engine import Connection, Row
 
 from pki.ca._issuers import IssuingCAs
@@ -19,7 +18,6 @@ from pki.errors import InvalidInput, NotFound
 from pki.store import certificates as certificate_rows
 from pki.store.times import utc, utc_or_none
 from pki.x509.serials import parse_serial, serial_hex
-
 
 PRUNE_BATCH = 10_000  # certificates per transaction: the writer lock is never held for long
 

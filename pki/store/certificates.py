@@ -147,3 +147,11 @@ def database_size(conn: Connection) -> int:
         pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
         return int(pages) * int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
     return int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one())
+
+
+def refresh_statistics(conn: Connection) -> None:
+    """PostgreSQL: ANALYZE, as its autovacuum does after a bulk load, so that the planner knows
+    how many rows are expired. SQLite: nothing (rapki's homes run without ``sqlite_stat1``, and
+    its queries are written to plan well without it)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE")
