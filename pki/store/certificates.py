@@ -52,7 +52,10 @@ def matching(conn: Connection, *, now: datetime, status: str | None = None, prof
     if status in ("active", "superseded") or expiring_within is not None:
         # The unexpired rows through ix_certificates_not_after: few against a long-running
         # inventory (mostly expired), which a scan in id order would read all of to find them.
-        query = query.where(c.id.in_(select(c.id).where(c.not_after > now)))
+        window = c.not_after > now
+        if expiring_within is not None:
+            window = and_(window, c.not_after <= now + expiring_within)
+        query = query.where(c.id.in_(select(c.id).where(window)))
     if status == "revoked":
         query = query.where(c.revoked_at.is_not(None))
     elif status == "expired":
