@@ -19,7 +19,7 @@ from pki.ca.authority import CertificateAuthority, InitOptions
 from pki.errors import InvalidInput
 from pki.store import certificates as certificate_rows
 from service.cli import main
-from tests.conftest import PASSPHRASE
+from tests.conftest import PASSPHRASE, make_ca
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,3 +147,13 @@ def test_fresh_home_has_the_not_after_index(tmp_path: Path, passphrase_env: str)
     from sqlalchemy import inspect
 
     assert "ix_certificates_not_after" in {i["name"] for i in inspect(ca.db.engine).get_indexes("certificates")}
+
+
+def test_prune_on_postgresql(pg_database_url: str, tmp_path: Path, passphrase_env: str) -> None:
+    ca = make_ca(tmp_path / "home", database_url=pg_database_url)
+    add_rows(ca, SPECS)
+    assert ca.prune_expired(datetime.now(UTC) - timedelta(days=7), dry_run=True).count == 4
+    assert ca.prune_expired(datetime.now(UTC) - timedelta(days=7)).count == 4
+    assert {"c1", "c2"} <= serials(ca) and not {"a1", "a2", "b1", "b2"} & serials(ca)
+    assert {e.serial_number for e in ca.build_crl().crl} == {0xc1}
+    assert ca.verify_audit_log().ok
