@@ -3,9 +3,13 @@ serial or listed by status, profile and expiry."""
 
 from __future__ import annotations
 
+import base64
+import os
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
+import orjson
 from sqlalchemy.engine import Connection, Row
 
 from pki.ca._issuers import IssuingCAs
@@ -14,6 +18,21 @@ from pki.errors import InvalidInput, NotFound
 from pki.store import certificates as certificate_rows
 from pki.store.times import utc, utc_or_none
 from pki.x509.serials import parse_serial, serial_hex
+
+PRUNE_BATCH = 10_000  # certificates per transaction: the writer lock is never held for long
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    expired_before: datetime
+    count: int  # deleted (or, in a dry run, that would be)
+    dry_run: bool
+
+
+def archive_line(record: CertificateRecord) -> bytes:
+    """One JSON line of a prune's archive: the record as ``rapki list --json`` shows it, with its
+    DER (base64), so the certificate itself outlives its row."""
+    return orjson.dumps({**record.to_dict(), "der": base64.b64encode(record.der).decode()}) + b"\n"
 
 
 class Inventory(IssuingCAs):
@@ -54,3 +73,37 @@ class Inventory(IssuingCAs):
             rows = certificate_rows.matching(conn, now=datetime.now(UTC), status=status, profile=profile,
                                              expiring_within=expiring_within, name=name, limit=limit)
             return [self._to_record(row) for row in rows]
+
+    def prune_expired(self, expired_before: datetime, *, archive: IO[bytes] | None = None,
+                      dry_run: bool = False, actor: str | None = None) -> PruneResult:
+        """Delete the certificates whose notAfter is before ``expired_before`` (not later than
+        now), so that the inventory does not grow forever.
+
+        Only expired certificates go: a revoked certificate is on its issuer's CRL until it
+        expires (``revoked_unexpired``), so none that a CRL needs is touched. The audit log is
+        left whole (its chain does not cover certificate rows); each batch deleted is audited
+        (``certificate.prune``) in the transaction that deletes it. With ``archive``, each
+        batch's records (``archive_line``) are written and synced before the batch is deleted: a
+        crash between the two leaves lines for rows still present, never rows lost unrecorded.
+        """
+        if expired_before > datetime.now(UTC):
+            raise InvalidInput("--expired-before must not be in the future: it would delete certificates still valid")
+        if dry_run:
+            with self.db.engine.connect() as conn:
+                return PruneResult(expired_before, certificate_rows.count_expired_before(conn, expired_before), True)
+        total, after = 0, 0
+        while True:
+            with self.db.engine.begin() as conn:
+                rows = certificate_rows.expired_before(conn, expired_before, after_id=after, limit=PRUNE_BATCH)
+                if not rows:
+                    return PruneResult(expired_before, total, False)
+                after = rows[-1].id
+                if archive is not None:
+                    archive.write(b"".join(archive_line(self._to_record(row)) for row in rows))
+                    archive.flush()
+                    os.fsync(archive.fileno())
+                deleted = certificate_rows.delete_ids(conn, [row.id for row in rows], expired_before)
+                total += deleted
+                self.audit_in(conn, actor, "certificate.prune", f"{rows[0].serial}..{rows[-1].serial}",
+                              {"expired_before": expired_before.isoformat(), "deleted": deleted,
+                               "archived": archive is not None})

@@ -34,7 +34,7 @@ from sqlalchemy import Text, bindparam, cast, func, insert, literal_column, sele
 from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.sql.expression import ColumnElement
 
-from pki.auditchain import ChainHead, content_digest
+from pki.auditchain import ChainHead, content_digest, entry_hash
 from pki.store.schema import audit_chain, audit_log
 from pki.store.statements import BoundInsert, PreparedStatement
 
@@ -129,6 +129,26 @@ def add(conn: Connection, *, at: datetime, actor: str, action: str, target: str,
     values = _values(at, actor, action, target, details)
     for step in _statements(conn.dialect).steps:
         conn.execute(step, values)
+
+
+def append_many(conn: Connection, entries: Sequence[tuple[datetime, str, str, str, dict[str, Any] | None]]) -> None:
+    """Append ``entries`` ((at, actor, action, target, details), oldest first) in one
+    executemany, chained in Python from the head row, which is locked first and advanced once:
+    filling a log in bulk (``scripts/seed-inventory``). The chain is the one ``add`` makes."""
+    row = conn.execute(select(_H.seq, _H.hash).where(_H.id == 1).with_for_update()).one()
+    seq, prev = int(row.seq), row.hash
+    rows = []
+    for at, actor, action, target, details in entries:
+        at = at.astimezone(UTC)
+        seq += 1
+        digest = entry_hash(prev, seq, content_digest(at, actor, action, target, details))
+        rows.append({"id": seq, "at": at, "actor": actor, "action": action, "target": target,
+                     "details": details, "prev_hash": prev, "hash": digest})
+        prev = digest
+    if rows:
+        conn.execute(insert(audit_log), rows)
+        conn.execute(update(audit_chain).where(_H.id == 1).values(
+            seq=seq, prev_hash=rows[-1]["prev_hash"], hash=prev))
 
 
 def head(conn: Connection) -> ChainHead | None:

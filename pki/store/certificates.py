@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, bindparam, cast, func, or_, select, update
+from sqlalchemy import String, and_, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from pki.store.schema import certificates
@@ -49,6 +49,13 @@ def matching(conn: Connection, *, now: datetime, status: str | None = None, prof
         query = query.where(or_(func.lower(c.common_name).contains(wanted, autoescape=True),
                                 func.lower(cast(c.sans, String)).contains(wanted, autoescape=True)))
     unexpired_and_unrevoked = and_(c.revoked_at.is_(None), c.not_after > now)
+    if status in ("active", "superseded") or expiring_within is not None:
+        # The unexpired rows through ix_certificates_not_after: few against a long-running
+        # inventory (mostly expired), which a scan in id order would read all of to find them.
+        window = c.not_after > now
+        if expiring_within is not None:
+            window = and_(window, c.not_after <= now + expiring_within)
+        query = query.where(c.id.in_(select(c.id).where(window)))
     if status == "revoked":
         query = query.where(c.revoked_at.is_not(None))
     elif status == "expired":
@@ -83,3 +90,71 @@ def revoked_unexpired(conn: Connection, issuer_id: int, now: datetime) -> Sequen
         .where(and_(certificates.c.issuer_id == issuer_id, certificates.c.revoked_at.is_not(None),
                     certificates.c.not_after > now))
     ).all()
+
+
+def insert_many(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows given whole (every column but ``id``), in one executemany: filling an inventory in
+    bulk (``scripts/seed-inventory``), not the issuance path."""
+    conn.execute(insert(certificates), list(rows))
+
+
+def count(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(certificates)).scalar_one())
+
+
+def expired_before(conn: Connection, cutoff: datetime, *, after_id: int = 0,
+                   limit: int = 10_000) -> Sequence[Row[Any]]:
+    """Certificates whose notAfter is before ``cutoff``, in id order from ``after_id`` on (at most
+    ``limit``): the next batch a prune archives and deletes."""
+    return conn.execute(
+        select(certificates).where(and_(certificates.c.not_after < cutoff, certificates.c.id > after_id))
+        .order_by(certificates.c.id).limit(limit)
+    ).all()
+
+
+def count_expired_before(conn: Connection, cutoff: datetime) -> int:
+    """How many certificates a prune at ``cutoff`` would delete (``ix_certificates_not_after``)."""
+    return int(conn.execute(select(func.count()).select_from(certificates)
+                            .where(certificates.c.not_after < cutoff)).scalar_one())
+
+
+def delete_ids(conn: Connection, ids: Sequence[int], cutoff: datetime) -> int:
+    """Delete these certificates, each only if still expired before ``cutoff``; the count deleted."""
+    return int(conn.execute(delete(certificates).where(
+        and_(certificates.c.id.in_(list(ids)), certificates.c.not_after < cutoff))).rowcount)
+
+
+def plan_of_revoked_unexpired(conn: Connection, issuer_id: int, now: datetime) -> str:
+    """The database's plan for ``revoked_unexpired`` (benchmarks check it reads the partial index
+    ``ix_certificates_revoked``, so a CRL costs what the revoked certificates do, not the inventory)."""
+    query = (select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason)
+             .where(and_(certificates.c.issuer_id == issuer_id, certificates.c.revoked_at.is_not(None),
+                         certificates.c.not_after > now)))
+    compiled = query.compile(dialect=conn.dialect)
+    prefix = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
+    rows = conn.exec_driver_sql(prefix + str(compiled), _driver_params(conn, compiled)).all()
+    return "\n".join(str(row[-1]) for row in rows)
+
+
+def _driver_params(conn: Connection, compiled: Any) -> Any:
+    processors = compiled._bind_processors  # the column types' conversions, as execute would apply
+    values = {k: (processors[k](v) if k in processors else v) for k, v in compiled.params.items()}
+    if compiled.positiontup:
+        return tuple(values[name] for name in compiled.positiontup)
+    return values
+
+
+def database_size(conn: Connection) -> int:
+    """Bytes the database takes: SQLite's pages (the WAL aside), PostgreSQL's ``pg_database_size``."""
+    if conn.dialect.name == "sqlite":
+        pages = conn.exec_driver_sql("PRAGMA page_count").scalar_one()
+        return int(pages) * int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+    return int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one())
+
+
+def refresh_statistics(conn: Connection) -> None:
+    """PostgreSQL: ANALYZE, as its autovacuum does after a bulk load, so that the planner knows
+    how many rows are expired. SQLite: nothing (rapki's homes run without ``sqlite_stat1``, and
+    its queries are written to plan well without it)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE")

@@ -33,7 +33,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # connections check it on every transaction.
 _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-HEAD_REVISION = "0004"  # bump with every new revision in migrations/versions
+HEAD_REVISION = "0005"  # bump with every new revision in migrations/versions
 
 
 # How long an API write waits for SQLite's lock once another has waited out the busy timeout in

@@ -62,9 +62,12 @@ certificates = Table(
     # (serial, issuer_id): unique per issuer, and serves look-ups by serial alone.
     UniqueConstraint("serial", "issuer_id", name="uq_certificates_serial_issuer"),
     # Partial: only revoked rows are indexed, so issuing (the hot path) never touches it; CRL
-    # builds read it. Listing by profile or expiry scans, which is fine for an operator command.
+    # builds read it, so their cost follows the revoked certificates, not the inventory.
     Index("ix_certificates_revoked", "issuer_id", "not_after",
           sqlite_where=text("revoked_at IS NOT NULL"), postgresql_where=text("revoked_at IS NOT NULL")),
+    # Pruning by expiry and listing by it (revision 0005). Listing by profile or name scans, which
+    # is fine for an operator command (docs/benchmarks.md, the inventory at scale).
+    Index("ix_certificates_not_after", "not_after"),
 )
 
 crl_state = Table(

@@ -28,6 +28,9 @@ COMMANDS: dict[str, LazyCommand] = {
                           "Revoke certificate SERIAL (hex as 'rapki list' shows, or decimal)."),
     "list": LazyCommand("service.cli.cert_commands:list_certificates", "List issued certificates."),
     "show": LazyCommand("service.cli.cert_commands:show", "Show certificate SERIAL."),
+    "prune": LazyCommand("service.cli.cert_commands:prune",
+                         "Delete long-expired certificates from the inventory (audited; CRL entries and the audit "
+                         "log kept)."),
     "audit": LazyCommand("service.cli.audit_commands:audit", "Read the audit log (who did what, when; never secrets)."),
     "crl": LazyCommand("service.cli.crl_commands:crl", "Certificate revocation lists."),
     "aws": LazyCommand("service.cli.aws_commands:aws_group",

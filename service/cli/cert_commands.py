@@ -146,3 +146,34 @@ def show(home: Path | None, serial: str, as_pem: bool, as_json: bool) -> None:
     else:
         for key, value in record.to_dict().items():
             click.echo(f"{key + ':':<20} {value}")
+
+
+@click.command()
+@home_option
+@click.option("--expired-before", "age", required=True,
+              help="Delete certificates that expired more than this long ago, e.g. 90d.")
+@click.option("--archive", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append each deleted certificate (record and DER) to this JSON-lines file first.")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; change nothing.")
+@json_option
+def prune(home: Path | None, age: str, archive: Path | None, dry_run: bool, as_json: bool) -> None:
+    """Delete long-expired certificates from the inventory (audited; CRL entries and the audit log kept)."""
+    from datetime import UTC, datetime
+
+    cutoff = datetime.now(UTC) - parse_duration(age)
+    ca = open_ca(home)
+    if archive is None or dry_run:
+        result = ca.prune_expired(cutoff, dry_run=dry_run)
+    else:
+        try:
+            with archive.open("ab") as sink:
+                result = ca.prune_expired(cutoff, archive=sink)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write the archive {archive}: {exc.strerror or exc}") from None
+    if as_json:
+        echo_json({"expired_before": result.expired_before.isoformat(), "count": result.count,
+                   "dry_run": result.dry_run, "archive": str(archive) if archive and not dry_run else None})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {result.count} certificate(s) expired before {result.expired_before:%Y-%m-%d %H:%M}Z"
+               + (f"; archived to {archive}" if archive and not dry_run else ""))
