@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomli_w
 
@@ -59,6 +60,12 @@ def check_distribution_url(url: str) -> None:
     if ISSUER_FIELD not in url:
         raise InvalidInput(f"[crl].distribution_url must name {ISSUER_FIELD} (each issuing CA has its own CRL), "
                            f"e.g. http://crl.example.com/crl/{ISSUER_FIELD}.crl")
+    # What goes into certificates is the URL with {issuer} filled in: it needs a host, and a
+    # fragment or another {...} would be sent to relying parties as it stands.
+    filled = url.replace(ISSUER_FIELD, "issuing-1")
+    if not urlsplit(filled).hostname or "#" in filled or "{" in filled or "}" in filled:
+        raise InvalidInput(f"[crl].distribution_url must be http://HOST/PATH with {ISSUER_FIELD} as its only "
+                           f"{{...}} field and no #fragment, not {url!r}")
 
 
 @dataclass(frozen=True)
