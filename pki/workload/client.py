@@ -140,7 +140,12 @@ class EnrollmentClient:
                                "CA's root certificate ('rapki ca root')") from None
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.client_cert is not None:
-            context.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
+            try:
+                context.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
+            except ssl.SSLError as exc:  # e.g. an ML-DSA certificate under an OpenSSL before 3.5
+                raise InvalidInput(f"{self.client_cert[0]} cannot be used for mutual TLS by this Python's TLS "
+                                   f"library ({ssl.OPENSSL_VERSION}: {exc.reason or exc}): renew with --signed "
+                                   "(a RAPKI-SIG-V1 request signature) instead") from None
         return context
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
