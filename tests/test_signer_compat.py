@@ -71,6 +71,15 @@ def test_certificate_key_and_chain_from_stdin(files: dict[str, Path], fake: Fake
     assert req["headers"]["X-Amz-X509-Chain"]  # the certificates after the leaf are the chain
 
 
+def test_empty_stdin_is_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing piped in: the error says standard input was empty (not 'PKCS#12 file could not be opened')."""
+    from pki.signer import stdin
+
+    monkeypatch.setattr(stdin, "_data", b"\n")
+    with pytest.raises(material.MaterialError, match="standard input, which was empty"):
+        material.load_material("-")
+
+
 def cli_cmd() -> list[str]:
     from tests.commands import signer_cmd
 
