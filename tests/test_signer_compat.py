@@ -197,6 +197,14 @@ def _entry(clock: Clock, seconds: int, n: int) -> cache.Entry:
     return cache.Entry(f'{{"n":{n}}}', expiration, 3600)
 
 
+def test_a_cache_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    """``--cache-dir`` naming a file: the error names the directory and the option, not only errno."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(OSError, match=r"cache directory .*file cannot be used.*--cache-dir names a directory"):
+        cache.cached_output(not_a_dir, "k", lambda: _entry(Clock(), 3600, 1))
+
+
 def test_cache_serves_until_due_then_refreshes(tmp_path: Path) -> None:
     clock, calls = Clock(), []
 
