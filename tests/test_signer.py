@@ -425,7 +425,7 @@ def test_service_errors_are_actionable(
         assert "Test Issuing" in err and ANCHOR in err
 
 
-def test_untrusted_hint_names_the_leafs_crl_distribution_point(pki: dict[str, Any]) -> None:
+def test_hints_name_the_leafs_crl_distribution_point(pki: dict[str, Any]) -> None:
     """An anchor with crlDpRevocationEnabled answers 'Untrusted Signing Certificate' when the CRL at
     the leaf's distribution point is missing: the hint says so, naming the URL."""
     url = "http://crl.example.com/crl/issuing-1.crl"
@@ -442,6 +442,10 @@ def test_untrusted_hint_names_the_leafs_crl_distribution_point(pki: dict[str, An
     hint = session.hint_for(error, material.Material(leaf, pki["ec_key"], (pki["inter"],)), opts,
                             endpoints.resolve_endpoint("us-east-1"), datetime.now(UTC))
     assert f"CRL distribution point ({url})" in hint and "crlDpRevocationEnabled" in hint
+    revoked = session.CreateSessionError("Certificate revoked", error_type="AccessDeniedException", status=403)
+    assert f"at its distribution point {url}" in session.hint_for(
+        revoked, material.Material(leaf, pki["ec_key"], (pki["inter"],)), opts, endpoints.resolve_endpoint("us-east-1"),
+        datetime.now(UTC))
     plain = session.hint_for(error, material.Material(pki["ec_leaf"], pki["ec_key"], (pki["inter"],)), opts,
                              endpoints.resolve_endpoint("us-east-1"), datetime.now(UTC))
     assert "distribution point" not in plain

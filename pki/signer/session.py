@@ -405,10 +405,10 @@ def hint_for(
             )
         return "\n  ".join(lines)
     if "revoked" in msg:
-        return (
-            f"certificate serial {cert.serial_number:x} is on a CRL imported into the trust anchor: "
-            "issue a new certificate"
-        )
+        where = "a CRL imported into the trust anchor"
+        for url in distribution_points(cert)[:1]:  # an anchor with crlDpRevocationEnabled reads this one
+            where += f" or on the CRL at its distribution point {url}"
+        return f"certificate serial {cert.serial_number:x} is on {where}: issue a new certificate"
     if "rolesessionname" in msg:
         return "the profile must set acceptRoleSessionName to allow --role-session-name; or drop the flag"
     if error.error_type == "ResourceNotFoundException":
