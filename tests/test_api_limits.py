@@ -240,7 +240,7 @@ def test_an_ml_dsa_server_certificate_is_refused_by_name(tmp_path: Path) -> None
 
     ca = make_ca(tmp_path / "home", KeyType.ML_DSA_44)
     material = tls.server_material(ca, ["127.0.0.1"])
-    with pytest.raises(InvalidInput, match="signed with ML-DSA.*--tls-cert and --tls-key issued by an EC or RSA CA"):
+    with pytest.raises(InvalidInput, match=r"signed with ML-DSA.*--tls-cert and --tls-key issued by an EC or RSA CA"):
         tls.check_pair(material.certfile, material.keyfile)
 
 

@@ -136,9 +136,9 @@ def test_an_endpoint_url_botocore_cannot_use_is_bad_input(url: str, monkeypatch:
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
-    with pytest.raises(InvalidInput, match="rolesanywhere: .*an endpoint URL is http"):
+    with pytest.raises(InvalidInput, match=r"rolesanywhere: .*an endpoint URL is http"):
         RolesAnywhere.connect(AwsOptions(region="us-east-1", endpoint_url=url))
-    with pytest.raises(InvalidInput, match="s3: .*an endpoint URL is http"):
+    with pytest.raises(InvalidInput, match=r"s3: .*an endpoint URL is http"):
         s3_client(AwsOptions(region="us-east-1"), url, None)
 
 

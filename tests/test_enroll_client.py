@@ -132,5 +132,5 @@ def test_an_ml_dsa_client_certificate_points_to_signed_renewal(ca: CertificateAu
     issued.cert_pem.write_to_path(cert)
     key_file.write_bytes(private_key_pem(key))
     client = EnrollmentClient("https://127.0.0.1:1", client_cert=(cert, key_file))
-    with pytest.raises(InvalidInput, match="cannot be used for mutual TLS.*renew with --signed"):
+    with pytest.raises(InvalidInput, match=r"cannot be used for mutual TLS.*renew with --signed"):
         client.request("POST", "/v1/renew", {})
