@@ -91,7 +91,11 @@ def verify_request_signature(headers: dict[str, str], method: str, path: str, bo
         signature = base64.b64decode(headers["X-Rapki-Signature"], validate=True)
         certificate = x509.load_der_x509_certificate(der)
         when = int(timestamp)
-    except (KeyError, ValueError) as exc:
+    except KeyError as exc:  # str() of a KeyError is the bare quoted name: say what it is
+        raise Unauthenticated(f"malformed {SIGNATURE_SCHEME} signature headers: {exc.args[0]} is missing "
+                              "(a signed request sends X-Rapki-Certificate, X-Rapki-Timestamp and "
+                              "X-Rapki-Signature)") from exc
+    except ValueError as exc:
         raise Unauthenticated(f"malformed {SIGNATURE_SCHEME} signature headers: {exc}") from exc
     now = now if now is not None else time.time()
     if abs(now - when) > SIGNATURE_MAX_SKEW:
