@@ -337,6 +337,15 @@ def test_fail_fast_start(files: dict[str, Path], fake: FakeService, tmp_path: Pa
     assert not token_file.parent.exists()  # a generated token goes with the server
 
 
+def test_a_container_token_file_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    from pki.signer.container import load_or_create_token
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RapkiError, match=r"--container-token-file .*file/token: cannot be created"):
+        load_or_create_token(str(blocker / "token"))
+
+
 # --- the published comparison ----------------------------------------------------------------------
 def _table() -> list[tuple[str, str, str]]:
     """(command, flag, status) rows of docs/signer.md's comparison table."""
