@@ -11,7 +11,8 @@ Layout (all paths relative to the home)::
                         names a key on a PKCS#11 token or in KMS)
     ca/issuing-N.pem    issuing CA certificates; ca/issuing-N.key.pem their encrypted keys (file keys)
 
-Precedence for every setting: environment variable, then ``rapki.toml``, then the built-in default.
+Precedence: the environment variable where a setting has one (README's table), then ``rapki.toml``,
+then the built-in default.
 """
 
 from __future__ import annotations
