@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ from pki.ca.authority import CertificateAuthority
 from pki.ca.home import Home
 from pki.ca.tokens import TokenStore
 from pki.store import Database
+from pki.x509.keys import KeyType
 from service.api.state import FileState, Limit, RateLimited
 from tests.conftest import PASSPHRASE, make_ca
 from tests.test_api import RAPKI, free_port, stop
@@ -227,6 +229,19 @@ def test_serve_refuses_a_certificate_with_another_key(tmp_path: Path, monkeypatc
     assert "the TLS certificate and key cannot be used together" in result.stderr
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+@pytest.mark.skipif(ssl.OPENSSL_VERSION_INFO >= (3, 5), reason="this OpenSSL serves ML-DSA certificates")
+def test_an_ml_dsa_server_certificate_is_refused_by_name(tmp_path: Path) -> None:
+    """OpenSSL before 3.5 refuses an ML-DSA-signed certificate as 'ca md too weak': the refusal
+    says ML-DSA and what to give instead."""
+    from pki.errors import InvalidInput
+    from service.api import tls
+
+    ca = make_ca(tmp_path / "home", KeyType.ML_DSA_44)
+    material = tls.server_material(ca, ["127.0.0.1"])
+    with pytest.raises(InvalidInput, match=r"signed with ML-DSA.*--tls-cert and --tls-key issued by an EC or RSA CA"):
+        tls.check_pair(material.certfile, material.keyfile)
 
 
 def test_worker_that_cannot_build_its_tls_context_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

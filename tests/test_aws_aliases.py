@@ -51,9 +51,13 @@ def test_register_alias_tip_and_crl_dp_round_trip(aws: Aws, tmp_path: Path) -> N
     aws.rapki("profile", "add", "plain", "--cn-pattern", "app-[0-9]+", home=home)
     args = ["aws", "register", "--role-arn", role(aws), "--profile", "app", "--alias", "team/app", "--tip", "workload",
             "--tip-subject", "x509SAN/URI", "--crl-dp-revocation"]  # fmt: skip
-    out = aws.rapki(*args, home=home).stdout
+    first = aws.rapki(*args, home=home)
+    out = first.stdout
     line = next(x for x in out.splitlines() if x.startswith("credential_process = "))
     ra = json.loads(aws.rapki(*args, "--json", home=home).stdout)
+    # No [crl].distribution_url: the certificates carry no point for the anchor to check.
+    assert "warning: the trust anchor checks CRL distribution points" in first.stderr
+    assert len(ra["warnings"]) == 1 and "[crl].distribution_url is not set" in ra["warnings"][0]
     assert ra["writes"] == 0 and ra["actions"] == []  # idempotent with every new option
     alias_anchor = f"arn:aws:rolesanywhere:us-east-1:{aws.account}:alias/trust-anchor/team/app"
     alias_profile = f"arn:aws:rolesanywhere:us-east-1:{aws.account}:alias/profile/team/app"
@@ -89,6 +93,7 @@ def test_register_alias_tip_and_crl_dp_round_trip(aws: Aws, tmp_path: Path) -> N
     assert off["trust_anchor_alias_arn"] == "" and f"--trust-anchor-arn {off['trust_anchor_arn']}" in off[
         "credential_process"]
     assert off["tip_configuration"]["status"] == "DISABLED" and off["crl_dp_revocation"] is False
+    assert off["warnings"] == []
     assert aws.client.get_trust_anchor(trustAnchorId=ra["trust_anchor_arn"])["trustAnchor"][
         "crlDpRevocationEnabled"] is False
 
@@ -118,7 +123,7 @@ def test_register_puts_the_mapping_rule_tip_needs(ca: CertificateAuthority, aws:
     assert aws.emulator.stats()["writes"] == {"PutAttributeMapping": 1, "UpdateProfile": 1}
     assert result.tip_configuration == {"status": "ENABLED", "subjectSource": "x509SAN/URI"}
     assert ca.profile("web").require_san_uri
-    with pytest.raises(PolicyViolation, match="requires a URI SAN"):
+    with pytest.raises(PolicyViolation, match=r"requires a URI SAN .*--san uri:.*\"sans\": \[\"uri:...\"\] \(the API\)"):
         ca.issue("web", cn="web-1")
     assert ca.issue("web", cn="web-1", sans=["uri:https://example.com/a"]).serial_hex
     # --tip user alone keeps the subject; back on x509Subject/CN the rapki profile no longer needs a URI.

@@ -129,6 +129,19 @@ def test_region_partition_and_endpoint_rules(monkeypatch: pytest.MonkeyPatch) ->
     assert endpoint_override(None) is None
 
 
+@pytest.mark.parametrize("url", ["notaurl", "http://[::1"])
+def test_an_endpoint_url_botocore_cannot_use_is_bad_input(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore raises a bare ValueError ('Invalid endpoint: notaurl'): one line, exit 2, for both clients."""
+    from pki.aws.s3publish import s3_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    with pytest.raises(InvalidInput, match=r"rolesanywhere: .*an endpoint URL is http"):
+        RolesAnywhere.connect(AwsOptions(region="us-east-1", endpoint_url=url))
+    with pytest.raises(InvalidInput, match=r"s3: .*an endpoint URL is http"):
+        s3_client(AwsOptions(region="us-east-1"), url, None)
+
+
 def test_region_comes_from_the_arn_and_conflicts_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")

@@ -67,6 +67,16 @@ def test_init_refuses_an_existing_home(ca: CertificateAuthority) -> None:
         CertificateAuthority.init(ca.home.path, passphrase=PASSPHRASE.encode())
 
 
+def test_init_refuses_a_home_it_cannot_make(tmp_path: Path) -> None:
+    """A --home that is a file, or below one: bad input naming the path (was a traceback)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(InvalidInput, match="is a file, not a directory"):
+        CertificateAuthority.init(blocker, passphrase=PASSPHRASE.encode())
+    with pytest.raises(InvalidInput, match="the home directory cannot be made"):
+        CertificateAuthority.init(blocker / "home", passphrase=PASSPHRASE.encode())
+
+
 def test_open_refuses_a_directory_that_is_not_a_home(tmp_path: Path) -> None:
     with pytest.raises(NotARapkiHome):
         CertificateAuthority.open(tmp_path)

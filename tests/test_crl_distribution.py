@@ -62,7 +62,9 @@ def test_certificates_and_crls_with_a_distribution_point_pass_pkilint_and_openss
 
 
 @pytest.mark.parametrize("url", ["https://crl.example.com/{issuer}.crl", "http://crl.example.com/root.crl",
-                                 "http://crl.example.com/a b/{issuer}.crl", "ldap://x/{issuer}"])
+                                 "http://crl.example.com/a b/{issuer}.crl", "ldap://x/{issuer}",
+                                 "http:///{issuer}.crl", "http://crl.example.com/{issuer}.crl#x",
+                                 "http://crl.example.com/{foo}/{issuer}.crl"])
 def test_bad_distribution_urls_are_refused(url: str) -> None:
     with pytest.raises(InvalidInput, match="distribution_url"):
         Config(crl_distribution_url=url)

@@ -61,3 +61,13 @@ def test_plain_http_listener_serves_crls_only(tmp_path: Path, passphrase_env: st
         stop(proc)
     with pytest.raises(requests.ConnectionError):  # the listener went with the server
         requests.get(base + "/crl/issuing-1.crl", timeout=2)
+
+
+def test_the_crl_port_must_not_be_the_https_port(tmp_path: Path, passphrase_env: str) -> None:
+    """Both on one port: refused up front (exit 2, one line), not a CRL listener dying with a traceback."""
+    make_ca(tmp_path / "home")
+    port = free_port()
+    result = subprocess.run([*RAPKI, "serve", "--home", str(tmp_path / "home"), "--port", str(port),
+                             "--crl-http-port", str(port)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "a port of its own" in result.stderr

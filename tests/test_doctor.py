@@ -191,3 +191,16 @@ def test_a_revoked_certificate_that_expired_is_not_sent_to_crl_publish(ca: Certi
     local = checks["revocation in the local CA"]
     assert local["status"] != "warn" and "crl publish" not in local["fix"], local
     assert "expired" in local["detail"]
+
+
+def test_the_algorithms_line_of_an_ml_dsa_leaf(ca: CertificateAuthority) -> None:
+    """ML-DSA has no curve or size: the line reads 'MLDSA65, sha256' (the EC CA's hash), no stray gap."""
+    from pki.aws.doctor import anchor_from_local_ca
+    from pki.workload.client import make_csr
+    from pki.x509.keys import KeyType
+
+    key = KeyType.ML_DSA_65.generate()
+    issued = ca.issue("web", csr=make_csr(key, "web-1"))
+    report = diagnose(pem(issued.certificate), None, pem(issued.chain[0]), anchor=anchor_from_local_ca(ca))
+    details = {c.name: c.detail for c in report.checks}  # type: ignore[attr-defined]
+    assert details["algorithms"] == "MLDSA65, sha256"

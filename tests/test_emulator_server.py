@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
 
 from tests.emulator_fixture import (
     RunningEmulator,
@@ -185,6 +186,36 @@ def test_print_ca(tmp_path: Path) -> None:
     again = CliRunner().invoke(main, ["emulator", "--state", str(state), "--print-ca"])
     assert again.output == result.output  # reused, so AWS_CA_BUNDLE stays valid
     assert ((tmp_path / "emu" / "emulator-tls.key").stat().st_mode & 0o777) == 0o600
+
+
+def test_a_state_path_or_tls_pair_that_cannot_work_is_refused(tmp_path: Path) -> None:
+    """Exit 2 with one line before serving: a --state below a file (was a traceback) and a
+    --tls-cert/--tls-key pair that do not match (was a server whose every handshake failed)."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from pki.x509.keys import private_key_pem
+    from service.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(main, ["emulator", "--state", str(blocker / "state.json"), "--print-ca"])
+    assert result.exit_code == 2 and "its directory cannot be made" in result.output, result.output
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "tls.pem", tmp_path / "other.key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(private_key_pem(other))
+    result = CliRunner().invoke(main, ["emulator", "--state", str(tmp_path / "s.json"), "--tls-cert", str(cert_file),
+                                       "--tls-key", str(key_file), "--print-ca"])
+    assert result.exit_code == 2 and "cannot be used together" in result.output, result.output
 
 
 def test_served_by_gunicorn_with_concurrent_writes(emulator: RunningEmulator) -> None:

@@ -50,7 +50,7 @@ def test_request_signature_round_trip_and_tampering(ca: CertificateAuthority, ke
     forged = sign_request(key_type.generate(), issued.certificate, "POST", "/v1/renew", b'{"a":1}', now=now)
     with pytest.raises(Unauthenticated):
         verify_request_signature(forged, "POST", "/v1/renew", b'{"a":1}', now=now)
-    with pytest.raises(Unauthenticated, match="malformed"):
+    with pytest.raises(Unauthenticated, match=r"malformed .*: X-Rapki-Certificate is missing"):
         verify_request_signature({}, "POST", "/v1/renew", b"", now=now)
 
 
@@ -119,3 +119,18 @@ def test_an_untrusted_server_says_to_pass_the_ca_bundle(tls_server: int, tmp_pat
     client = EnrollmentClient(f"https://127.0.0.1:{tls_server}", ca_bundle=bundle)
     with pytest.raises(Unavailable, match=rf"not trusted by --ca-bundle {bundle}"):
         client.request("GET", "/healthz")
+
+
+@pytest.mark.skipif(ssl.OPENSSL_VERSION_INFO >= (3, 5), reason="this OpenSSL does mutual TLS with ML-DSA")
+def test_an_ml_dsa_client_certificate_points_to_signed_renewal(ca: CertificateAuthority, tmp_path: Path) -> None:
+    """OpenSSL before 3.5 cannot load an ML-DSA certificate for TLS: one line naming --signed, no traceback."""
+    from pki.x509.keys import private_key_pem
+
+    key = KeyType.ML_DSA_44.generate()
+    issued = ca.issue("web", csr=make_csr(key, "web-4"))
+    cert, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_pem.write_to_path(cert)
+    key_file.write_bytes(private_key_pem(key))
+    client = EnrollmentClient("https://127.0.0.1:1", client_cert=(cert, key_file))
+    with pytest.raises(InvalidInput, match=r"cannot be used for mutual TLS.*renew with --signed"):
+        client.request("POST", "/v1/renew", {})

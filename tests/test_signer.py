@@ -425,6 +425,32 @@ def test_service_errors_are_actionable(
         assert "Test Issuing" in err and ANCHOR in err
 
 
+def test_hints_name_the_leafs_crl_distribution_point(pki: dict[str, Any]) -> None:
+    """An anchor with crlDpRevocationEnabled answers 'Untrusted Signing Certificate' when the CRL at
+    the leaf's distribution point is missing: the hint says so, naming the URL."""
+    url = "http://crl.example.com/crl/issuing-1.crl"
+    point = x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)
+    leaf = (x509.CertificateBuilder().subject_name(_name("dp-app")).issuer_name(pki["inter"].subject)
+            .public_key(pki["ec_key"].public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.now(UTC) - timedelta(minutes=5))
+            .not_valid_after(datetime.now(UTC) + timedelta(days=1))
+            .add_extension(x509.CRLDistributionPoints([point]), critical=False)
+            .sign(pki["inter_key"], hashes.SHA256()))
+    opts = session.SessionOptions(certificate="cert.pem", private_key="key.pem", trust_anchor_arn=ANCHOR,
+                                  profile_arn=PROFILE, role_arn=ROLE)
+    error = session.CreateSessionError("Untrusted Signing Certificate", error_type="AccessDeniedException", status=403)
+    hint = session.hint_for(error, material.Material(leaf, pki["ec_key"], (pki["inter"],)), opts,
+                            endpoints.resolve_endpoint("us-east-1"), datetime.now(UTC))
+    assert f"CRL distribution point ({url})" in hint and "crlDpRevocationEnabled" in hint
+    revoked = session.CreateSessionError("Certificate revoked", error_type="AccessDeniedException", status=403)
+    assert f"at its distribution point {url}" in session.hint_for(
+        revoked, material.Material(leaf, pki["ec_key"], (pki["inter"],)), opts, endpoints.resolve_endpoint("us-east-1"),
+        datetime.now(UTC))
+    plain = session.hint_for(error, material.Material(pki["ec_leaf"], pki["ec_key"], (pki["inter"],)), opts,
+                             endpoints.resolve_endpoint("us-east-1"), datetime.now(UTC))
+    assert "distribution point" not in plain
+
+
 def test_retries_throttling_and_5xx_each_attempt_resigned(
     files: dict[str, Path], fake: FakeService, monkeypatch: pytest.MonkeyPatch
 ) -> None:

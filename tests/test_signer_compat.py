@@ -71,6 +71,15 @@ def test_certificate_key_and_chain_from_stdin(files: dict[str, Path], fake: Fake
     assert req["headers"]["X-Amz-X509-Chain"]  # the certificates after the leaf are the chain
 
 
+def test_empty_stdin_is_named_as_such(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing piped in: the error says standard input was empty (not 'PKCS#12 file could not be opened')."""
+    from pki.signer import stdin
+
+    monkeypatch.setattr(stdin, "_data", b"\n")
+    with pytest.raises(material.MaterialError, match="standard input, which was empty"):
+        material.load_material("-")
+
+
 def cli_cmd() -> list[str]:
     from tests.commands import signer_cmd
 
@@ -186,6 +195,14 @@ class Clock:
 def _entry(clock: Clock, seconds: int, n: int) -> cache.Entry:
     expiration = (clock.now + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
     return cache.Entry(f'{{"n":{n}}}', expiration, 3600)
+
+
+def test_a_cache_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    """``--cache-dir`` naming a file: the error names the directory and the option, not only errno."""
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(OSError, match=r"cache directory .*file cannot be used.*--cache-dir names a directory"):
+        cache.cached_output(not_a_dir, "k", lambda: _entry(Clock(), 3600, 1))
 
 
 def test_cache_serves_until_due_then_refreshes(tmp_path: Path) -> None:
@@ -318,6 +335,15 @@ def test_fail_fast_start(files: dict[str, Path], fake: FakeService, tmp_path: Pa
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
     server.server_close()  # the helper's behaviour without the flag: it starts and keeps trying
     assert not token_file.parent.exists()  # a generated token goes with the server
+
+
+def test_a_container_token_file_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    from pki.signer.container import load_or_create_token
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(RapkiError, match=r"--container-token-file .*file/token: cannot be created"):
+        load_or_create_token(str(blocker / "token"))
 
 
 # --- the published comparison ----------------------------------------------------------------------

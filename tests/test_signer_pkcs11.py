@@ -155,6 +155,22 @@ def test_no_pin_without_a_terminal_says_where_to_put_it(hsm: TokenSetup) -> None
     assert b"pin-value=" in result.stderr and b"RAPKI_SIGNER_PKCS11_PIN" in result.stderr
 
 
+@pytest.mark.parametrize(("uri", "message"), [
+    ("pkcs11:token=t;object=k;pin-value=123456", "pin-value is a query attribute: put it after '?'"),
+    ("pkcs11:token=t;pin-source=/run/pin", "pin-source is a query attribute"),
+    ("pkcs11:tokn=t", "unknown attribute 'tokn'"),
+    ("pkcs11://token=t", "unknown attribute '//token'"),
+    ("pkcs11:token=a%ZZb", "'%' not followed by two hex digits"),
+])
+def test_uri_mistakes_are_named_without_echoing_a_pin(uri: str, message: str) -> None:
+    from pki.signer.pkcs11 import Pkcs11Error, Pkcs11Uri
+
+    with pytest.raises(Pkcs11Error, match=message) as caught:
+        Pkcs11Uri.parse(uri)
+    assert "123456" not in str(caught.value)
+    assert Pkcs11Uri.parse("pkcs11:token=t;object=k;x-vendor=1?pin-value=1&other=2").query["pin-value"] == b"1"
+
+
 def test_wrong_pin(hsm: TokenSetup) -> None:
     uri = f"pkcs11:token={hsm.token.label};object=signer-ec?pin-value=0000-wrong"
     result = run_signer("credential-process", *hsm.args("--private-key", uri))

@@ -105,6 +105,16 @@ def _env_number(name: str, default: float) -> float:
         return default
 
 
+def boto_client(session: Any, service: str, **options: Any) -> Any:
+    """``session.client(service, ...)``, with botocore's ValueError for an endpoint URL it cannot use
+    (``Invalid endpoint: notaurl``, from an option or an $AWS_ENDPOINT_URL* variable) as bad input."""
+    try:
+        return session.client(service, **options)
+    except ValueError as exc:
+        raise InvalidInput(f"{service}: {exc}: an endpoint URL is http(s)://host[:port] (--endpoint-url, "
+                           "--s3-endpoint-url or $AWS_ENDPOINT_URL*)") from None
+
+
 class RolesAnywhere:
     """One region's Roles Anywhere control plane. Build with ``RolesAnywhere.connect``."""
 
@@ -156,8 +166,8 @@ class RolesAnywhere:
             connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
             user_agent_extra="rapki",
         )
-        client = session.client("rolesanywhere", region_name=region, endpoint_url=endpoint, verify=verify,
-                                config=config)
+        client = boto_client(session, "rolesanywhere", region_name=region, endpoint_url=endpoint, verify=verify,
+                             config=config)
         return cls(client, region=region, fips=fips, options=options)
 
     @property

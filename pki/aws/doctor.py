@@ -223,7 +223,8 @@ def _alg(cert: x509.Certificate) -> str:
     size = getattr(key, "key_size", "")
     curve = getattr(getattr(key, "curve", None), "name", "")
     hash_name = cert.signature_hash_algorithm.name if cert.signature_hash_algorithm else "no separate hash"
-    return f"{type(key).__name__.lstrip('_').replace('PublicKey', '')} {curve or size}, {hash_name}"
+    family = f"{type(key).__name__.lstrip('_').replace('PublicKey', '')} {curve or size}".rstrip()  # ML-DSA: neither
+    return f"{family}, {hash_name}"
 
 
 def _validity_check(leaf: x509.Certificate, now: datetime, server_date: datetime | None) -> Check:

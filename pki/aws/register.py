@@ -71,6 +71,7 @@ class Registration:
     profile_alias_arn: str = ""
     tip_configuration: dict[str, Any] | None = None
     crl_dp_revocation: bool = False
+    warnings: list[str] = field(default_factory=list)  # what works but is likely not what was meant
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "crl"}
@@ -387,6 +388,11 @@ def register(ca: CertificateAuthority, aws: RolesAnywhere, *, name: str, role_ar
         tip_configuration=profile_detail.get("tipConfiguration"),
         crl_dp_revocation=bool(anchor_detail.get("crlDpRevocationEnabled", False)),
     )
+    if result.crl_dp_revocation and not ca.config.crl_distribution_url:
+        result.warnings.append(
+            "the trust anchor checks CRL distribution points (crlDpRevocationEnabled) but [crl].distribution_url "
+            "is not set: this CA's certificates carry none, so their revocation may go unchecked (imported CRLs "
+            "do not decide in that mode); set it, or pass --no-crl-dp-revocation")
     if aws.log.writes_total:
         ca.audit(actor, "aws.register", anchor_arn, {
             "profile_arn": profile_arn, "roles": roles, "anchor": anchor, "actions": registrar.actions,

@@ -97,6 +97,8 @@ def s3_client(options: AwsOptions, endpoint_url: str | None, region: str | None)
     import boto3
     from botocore.config import Config
 
+    from pki.aws.client import boto_client
+
     verify: str | bool | None = options.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
     try:
         session = boto3.session.Session(profile_name=options.aws_profile or None)
@@ -105,7 +107,7 @@ def s3_client(options: AwsOptions, endpoint_url: str | None, region: str | None)
     config = Config(region_name=region or options.region or None, retries={"mode": "standard", "max_attempts": 5},
                     connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
                     user_agent_extra="rapki", s3={"addressing_style": "path" if endpoint_url else "auto"})
-    return session.client("s3", endpoint_url=endpoint_url or None, verify=verify, config=config)
+    return boto_client(session, "s3", endpoint_url=endpoint_url or None, verify=verify, config=config)
 
 
 def _remote(client: Any, bucket: str, key: str) -> dict[str, str] | None:

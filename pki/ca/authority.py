@@ -104,12 +104,17 @@ class CertificateAuthority(Issuance, RevocationAndCrls, Inventory, ProfileCatalo
         if Home(target).exists():
             raise Conflict(f"{target} is already a rapki home: refusing to overwrite its CA")
         created = not target.exists()
+        if not created and not target.is_dir():
+            raise InvalidInput(f"{target} is a file, not a directory: choose an empty or new directory")
         if not created:
             for stale in target.glob(f"{_STAGING_PREFIX}*"):
                 shutil.rmtree(stale, ignore_errors=True)
             if any(target.iterdir()):
                 raise InvalidInput(f"{target} exists and is not empty: choose an empty or new directory")
-        target.mkdir(parents=True, exist_ok=True)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file on the way, no permission: the --home given cannot be used
+            raise InvalidInput(f"{target}: the home directory cannot be made ({exc.strerror})") from None
         target.chmod(0o700)
         staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=target))
         offline_key = options.offline_root_key_out

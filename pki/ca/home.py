@@ -11,7 +11,8 @@ Layout (all paths relative to the home)::
                         names a key on a PKCS#11 token or in KMS)
     ca/issuing-N.pem    issuing CA certificates; ca/issuing-N.key.pem their encrypted keys (file keys)
 
-Precedence for every setting: environment variable, then ``rapki.toml``, then the built-in default.
+Precedence: the environment variable where a setting has one (README's table), then ``rapki.toml``,
+then the built-in default.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomli_w
 
@@ -59,6 +61,12 @@ def check_distribution_url(url: str) -> None:
     if ISSUER_FIELD not in url:
         raise InvalidInput(f"[crl].distribution_url must name {ISSUER_FIELD} (each issuing CA has its own CRL), "
                            f"e.g. http://crl.example.com/crl/{ISSUER_FIELD}.crl")
+    # What goes into certificates is the URL with {issuer} filled in: it needs a host, and a
+    # fragment or another {...} would be sent to relying parties as it stands.
+    filled = url.replace(ISSUER_FIELD, "issuing-1")
+    if not urlsplit(filled).hostname or "#" in filled or "{" in filled or "}" in filled:
+        raise InvalidInput(f"[crl].distribution_url must be http://HOST/PATH with {ISSUER_FIELD} as its only "
+                           f"{{...}} field and no #fragment, not {url!r}")
 
 
 @dataclass(frozen=True)

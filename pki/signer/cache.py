@@ -151,7 +151,11 @@ def cached_output(
     entry = read_entry(path)
     if entry is not None and entry.fresh(clock()):
         return entry.output
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:  # e.g. --cache-dir naming a file: say which option, not only errno's text
+        raise OSError(f"the cache directory {directory} cannot be used: {exc.strerror} "
+                      "(--cache-dir names a directory)") from None
     with file_lock(path.with_name(path.name + ".lock")):
         entry = read_entry(path)  # another process may have refreshed it while this one waited
         if entry is not None and entry.fresh(clock()):

@@ -42,7 +42,10 @@ def load_or_create_token(path: str | None) -> tuple[str, Path]:
     else:
         file = Path(tempfile.mkdtemp(prefix="rapki-signer-")) / TOKEN_FILE_NAME  # mkdtemp: mode 0700
     token = secrets.token_urlsafe(32)
-    fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:  # its directory missing, a file on the way, no permission
+        raise InvalidInput(f"--container-token-file {path}: cannot be created: {exc.strerror}") from None
     with os.fdopen(fd, "w") as fh:
         fh.write(token)
     return token, file

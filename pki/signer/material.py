@@ -81,7 +81,11 @@ TPM_HINT = (
 
 def _read(path: str, what: str) -> bytes:
     if path == STDIN:
-        return read_stdin()
+        data = read_stdin()
+        if not data.strip():
+            raise MaterialError(f"{what} '-' is standard input, which was empty: pipe the PEM certificate and key "
+                                "(and the chain) into it")
+        return data
     if path.startswith("pkcs11:"):
         raise MaterialError(f"{what} {path!r} is a PKCS#11 URI: pki.signer.inputs.load_any loads token keys")
     if path.startswith("handle:"):

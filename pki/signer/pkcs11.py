@@ -27,6 +27,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -89,13 +90,33 @@ class Pkcs11Uri:
         return self.text.split("?", 1)[0]
 
 
+# RFC 7512's path attributes; vendors' own start with "x-". The query's (pin-value, pin-source,
+# module-path...) are looked up by name and others ignored, as the RFC allows.
+_PATH_ATTRIBUTES = frozenset({"id", "library-description", "library-manufacturer", "library-version",
+                              "manufacturer", "model", "object", "serial", "slot-description", "slot-id",
+                              "slot-manufacturer", "token", "type"})
+_QUERY_ATTRIBUTES = frozenset({"pin-value", "pin-source", "module-name", "module-path"})
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def _attributes(part: str, separator: str, text: str) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
+    shown = text.split("?", 1)[0]
     for item in filter(None, part.split(separator)):
         name, eq, value = item.partition("=")
+        name = name.strip().lower()
+        if separator == ";" and name in _QUERY_ATTRIBUTES:  # never echo the URI: the PIN may be in it
+            raise Pkcs11Error(f"PKCS#11 URI: {name} is a query attribute: put it after '?' "
+                              f"(pkcs11:token=...;object=...?{name}=...), not after ';'")
         if not eq:
-            raise Pkcs11Error(f"PKCS#11 URI {text.split('?', 1)[0]!r}: attribute {name!r} has no value")
-        out[name.strip().lower()] = unquote_to_bytes(value)
+            raise Pkcs11Error(f"PKCS#11 URI {shown!r}: attribute {name!r} has no value")
+        if separator == ";" and name not in _PATH_ATTRIBUTES and not name.startswith("x-"):
+            raise Pkcs11Error(f"PKCS#11 URI {shown!r}: unknown attribute {name!r} (RFC 7512: "
+                              f"{', '.join(sorted(_PATH_ATTRIBUTES))})")
+        if _BAD_PERCENT.search(value):
+            raise Pkcs11Error(f"PKCS#11 URI: attribute {name!r} has a '%' not followed by two hex digits "
+                              "(percent-encode '%' as %25)")
+        out[name] = unquote_to_bytes(value)
     return out
 
 

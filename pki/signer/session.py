@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography import x509
+
 from pki import __version__
 from pki.errors import InvalidInput, RapkiError
 from pki.rolesanywhere.endpoints import Endpoint, env_flag, resolve_endpoint, session_region
@@ -345,6 +347,16 @@ def _parse_success(payload: bytes) -> Credentials:
     return result
 
 
+def distribution_points(cert: x509.Certificate) -> list[str]:
+    """The URLs of the certificate's CRL Distribution Points extension (none when it has none)."""
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return []
+    return [name.value for point in points for name in point.full_name or ()
+            if isinstance(name, x509.UniformResourceIdentifier)]
+
+
 def hint_for(
     error: CreateSessionError, material: Material, opts: SessionOptions, endpoint: Endpoint, now: datetime
 ) -> str:
@@ -383,6 +395,9 @@ def hint_for(
             )
         else:
             lines.append("the anchor must hold the root or intermediate CA that issued this chain")
+        for url in distribution_points(cert)[:1]:
+            lines.append(f"the leaf names a CRL distribution point ({url}): an anchor with crlDpRevocationEnabled "
+                         "also refuses it when no current CRL of its issuer is there ('rapki doctor' fetches it)")
         if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
             lines.append(
                 f"the leaf is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} to "
@@ -390,10 +405,10 @@ def hint_for(
             )
         return "\n  ".join(lines)
     if "revoked" in msg:
-        return (
-            f"certificate serial {cert.serial_number:x} is on a CRL imported into the trust anchor: "
-            "issue a new certificate"
-        )
+        where = "a CRL imported into the trust anchor"
+        for url in distribution_points(cert)[:1]:  # an anchor with crlDpRevocationEnabled reads this one
+            where += f" or on the CRL at its distribution point {url}"
+        return f"certificate serial {cert.serial_number:x} is on {where}: issue a new certificate"
     if "rolesessionname" in msg:
         return "the profile must set acceptRoleSessionName to allow --role-session-name; or drop the flag"
     if error.error_type == "ResourceNotFoundException":

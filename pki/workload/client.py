@@ -91,7 +91,11 @@ def verify_request_signature(headers: dict[str, str], method: str, path: str, bo
         signature = base64.b64decode(headers["X-Rapki-Signature"], validate=True)
         certificate = x509.load_der_x509_certificate(der)
         when = int(timestamp)
-    except (KeyError, ValueError) as exc:
+    except KeyError as exc:  # str() of a KeyError is the bare quoted name: say what it is
+        raise Unauthenticated(f"malformed {SIGNATURE_SCHEME} signature headers: {exc.args[0]} is missing "
+                              "(a signed request sends X-Rapki-Certificate, X-Rapki-Timestamp and "
+                              "X-Rapki-Signature)") from exc
+    except ValueError as exc:
         raise Unauthenticated(f"malformed {SIGNATURE_SCHEME} signature headers: {exc}") from exc
     now = now if now is not None else time.time()
     if abs(now - when) > SIGNATURE_MAX_SKEW:
@@ -140,7 +144,12 @@ class EnrollmentClient:
                                "CA's root certificate ('rapki ca root')") from None
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if self.client_cert is not None:
-            context.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
+            try:
+                context.load_cert_chain(str(self.client_cert[0]), str(self.client_cert[1]))
+            except ssl.SSLError as exc:  # e.g. an ML-DSA certificate under an OpenSSL before 3.5
+                raise InvalidInput(f"{self.client_cert[0]} cannot be used for mutual TLS by this Python's TLS "
+                                   f"library ({ssl.OPENSSL_VERSION}: {exc.reason or exc}): renew with --signed "
+                                   "(a RAPKI-SIG-V1 request signature) instead") from None
         return context
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,

@@ -119,7 +119,8 @@ class Profile:
     def check_uri_present(self, uris: tuple[str, ...] | list[str]) -> None:
         if self.require_san_uri and not uris:
             raise PolicyViolation(f"profile {self.name!r} requires a URI SAN (its certificates feed a Roles Anywhere "
-                                  "profile that takes the identity from x509SAN/URI): add --san uri:...")
+                                  "profile that takes the identity from x509SAN/URI): ask for one, e.g. --san uri:... "
+                                  "(rapki issue/enroll), \"sans\": [\"uri:...\"] (the API) or in the CSR")
 
     def check_key_type(self, key_type: KeyType) -> None:
         if key_type not in self.key_types:

@@ -35,6 +35,7 @@ from pki.ca.authority import CertificateAuthority
 from pki.errors import InvalidInput
 from pki.x509.issuance import dns_name_problem
 from pki.x509.pem import Pem, load_certificates
+from pki.x509.preflight import MLDSA_SIGNATURES
 
 SERVER_LIFETIME = timedelta(days=90)
 RENEW_WHEN_LEFT = SERVER_LIFETIME / 3
@@ -145,8 +146,22 @@ def check_pair(certfile: Path, keyfile: Path) -> None:
     try:
         context.load_cert_chain(certfile, keyfile, password=lambda: b"")  # never prompt for one
     except (ssl.SSLError, OSError) as exc:
+        _refuse_ml_dsa_signed(certfile)
         raise InvalidInput(f"the TLS certificate and key cannot be used together ({certfile}, {keyfile}): "
                            f"{exc}; give a PEM certificate and its unencrypted PEM key") from None
+
+
+def _refuse_ml_dsa_signed(certfile: Path) -> None:
+    """An ML-DSA CA's server certificate fails to load under an OpenSSL without ML-DSA (before 3.5)
+    with ``CA_MD_TOO_WEAK``, which points nowhere useful: say what it is and what to do instead."""
+    try:
+        cert = load_certificates(certfile.read_bytes())[0]
+    except Exception:
+        return
+    if cert.signature_algorithm_oid in MLDSA_SIGNATURES:
+        raise InvalidInput(f"the TLS certificate {certfile} is signed with ML-DSA, which this Python's TLS library "
+                           f"({ssl.OPENSSL_VERSION}) cannot use (OpenSSL 3.5 or later can): give --tls-cert and "
+                           f"--tls-key issued by an EC or RSA CA")
 
 
 def describe(path: Path) -> str:

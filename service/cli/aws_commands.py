@@ -149,6 +149,8 @@ def aws_register(home: Path | None, region: str | None, endpoint_url: str | None
     click.echo("[profile rapki]")
     click.echo(result.credential_process)
     click.echo("\nRole trust policy: rapki aws trust-policy" + (f" --profile {rapki_profile}" if rapki_profile else ""))
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @aws_group.command("trust-policy")

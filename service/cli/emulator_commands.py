@@ -100,10 +100,17 @@ def emulator(
     if not print_ca:
         ensure_port_free(host, port)
     state = (state_path or default_home() / "emulator" / "state.json").resolve()
+    try:
+        state.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a --state below a file
+        raise InvalidInput(f"--state {state}: its directory cannot be made ({exc.strerror})") from None
     if tls_cert is None or tls_key is None:
         cert_path, key_path = ensure_self_signed(state, host)
     else:
+        from service.api.tls import check_pair
+
         cert_path, key_path = tls_cert.resolve(), tls_key.resolve()
+        check_pair(cert_path, key_path)  # else the server starts and every handshake fails
     if print_ca:
         click.echo(cert_path.read_text(), nl=False)
         return

@@ -45,6 +45,9 @@ def serve(home: Path | None, host: str, port: int, workers: int | None, tls_cert
 
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInput("give --tls-cert and --tls-key together")
+    if crl_http_port == port:  # the CRL listener would fail to bind once the HTTPS one holds it
+        raise InvalidInput(f"--crl-http-port {crl_http_port} is --port too: give the plain-HTTP CRL listener "
+                           "a port of its own")
     ensure_port_free(host, port)
     if crl_http_port is not None:
         ensure_port_free(host, crl_http_port)
