@@ -25,7 +25,7 @@ from pki.store.db import CommitGroup, PendingWrite
 from pki.store.schema import certificates
 from pki.store.statements import Write
 from pki.workload.client import make_csr
-from service.api import create_app
+from service.api import create_app, routes
 from service.api.asgi import InlineWsgi
 
 
@@ -154,4 +154,21 @@ def test_a_refused_write_is_rolled_back_alone(ca: CertificateAuthority, monkeypa
     with pytest.raises(TokenUsed):
         tokens.authenticate(first)
     tokens.authenticate(second)  # its use was given back
+    assert ca.verify_audit_log().ok
+
+
+def test_a_request_failing_after_its_certificate_was_made_records_nothing(
+        ca: CertificateAuthority, server: InlineWsgi, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = TokenStore(ca).create("web", cn_pattern=r"web-[0-9]+", uses=10).token
+
+    def broken_answer(*_args: Any) -> dict[str, Any]:
+        raise OSError("the answer could not be made")
+
+    monkeypatch.setattr(routes.enrollment, "answer", broken_answer)
+    assert enroll_together(server, (token, "web-1"))[0][0] == 500
+    monkeypatch.undo()  # the answer works again: the next group must not hold the first write
+    assert enroll_together(server, (token, "web-2"))[0][0] == 201
+    with ca.db.engine.connect() as conn:
+        issued = [r.common_name for r in conn.execute(select(certificates.c.common_name))]
+    assert issued == ["web-2"]
     assert ca.verify_audit_log().ok

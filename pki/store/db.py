@@ -192,11 +192,12 @@ class CommitGroup:
     another request is being signed. The durability of each write is that of its own transaction:
     it is acknowledged after the commit that holds it.
 
-    A write that raises (a token used up meanwhile: ``RapkiError``; a serial drawn twice:
-    ``IntegrityError``, reported as ``DatabaseBusy``, to be retried: the chance is 2^-100 or less)
-    is rolled back to its savepoint and only its request fails; any other
-    error, the writer lock not obtained in time (``DatabaseBusy``) or a failed commit fail every
-    write of the group, none of which is then recorded. SQLite only: ``Database.commit_group``.
+    A write that raises (a token used up meanwhile: ``RapkiError``; a random serial drawn twice,
+    126 random bits by default: ``IntegrityError``, reported as ``DatabaseBusy`` so the client
+    retries and a new serial is drawn) is rolled back to its savepoint and only its request fails.
+    Any other error, the writer lock not obtained in time (``DatabaseBusy``) or a failed commit
+    fail every write of the group, none of which is then recorded. SQLite only:
+    ``Database.commit_group``.
     """
 
     def __init__(self, database: Database) -> None:

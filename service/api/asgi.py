@@ -54,6 +54,8 @@ class AnswerLater:
     commit: ``service.api.direct``). ``InlineWsgi`` awaits ``answer``, which calls
     ``start_response`` and returns the body."""
 
+    __slots__ = ()
+
     async def answer(self, start_response: Callable[..., Any]) -> Iterable[bytes]:
         raise NotImplementedError
 

@@ -21,7 +21,6 @@ the error of its own write (409 token used up meanwhile) or of the group's commi
 a single request in hand commits it alone, with no added wait.
 """
 
-
 from __future__ import annotations
 
 import asyncio
