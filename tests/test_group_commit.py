@@ -154,6 +154,13 @@ def test_a_refused_write_is_rolled_back_alone(ca: CertificateAuthority, monkeypa
     with pytest.raises(TokenUsed):
         tokens.authenticate(first)
     tokens.authenticate(second)  # its use was given back
+    # Alone in its group (its own transaction, no savepoint), it is rolled back whole all the same.
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()), "web-2")
+    ca.issue("web", csr=csr, within=tokens.redeemer(second), later=lambda w: pending.append(group.add(w)))
+    group.commit()
+    assert isinstance(pending[2].error, DatabaseBusy)
+    assert count(ca) == 1
+    tokens.authenticate(second)
     assert ca.verify_audit_log().ok
 
 

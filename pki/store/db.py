@@ -221,6 +221,9 @@ class CommitGroup:
             return
         try:
             with self._database.write() as tx:
+                if len(group) == 1:  # alone: its own transaction, as without a group (no savepoint)
+                    group[0].write(tx)
+                    return
                 dbapi = tx.dbapi
                 dbapi.execute("BEGIN IMMEDIATE")  # the write lock now, not at a savepoint's first write
                 for pending in group:
@@ -229,13 +232,21 @@ class CommitGroup:
                         pending.write(tx)
                     except (RapkiError, IntegrityError) as refused:
                         dbapi.execute("ROLLBACK TO rapki_write")
-                        pending.error = refused if isinstance(refused, RapkiError) else DatabaseBusy(
-                            "the certificate's random serial was drawn twice (nothing was recorded): try again")
+                        pending.error = _refusal(refused)
                     dbapi.execute("RELEASE rapki_write")
         except Exception as failed:  # every write of the group is told, whatever it was
+            error = _refusal(failed)
             for pending in group:
                 if pending.error is None:
-                    pending.error = failed
+                    pending.error = error
+
+
+def _refusal(exc: Exception) -> Exception:
+    """What a write's request is told: a serial drawn twice as ``DatabaseBusy`` (retried, it draws
+    a new one); anything else as it is."""
+    if isinstance(exc, IntegrityError):
+        return DatabaseBusy("the certificate's random serial was drawn twice (nothing was recorded): try again")
+    return exc
 
 
 def _set_sqlite_busy_timeout(dbapi_connection: Any, seconds: float) -> None:

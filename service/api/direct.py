@@ -74,27 +74,29 @@ class GroupCommitter:
 
     def __init__(self, group: CommitGroup) -> None:
         self.group = group
-        self._done: asyncio.Future[None] | None = None
+        self._waiting: list[asyncio.Future[None]] = []
 
     def add(self, write: Write) -> PendingWrite:
         return self.group.add(write)
 
     async def committed(self) -> None:
-        done = self._done
-        if done is None:
-            loop = asyncio.get_running_loop()
-            done = self._done = loop.create_future()
+        # A future per request: a request whose client went away is cancelled alone, the commit
+        # and the others' answers go on.
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
             loop.call_soon(self._commit)
-        # Shielded: a request whose client went away must not cancel the others' commit.
-        await asyncio.shield(done)
+        done = loop.create_future()
+        self._waiting.append(done)
+        await done
 
     def _commit(self) -> None:
-        done, self._done = self._done, None
+        waiting, self._waiting = self._waiting, []
         try:
             self.group.commit()
         finally:
-            if done is not None:
-                done.set_result(None)
+            for done in waiting:
+                if not done.done():
+                    done.set_result(None)
 
 
 class _Recorded(AnswerLater):
