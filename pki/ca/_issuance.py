@@ -22,7 +22,7 @@ from pki.ca.values import IssuedCertificate, Issuer
 from pki.errors import AlreadyRenewed, InvalidInput, NotFound, PolicyViolation, RapkiError
 from pki.store import audit as audit_rows
 from pki.store import certificates as certificate_rows
-from pki.store.statements import Transaction
+from pki.store.statements import Defer, Transaction
 from pki.x509.durations import format_duration
 from pki.x509.issuance import (
     BACKDATE,
@@ -70,7 +70,8 @@ class Issuance(ProfileCatalog, IssuingCAs):
               key_type: KeyType | str | None = None, ttl: timedelta | None = None, actor: str | None = None,
               supersedes: str | None = None,
               within: Callable[[Transaction], None] | None = None,
-              before_commit: Callable[[IssuedCertificate], None] | None = None) -> IssuedCertificate:
+              before_commit: Callable[[IssuedCertificate], None] | None = None,
+              later: Defer | None = None) -> IssuedCertificate:
         """Issue a workload certificate under ``profile``.
 
         With ``csr`` the CSR's key and names are used (and must fit the profile); otherwise a key
@@ -82,6 +83,11 @@ class Issuance(ProfileCatalog, IssuingCAs):
         ``supersedes``: the serial of the certificate this one renews. A certificate renews once:
         one already renewed is refused (``AlreadyRenewed``, audited as ``certificate.renew_refused``),
         and of two concurrent renewals of one certificate only one is recorded.
+        ``later`` (a renewal, with ``supersedes``, is recorded here all the same): the recording is
+        not run here but handed to ``later`` as a function of the transaction (``CommitGroup.add``,
+        group commit): the certificate is made and returned, but recorded only when its group
+        commits, and must not be given out before; its refusals (the token used up meanwhile, a
+        serial drawn twice, which this method would otherwise draw again) come out of the group.
         """
         prof = profile if isinstance(profile, Profile) else self.profile(profile)
         if supersedes is not None:
@@ -138,7 +144,7 @@ class Issuance(ProfileCatalog, IssuingCAs):
             issued = IssuedCertificate(cert, (issuer.certificate,), prof.name, leaf_subject_text(cn),
                                        cert.public_bytes(Encoding.DER), private_key)
             try:
-                self._record(issued, spec, now, issuer, kt, actor, supersedes, within, before_commit)
+                self._record(issued, spec, now, issuer, kt, actor, supersedes, within, before_commit, later)
             except IntegrityError:
                 continue  # serial collision: draw again
             return issued
@@ -175,7 +181,8 @@ class Issuance(ProfileCatalog, IssuingCAs):
     def _record(self, issued: IssuedCertificate, spec: LeafSpec, now: datetime, issuer: Issuer,
                 key_type: KeyType, actor: str | None, supersedes: str | None,
                 within: Callable[[Transaction], None] | None = None,
-                before_commit: Callable[[IssuedCertificate], None] | None = None) -> None:
+                before_commit: Callable[[IssuedCertificate], None] | None = None,
+                later: Defer | None = None) -> None:
         """The certificate row and its audit row, committed together (with ``within``'s writes and
         the mark on the certificate it ``supersedes``), ``before_commit`` run last.
         Column values come from ``spec``, which the certificate was built from, rather than from
@@ -200,19 +207,26 @@ class Issuance(ProfileCatalog, IssuingCAs):
             action="certificate.renew" if supersedes else "certificate.issue", target=serial,
             details={"cn": cn, "profile": profile, "issuer": issuer.name, "supersedes": supersedes},
         )
+
+        def write(tx: Transaction) -> None:
+            if within is not None:
+                within(tx)
+            if supersedes and not tx.run(certificate_rows.MARK_SUPERSEDED,
+                                         {"old_serial": supersedes, "new_serial": serial}):
+                raise _RenewedMeanwhile  # another renewal of it committed first: roll back
+            tx.insert(certificate_row)
+            if before_commit is not None:
+                before_commit(issued)
+            # Last: appending takes the audit chain's head lock, held until the commit.
+            for statement in audit_entry.statements:
+                tx.insert(statement)
+
+        if later is not None and supersedes is None:
+            later(write)
+            return
         try:
             with self.db.write() as tx:
-                if within is not None:
-                    within(tx)
-                if supersedes and not tx.run(certificate_rows.MARK_SUPERSEDED,
-                                             {"old_serial": supersedes, "new_serial": serial}):
-                    raise _RenewedMeanwhile  # another renewal of it committed first: roll back
-                tx.insert(certificate_row)
-                if before_commit is not None:
-                    before_commit(issued)
-                # Last: appending takes the audit chain's head lock, held until the commit.
-                for statement in audit_entry.statements:
-                    tx.insert(statement)
+                write(tx)
         except _RenewedMeanwhile:
             assert supersedes is not None
             self._check_not_renewed(supersedes, actor)

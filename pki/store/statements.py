@@ -51,6 +51,12 @@ class Transaction:
         row.execute(self.dbapi, self.dialect)
 
 
+# A transaction's writes as one function (``CertificateAuthority._record``), and a place to hand
+# such a function to be run later, in a transaction shared with others (``db.CommitGroup.add``).
+Write = Callable[[Transaction], None]
+Defer = Callable[[Write], object]
+
+
 def _bind_processor(column: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
     if process is not None and isinstance(column.type, DateTime):

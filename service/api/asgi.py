@@ -33,7 +33,7 @@ import asyncio
 import io
 import json
 import sys
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 from service.api import metrics
@@ -44,6 +44,23 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 DRAIN_LIMIT = 1024 * 1024
+# Set in every environ ``InlineWsgi`` makes: the application may return an ``AnswerLater``.
+ANSWER_LATER = "rapki.answer_later"
+
+
+class AnswerLater:
+    """What a WSGI application run by ``InlineWsgi`` may return (when ``environ[ANSWER_LATER]``)
+    before it has called ``start_response``: an answer that waits on the event loop first (group
+    commit: ``service.api.direct``). ``InlineWsgi`` awaits ``answer``, which calls
+    ``start_response`` and returns the body."""
+
+    __slots__ = ()
+
+    async def answer(self, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[bytes]:
+        raise TypeError("an AnswerLater is answered by InlineWsgi only (environ[ANSWER_LATER])")
 
 
 class InlineWsgi:
@@ -68,7 +85,11 @@ class InlineWsgi:
         if read is None:
             return  # the client went away before its request was complete
         answer = _Answer()
-        result = self.app(wsgi_environ(scope, *read), answer.start_response)
+        environ = wsgi_environ(scope, *read)
+        environ[ANSWER_LATER] = True
+        result = self.app(environ, answer.start_response)
+        if isinstance(result, AnswerLater):
+            result = await result.answer(answer.start_response)
         try:
             data = b"".join(result)
         finally:

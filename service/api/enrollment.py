@@ -25,6 +25,7 @@ from pki.ca.authority import CertificateAuthority, IssuedCertificate
 from pki.ca.tokens import EnrollmentToken, TokenStore
 from pki.errors import Forbidden, InvalidInput
 from pki.rolesanywhere.credential_process import credential_process_line
+from pki.store.statements import Defer
 from pki.x509.crl import parse_reason
 from pki.x509.durations import parse_duration
 from pki.x509.issuance import CsrContent, SubjectAltNames, load_csr, read_csr
@@ -79,9 +80,12 @@ class Request:
 
 
 def enroll(ca: CertificateAuthority, tokens: TokenStore, token: str, record: EnrollmentToken,
-           body: dict[str, Any], caller_address: str) -> tuple[IssuedCertificate, Request, Profile]:
+           body: dict[str, Any], caller_address: str,
+           later: Defer | None = None,
+           ) -> tuple[IssuedCertificate, Request, Profile]:
     """``record`` is the token already authenticated (``TokenStore.authenticate``); one use of it
-    is redeemed in the transaction that records the certificate."""
+    is redeemed in the transaction that records the certificate. ``later``: see
+    ``CertificateAuthority.issue`` (group commit)."""
     req = Request(body, ENROLL_REQUEST)
     if req.csr is None and req.key_type is None:
         raise InvalidInput('give "csr" (a PEM CSR, your own key) or "key_type" (e.g. "ec-p256", key made here)')
@@ -95,7 +99,7 @@ def enroll(ca: CertificateAuthority, tokens: TokenStore, token: str, record: Enr
     profile = ca.profile(record.profile)
     issued = ca.issue(profile, cn=cn, sans=req.sans.as_list(), csr=req.csr, key_type=req.key_type, ttl=req.ttl,
                       actor=f"api:enrollment-token:{record.id}@{caller_address}",
-                      within=tokens.redeemer(token))
+                      within=tokens.redeemer(token), later=later)
     return issued, req, profile
 
 

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from pki.ca.tokens import TokenExpired, TokenRevoked, TokenUsed, parse_token
 from pki.errors import AlreadyRenewed, InvalidInput, RapkiError, Unauthenticated, Unavailable
+from pki.store.statements import Defer
 from pki.x509.durations import parse_duration
 from pki.x509.pem import Pem
 from service.api import crlfiles, enrollment, jsonio, metrics
@@ -91,9 +92,11 @@ def enroll() -> tuple[Response, int]:
 
 
 def serve_enroll(c: ApiContext, address: str, authorization: str,
-                 body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+                 body: Callable[[], dict[str, Any]], later: Defer | None = None) -> dict[str, Any]:
     """``POST /v1/enroll``: rate limits, token (401/409), then ``body()`` (400/413), binding (403),
-    policy (422), issuance; the JSON answer. Refusals raise before anything is written."""
+    policy (422), issuance; the JSON answer. Refusals raise before anything is written.
+    ``later``: the certificate's recording is handed there (group commit, ``service.api.direct``),
+    whose caller counts it as issued once it is committed."""
     hits = [(f"addr:{address}", c.settings.per_address, f"from {address}")]
     # A token's own counter moves only once its secret matched: token ids are not secret, so
     # counting guesses against the id would let anyone lock its holder out. Every attempt,
@@ -108,8 +111,9 @@ def serve_enroll(c: ApiContext, address: str, authorization: str,
         c.state.hit_all(hits)
         raise
     c.state.hit_all([*hits, _token_hit(c, token)])
-    issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, body(), address)
-    metrics.ISSUED.labels(issued.profile).inc()
+    issued, req, profile = enrollment.enroll(c.ca, c.tokens, token, record, body(), address, later)
+    if later is None:
+        metrics.ISSUED.labels(issued.profile).inc()
     return enrollment.answer(issued, req, profile)
 
 
