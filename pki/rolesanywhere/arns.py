@@ -10,7 +10,7 @@ collection the emulator keeps it in. botocore's model (``rolesanywhere`` 2018-05
 ARN members only loosely (``arn:aws(-[^:]+)?:rolesanywhere(:.*){2}(:trust-anchor.*)``); the ids it
 issues are UUIDs.
 
-An alias ARN (``aliasArn``, botocore 1.44.5+) names a trust anchor, profile or CRL by its alias:
+An alias ARN (``aliasArn``, botocore 1.44.3+) names a trust anchor, profile or CRL by its alias:
 ``arn:<partition>:rolesanywhere:<region>:<account>:alias/<type>/<alias-name>`` (the form the model's
 ``TrustAnchorAliasArn``/``ProfileAliasArn``/``CrlAliasArn`` documentation gives). It parses to the
 same type with ``alias=True`` and the alias name in ``id``; the service resolves it to the resource,

@@ -6,7 +6,7 @@ that botocore does not do client-side (maximum lengths, name patterns, enum valu
 300,000-byte rule for ``crlData``, 2 CRLs and 2 certificates per trust anchor, 900-43200 for
 ``durationSeconds``) are enforced here with ``ValidationException``.
 
-Aliases (botocore 1.44.5+): ``aliasName`` on trust anchors, profiles and CRLs, unique per type in
+Aliases (botocore 1.44.3+): ``aliasName`` on trust anchors, profiles and CRLs, unique per type in
 an account and Region (a taken, malformed or reserved ``aws/`` name is a ``ValidationException``, as
 the model documents); ``aliasArn`` is ``arn:<partition>:rolesanywhere:<region>:<account>:alias/<type>/<name>``
 and every ``*Identifier`` in a path takes the id, the ARN or the alias ARN of a resource in the
