@@ -40,9 +40,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from pki.signer.material import MAX_CHAIN, Material, MaterialError, _read, check_material, parse_bundle
+from pki.x509.external import ecdsa_der_signature
 
 try:
     import pkcs11
@@ -309,9 +310,8 @@ class TokenEcKey(_TokenKeyMixin, ec.EllipticCurvePrivateKey):
         return self._public.curve
 
     def sign(self, data: Any, signature_algorithm: Any) -> bytes:
-        raw = self._token_sign(_digest(bytes(data), signature_algorithm.algorithm), Mechanism.ECDSA)
-        half = len(raw) // 2
-        return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+        digest = _digest(bytes(data), signature_algorithm.algorithm)
+        return ecdsa_der_signature(self._token_sign(digest, Mechanism.ECDSA))
 
 
 class TokenRsaKey(_TokenKeyMixin, rsa.RSAPrivateKey):
