@@ -42,7 +42,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from pki.signer.material import MAX_CHAIN, Material, MaterialError, _read, check_material, parse_bundle
+from pki.signer.material import (
+    MAX_CHAIN,
+    Material,
+    MaterialError,
+    _read,
+    check_material,
+    parse_bundle,
+    parse_certificate,
+)
 from pki.x509.external import ecdsa_der_signature
 
 try:
@@ -414,8 +422,6 @@ def _load_token_material(
             attrs = {"id": found[0].key_id} if found[0].key_id else {"object": (found[0].label or "").encode()}
             key_uri = Pkcs11Uri(cert_uri.text, {k: v for k, v in attrs.items() if v}, cert_uri.query)
     elif certificate:
-        from pki.signer.material import parse_certificate
-
         cert = parse_certificate(_read(certificate, "certificate"), certificate)
     else:
         cert = _certificate_for_key(session, uri, pin)
