@@ -96,14 +96,12 @@ def read_entry(path: Path) -> Entry | None:
 
 
 def write_entry(path: Path, entry: Entry) -> None:
-    """Atomic (temporary file + rename), 0600 from its creation."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # left by a crashed run with this pid; O_EXCL below never follows a planted link
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"output": entry.output, "expiration": entry.expiration, "duration": entry.duration}, fh)
-    os.replace(tmp, path)
+    """Atomic (temporary file + rename), 0600 from its creation; only a miss writes, so
+    :mod:`pki.files` (and its ``tempfile``) is loaded here, not on the hit path."""
+    from pki.files import atomic_write
+
+    doc = {"output": entry.output, "expiration": entry.expiration, "duration": entry.duration}
+    atomic_write(path, json.dumps(doc).encode(), private=True)
 
 
 @contextlib.contextmanager

@@ -19,8 +19,7 @@ def _commands(parser: argparse.ArgumentParser) -> dict[str, tuple[str, list[str]
             helps = {a.dest: a.help or "" for a in action._choices_actions}
             for name, sub in action.choices.items():
                 flags = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
-                if name == "completion":
-                    flags += ["bash", "zsh", "fish", "powershell"]
+                flags += [str(c) for a in sub._actions if not a.option_strings for c in a.choices or ()]
                 out[name] = (helps.get(name, ""), flags)
     return out
 

@@ -18,6 +18,7 @@ from pki.signer.material import (
     MaterialError,
     _has_pem_key,
     _is_pem_certificate,
+    _read,
     check_material,
     load_material,
     parse_bundle,
@@ -44,8 +45,6 @@ def _chain(value: str | bytes | list[x509.Certificate] | None) -> tuple[x509.Cer
     if value is None or value == "" or value == b"":
         return ()
     if isinstance(value, str):
-        from pki.signer.material import _read
-
         return tuple(parse_bundle(_read(value, "intermediates bundle"), value))
     if isinstance(value, bytes | bytearray | memoryview):
         return tuple(parse_bundle(bytes(value), "intermediates (bytes)"))
@@ -79,14 +78,10 @@ def load_given(
 ) -> Material:
     """:func:`pki.signer.material.load_material` for arguments that are not all paths."""
     if isinstance(certificate, str):
-        from pki.signer.material import _read
-
         certificate = _read(certificate, "certificate") if certificate else b""
     if not certificate:
         raise MaterialError("certificate is required")
     if isinstance(private_key, str):
-        from pki.signer.material import _read
-
         private_key = _read(private_key, "private key") if private_key else None
     if private_key is None and isinstance(certificate, bytes | bytearray | memoryview):
         data = bytes(certificate)

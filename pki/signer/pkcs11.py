@@ -40,9 +40,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from pki.signer.material import MAX_CHAIN, Material, MaterialError, _read, check_material, parse_bundle
+from pki.signer.material import (
+    MAX_CHAIN,
+    Material,
+    MaterialError,
+    _read,
+    check_material,
+    parse_bundle,
+    parse_certificate,
+)
+from pki.x509.external import ecdsa_der_signature
 
 try:
     import pkcs11
@@ -188,12 +197,12 @@ def user_pin(uri: Pkcs11Uri, what: str = "user PIN") -> str:
 
 # One logged-in session per token and process: PKCS#11 login is per application, so a second
 # C_Login fails; ``serve`` reloads its material at every refresh and reuses this session.
-_sessions: dict[tuple[int, int], tuple[Any, str]] = {}
+_sessions: dict[tuple[int, int], Any] = {}
 _STALE = ("SessionHandleInvalid", "SessionClosed", "DeviceRemoved", "TokenNotPresent", "UserNotLoggedIn")
 
 
-def _open(lib: Any, uri: Pkcs11Uri) -> tuple[Any, Any, Any, str]:
-    """(session logged in as user, slot, token, pin) on the one token the URI names."""
+def _open(lib: Any, uri: Pkcs11Uri) -> Any:
+    """A session logged in as user on the one token the URI names."""
     found = _slots(lib, uri)
     if len(found) > 1:
         labels = ", ".join(repr(t.label) for _, t in found)
@@ -201,10 +210,9 @@ def _open(lib: Any, uri: Pkcs11Uri) -> tuple[Any, Any, Any, str]:
     slot, token = found[0]
     cached = _sessions.get((id(lib), slot.slot_id))
     if cached is not None:
-        return cached[0], slot, token, cached[1]
-    pin = user_pin(uri)
+        return cached
     try:
-        session = token.open(user_pin=pin)
+        session = token.open(user_pin=user_pin(uri))
     except p11.UserAlreadyLoggedIn:
         session = token.open()  # this process logged in already (login is per application)
     except p11.PinIncorrect:
@@ -213,8 +221,8 @@ def _open(lib: Any, uri: Pkcs11Uri) -> tuple[Any, Any, Any, str]:
         raise Pkcs11Error(f"the user PIN of token {token.label!r} is {type(exc).__name__[3:].lower()}") from None
     except p11.PKCS11Error as exc:
         raise Pkcs11Error(f"cannot log in to token {token.label!r}: {type(exc).__name__}") from None
-    _sessions[(id(lib), slot.slot_id)] = (session, pin)
-    return session, slot, token, pin
+    _sessions[(id(lib), slot.slot_id)] = session
+    return session
 
 
 def _template(uri: Pkcs11Uri, object_class: ObjectClass) -> dict[Attribute, Any]:
@@ -270,9 +278,8 @@ def _chain_on_token(session: Any, leaf: x509.Certificate) -> tuple[x509.Certific
 class _TokenKeyMixin:
     """Signs on the token; the private key never leaves it. Thread-safe (serve signs from threads)."""
 
-    def _setup(self, session: Any, key: Any, public: Any, pin: str, reuse_pin: bool, where: str) -> None:
-        self._session, self._key, self._public = session, key, public
-        self._pin, self._reuse_pin, self._where = pin, reuse_pin, where
+    def _setup(self, session: Any, key: Any, public: Any, where: str) -> None:
+        self._session, self._key, self._public, self._where = session, key, public, where
         self._lock = threading.Lock()
         # Such a key wants its PIN between C_SignInit and C_Sign, which python-pkcs11 makes one call.
         self.always_auth = bool(_attribute(key, Attribute.ALWAYS_AUTHENTICATE))
@@ -309,9 +316,8 @@ class TokenEcKey(_TokenKeyMixin, ec.EllipticCurvePrivateKey):
         return self._public.curve
 
     def sign(self, data: Any, signature_algorithm: Any) -> bytes:
-        raw = self._token_sign(_digest(bytes(data), signature_algorithm.algorithm), Mechanism.ECDSA)
-        half = len(raw) // 2
-        return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
+        digest = _digest(bytes(data), signature_algorithm.algorithm)
+        return ecdsa_der_signature(self._token_sign(digest, Mechanism.ECDSA))
 
 
 class TokenRsaKey(_TokenKeyMixin, rsa.RSAPrivateKey):
@@ -333,7 +339,7 @@ def _verifies(key: Any, public: Any) -> bool:
         return False
 
 
-def _wrap(session: Any, obj: Any, public: Any, pin: str, reuse_pin: bool, where: str) -> Any:
+def _wrap(session: Any, obj: Any, public: Any, where: str) -> Any:
     key: Any
     if obj.key_type == P11KeyType.EC and isinstance(public, ec.EllipticCurvePublicKey):
         key = TokenEcKey()
@@ -341,17 +347,17 @@ def _wrap(session: Any, obj: Any, public: Any, pin: str, reuse_pin: bool, where:
         key = TokenRsaKey()
     else:
         return None
-    key._setup(session, obj, public, pin, reuse_pin, where)
+    key._setup(session, obj, public, where)
     return key
 
 
-def _key_for(session: Any, uri: Pkcs11Uri, cert: x509.Certificate, pin: str, reuse_pin: bool) -> Any:
+def _key_for(session: Any, uri: Pkcs11Uri, cert: x509.Certificate) -> Any:
     """The private key matching ``uri`` whose signatures ``cert`` verifies."""
     public = cert.public_key()
     candidates = list(session.get_objects(_template(uri, ObjectClass.PRIVATE_KEY)))
     always_auth = False
     for obj in candidates:
-        key = _wrap(session, obj, public, pin, reuse_pin, uri.redacted)
+        key = _wrap(session, obj, public, uri.redacted)
         if key is not None and key.always_auth:
             always_auth = True
         elif key is not None and _verifies(key, public):
@@ -365,7 +371,7 @@ def _key_for(session: Any, uri: Pkcs11Uri, cert: x509.Certificate, pin: str, reu
     raise Pkcs11Error(f"{what}, none of them for certificate {cert.subject.rfc4514_string()!r}")
 
 
-def _certificate_for_key(session: Any, uri: Pkcs11Uri, pin: str) -> x509.Certificate:
+def _certificate_for_key(session: Any, uri: Pkcs11Uri) -> x509.Certificate:
     """The token certificate of the key ``uri`` names: same ``id`` first, then any that verifies."""
     keys = list(session.get_objects(_template(uri, ObjectClass.PRIVATE_KEY)))
     if not keys:
@@ -374,7 +380,7 @@ def _certificate_for_key(session: Any, uri: Pkcs11Uri, pin: str) -> x509.Certifi
     ids = {_attribute(k, Attribute.ID) for k in keys}
     for tc in sorted(certs, key=lambda c: c.key_id not in ids):
         for obj in keys:
-            key = _wrap(session, obj, tc.certificate.public_key(), pin, False, uri.redacted)
+            key = _wrap(session, obj, tc.certificate.public_key(), uri.redacted)
             if key is not None and not key.always_auth and _verifies(key, tc.certificate.public_key()):
                 return tc.certificate
     raise Pkcs11Error(f"no certificate on the token belongs to the key {uri.redacted}: pass --certificate")
@@ -384,10 +390,11 @@ def load_token_material(
     certificate: str, private_key: str | None, intermediates: str | None, lib: str | None, reuse_pin: bool
 ) -> Material:
     """Certificate, token key and chain for the CLI's ``--certificate``/``--private-key`` pair; a
-    session the token dropped (removed, reset) is reopened once."""
+    session the token dropped (removed, reset) is reopened once. ``reuse_pin`` is accepted without
+    effect (see the module's docstring)."""
     for attempt in (1, 2):
         try:
-            return _load_token_material(certificate, private_key, intermediates, lib, reuse_pin)
+            return _load_token_material(certificate, private_key, intermediates, lib)
         except p11.PKCS11Error as exc:
             if type(exc).__name__ not in _STALE or attempt == 2:
                 raise Pkcs11Error(f"PKCS#11 token: {type(exc).__name__} {exc}".strip()) from None
@@ -396,7 +403,7 @@ def load_token_material(
 
 
 def _load_token_material(
-    certificate: str, private_key: str | None, intermediates: str | None, lib: str | None, reuse_pin: bool
+    certificate: str, private_key: str | None, intermediates: str | None, lib: str | None
 ) -> Material:
     cert_uri = Pkcs11Uri.parse(certificate) if certificate.startswith("pkcs11:") else None
     key_uri = Pkcs11Uri.parse(private_key) if private_key and private_key.startswith("pkcs11:") else None
@@ -404,7 +411,7 @@ def _load_token_material(
         raise Pkcs11Error("a certificate on a PKCS#11 token goes with a pkcs11: --private-key (or none)")
     uri = key_uri or cert_uri
     assert uri is not None
-    session, _, _, pin = _open(_library(lib, uri), uri)
+    session = _open(_library(lib, uri), uri)
     if cert_uri is not None:
         found = _certificates(session, _template(cert_uri, ObjectClass.CERTIFICATE))
         if not found:
@@ -414,13 +421,11 @@ def _load_token_material(
             attrs = {"id": found[0].key_id} if found[0].key_id else {"object": (found[0].label or "").encode()}
             key_uri = Pkcs11Uri(cert_uri.text, {k: v for k, v in attrs.items() if v}, cert_uri.query)
     elif certificate:
-        from pki.signer.material import parse_certificate
-
         cert = parse_certificate(_read(certificate, "certificate"), certificate)
     else:
-        cert = _certificate_for_key(session, uri, pin)
+        cert = _certificate_for_key(session, uri)
     assert key_uri is not None
-    key = _key_for(session, key_uri, cert, pin, reuse_pin)
+    key = _key_for(session, key_uri, cert)
     if intermediates:
         chain = tuple(parse_bundle(_read(intermediates, "intermediates bundle"), intermediates))
     else:
