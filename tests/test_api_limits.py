@@ -18,7 +18,7 @@ from pki.ca.home import Home
 from pki.ca.tokens import TokenStore
 from pki.store import Database
 from pki.x509.keys import KeyType
-from service.api.state import FileState, Limit, RateLimited
+from service.api.state import Limit
 from tests.conftest import PASSPHRASE, make_ca
 from tests.test_api import RAPKI, free_port, stop
 
@@ -71,21 +71,6 @@ def test_limit_parsing() -> None:
     assert Limit.parse("30/m") == Limit(30, 60)
     assert Limit.parse("1000/1h") == Limit(1000, 3600)
     assert Limit.parse("off") is None
-
-
-def test_counters_in_one_write_stop_at_the_first_refusal(tmp_path: Path) -> None:
-    state = FileState(tmp_path / "state.db", clock=lambda: 7200.0)  # all in one window
-    other = FileState(tmp_path / "state.db", clock=lambda: 7200.0)  # another worker
-    per_address, per_token = Limit(2, 3600), Limit(10, 3600)
-    state.hit_all([("addr", per_address, "from here"), ("token", per_token, "with it")])
-    other.hit_all([("addr", per_address, "from here"), ("token", per_token, "with it")])
-    with pytest.raises(RateLimited, match="from here"):  # the address is over: the token is not counted
-        state.hit_all([("addr", per_address, "from here"), ("token", per_token, "with it")])
-    for _ in range(8):
-        other.hit("token", per_token, "with it")
-    with pytest.raises(RateLimited, match="with it"):
-        state.hit("token", per_token, "with it")
-    state.hit_all([("addr", None, "off"), ("fresh", per_token, "x")])  # a limit switched off counts nothing
 
 
 def test_database_down_is_a_json_503(ca: CertificateAuthority) -> None:

@@ -138,12 +138,11 @@ def append_many(conn: Connection, entries: Sequence[tuple[datetime, str, str, st
     row = conn.execute(select(_H.seq, _H.hash).where(_H.id == 1).with_for_update()).one()
     seq, prev = int(row.seq), row.hash
     rows = []
-    for at, actor, action, target, details in entries:
-        at = at.astimezone(UTC)
+    for entry in entries:
+        values = _values(*entry)
         seq += 1
-        digest = entry_hash(prev, seq, content_digest(at, actor, action, target, details))
-        rows.append({"id": seq, "at": at, "actor": actor, "action": action, "target": target,
-                     "details": details, "prev_hash": prev, "hash": digest})
+        digest = entry_hash(prev, seq, values.pop("digest"))
+        rows.append({**values, "id": seq, "prev_hash": prev, "hash": digest})
         prev = digest
     if rows:
         conn.execute(insert(audit_log), rows)

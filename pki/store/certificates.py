@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, and_, bindparam, cast, delete, func, insert, or_, select, update
+from sqlalchemy import Select, String, and_, bindparam, cast, delete, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
 from pki.store.schema import certificates
@@ -83,13 +83,15 @@ def mark_revoked(conn: Connection, certificate_id: int, *, at: datetime, reason:
     return bool(changed)
 
 
+def _revoked_unexpired_query(issuer_id: int, now: datetime) -> Select[str, datetime, str]:
+    return (select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason)
+            .where(and_(certificates.c.issuer_id == issuer_id, certificates.c.revoked_at.is_not(None),
+                        certificates.c.not_after > now)))
+
+
 def revoked_unexpired(conn: Connection, issuer_id: int, now: datetime) -> Sequence[Row[str, datetime, str]]:
     """(serial, revoked_at, revocation_reason) of the issuer's revoked certificates still valid at ``now``."""
-    return conn.execute(
-        select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason)
-        .where(and_(certificates.c.issuer_id == issuer_id, certificates.c.revoked_at.is_not(None),
-                    certificates.c.not_after > now))
-    ).all()
+    return conn.execute(_revoked_unexpired_query(issuer_id, now)).all()
 
 
 def insert_many(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
@@ -127,10 +129,7 @@ def delete_ids(conn: Connection, ids: Sequence[int], cutoff: datetime) -> int:
 def plan_of_revoked_unexpired(conn: Connection, issuer_id: int, now: datetime) -> str:
     """The database's plan for ``revoked_unexpired`` (benchmarks check it reads the partial index
     ``ix_certificates_revoked``, so a CRL costs what the revoked certificates do, not the inventory)."""
-    query = (select(certificates.c.serial, certificates.c.revoked_at, certificates.c.revocation_reason)
-             .where(and_(certificates.c.issuer_id == issuer_id, certificates.c.revoked_at.is_not(None),
-                         certificates.c.not_after > now)))
-    compiled = query.compile(dialect=conn.dialect)
+    compiled = _revoked_unexpired_query(issuer_id, now).compile(dialect=conn.dialect)
     prefix = "EXPLAIN QUERY PLAN " if conn.dialect.name == "sqlite" else "EXPLAIN "
     rows = conn.exec_driver_sql(prefix + str(compiled), _driver_params(conn, compiled)).all()
     return "\n".join(str(row[-1]) for row in rows)

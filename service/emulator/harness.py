@@ -97,7 +97,7 @@ class Response:
         return self.headers.get("x-rapki-emulator-detail")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -178,7 +178,7 @@ class RunningEmulator:
 
 def start_emulator(state_dir: Path, *, extra_args: Sequence[str] = (), threads: int = 8) -> RunningEmulator:
     """Start ``rapki emulator`` and wait (bounded) until it answers over TLS."""
-    port = _free_port()
+    port = free_port()
     state_path = state_dir / "state.json"
     log_path = state_dir / "emulator.log"
     cmd = [*rapki_command(), "emulator", "--host", "127.0.0.1", "--port", str(port),
