@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("pki.*", "never", ("service.*",)),
     ("pki.signer.*", "only", ("pki", "pki.errors", "pki.files", "pki.x509.keys", "pki.x509.pem",
+                              "pki.x509.pkcs8_mldsa",
                               "pki.rolesanywhere.*", "pki.signer.*")),
     # Profiles check their Roles Anywhere ARNs with the one ARN parser, which needs nothing from pki.x509.
     ("pki.x509.*", "only", ("pki.errors", "pki.files", "pki.x509.*", "pki.rolesanywhere.arns",
