@@ -22,7 +22,6 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Callable
 
 from asn1crypto import core as asn1
 from asn1crypto import keys as asn1keys
@@ -43,10 +42,6 @@ _AES_CBC_KEY_LENGTHS = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32}
 _SCRYPT_OID = "1.3.6.1.4.1.11591.4.11"
 _PBKDF2_PRFS: dict[str, type[hashes.SHA1 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
     "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
-
-
-# Whether an expanded key is the one a seed makes, for a parameter set.
-ExpandedKeyCheck = Callable[[str, bytes, bytes], bool]
 
 
 class _Algorithm(asn1.Sequence):
@@ -79,12 +74,10 @@ class _ScryptParams(asn1.Sequence):
     ]
 
 
-def parse_mldsa_private_key(data: bytes, password: bytes | None, path: str = "private key",
-                            check: ExpandedKeyCheck | None = None) -> MLDSAPrivateKey | None:
+def parse_mldsa_private_key(data: bytes, password: bytes | None, path: str = "private key") -> MLDSAPrivateKey | None:
     """The ML-DSA key in ``data`` (PEM or DER PKCS#8, clear or encrypted), or None when ``data`` is
     not an ML-DSA PKCS#8 key or the password does not open it (the common loader then says why).
-    ValueError, naming ``path``, for an ML-DSA key that cannot be used. ``check`` judges the expanded
-    key of the two-part form (:func:`expanded_key_belongs_to_seed` by default)."""
+    ValueError, naming ``path``, for an ML-DSA key that cannot be used."""
     der = _pkcs8_der(data)
     info = _private_key_info(der)
     if info is None and password is not None:
@@ -93,7 +86,7 @@ def parse_mldsa_private_key(data: bytes, password: bytes | None, path: str = "pr
     if info is None:
         return None
     key_type, inner = info
-    return MLDSA_FROM_SEED[key_type](mldsa_seed(key_type, inner, path, check))
+    return MLDSA_FROM_SEED[key_type](mldsa_seed(key_type, inner, path))
 
 
 def _pkcs8_der(data: bytes) -> bytes:
@@ -116,9 +109,9 @@ def _private_key_info(der: bytes) -> tuple[str, bytes] | None:
         return None
 
 
-def mldsa_seed(key_type: str, inner: bytes, path: str, check: ExpandedKeyCheck | None = None) -> bytes:
+def mldsa_seed(key_type: str, inner: bytes, path: str) -> bytes:
     """The seed of either readable form; in the two-part form the expanded key must be the seed's
-    (``check``, by default :func:`expanded_key_belongs_to_seed`), or which of the two would be the key?"""
+    (:func:`expanded_key_belongs_to_seed`), or which of the two would be the key?"""
     if len(inner) == 2 + SEED_LENGTH and inner[:2] == bytes([0x80, SEED_LENGTH]):
         return inner[2:]
     try:
@@ -130,7 +123,7 @@ def mldsa_seed(key_type: str, inner: bytes, path: str, check: ExpandedKeyCheck |
                 "export it with the seed (OpenSSL writes seed and expanded key by default)"
             ) from None
         raise ValueError(f"private key {path!r} is not a valid {key_type} PKCS#8 key") from None
-    if len(seed) != SEED_LENGTH or not (check or expanded_key_belongs_to_seed)(key_type, seed, expanded):
+    if len(seed) != SEED_LENGTH or not expanded_key_belongs_to_seed(key_type, seed, expanded):
         raise ValueError(
             f"private key {path!r}: the {key_type} expanded key is not the one its seed makes (a damaged file?)"
         )
