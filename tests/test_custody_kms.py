@@ -179,7 +179,7 @@ def test_kms_signs_digests_raw_or_mu_of_certificates_and_crls_over_4kb(tmp_path:
     key = key_type.generate()
     kms_key, stubber = _stubbed_key(key)
     public = kms_key.public_key()
-    hash_algorithm = external.signature_hash(key_type)
+    hash_algorithm = key_type.signature_hash()
     workload = ec.generate_private_key(ec.SECP256R1()).public_key()
     certificates = [ca_builder(public), leaf_builder(public, workload, GOOD_SERIAL),
                     leaf_builder(public, workload, REVOKED_SERIAL, dns=("revoked.example.com",))]
@@ -205,7 +205,7 @@ def test_a_kms_signature_that_does_not_verify_is_never_returned() -> None:
     key = KeyType.EC_P256.generate()
     kms_key, stubber = _stubbed_key(key)
     builder = ca_builder(kms_key.public_key())
-    tbs = builder.sign(key, external.signature_hash(KeyType.EC_P256)).tbs_certificate_bytes  # type: ignore[arg-type]
+    tbs = builder.sign(key, KeyType.EC_P256.signature_hash()).tbs_certificate_bytes  # type: ignore[arg-type]
     # What moto answers: the digest hashed once more before signing.
     wrong = MemorySigner(key).sign(hashlib.sha256(tbs).digest())
     digest = hashlib.sha256(tbs).digest()

@@ -39,7 +39,7 @@ def test_external_and_direct_paths_sign_the_same_tbs(keys: dict[KeyType, object]
     key = keys[key_type]
     signer = MemorySigner(key)  # type: ignore[arg-type]
     public = signer.public_key()
-    hash_algorithm = external.signature_hash(key_type)
+    hash_algorithm = key_type.signature_hash()
     workload = ec.generate_private_key(ec.SECP384R1()).public_key()
     for builder in (ca_builder(public), leaf_builder(public, workload, 42)):
         direct = builder.sign(key, hash_algorithm)  # type: ignore[arg-type]
@@ -73,7 +73,7 @@ def test_both_paths_pass_openssl_with_the_crl_and_pkilint(tmp_path: Path, keys: 
                                                            key_type: KeyType) -> None:
     key = keys[key_type]
     signer = MemorySigner(key)  # type: ignore[arg-type]
-    hash_algorithm = external.signature_hash(key_type)
+    hash_algorithm = key_type.signature_hash()
     paths = {
         "external": signed_set(signer.public_key(), lambda b: external.sign_certificate(b, signer),
                                lambda b: external.sign_crl(b, signer)),

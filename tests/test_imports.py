@@ -34,7 +34,8 @@ LAYERS: list[tuple[str, str, tuple[str, ...]]] = [
     ("pki.*", "never", ("service.*",)),
     # pki.signer.pkcs11 shares the token's r||s -> DER ECDSA conversion with the CA's PKCS#11 keys.
     ("pki.signer.*", "only", ("pki", "pki.errors", "pki.files", "pki.x509.keys", "pki.x509.pem",
-                              "pki.x509.external", "pki.rolesanywhere.*", "pki.signer.*")),
+                              "pki.x509.external", "pki.x509.pkcs8_mldsa",
+                              "pki.rolesanywhere.*", "pki.signer.*")),
     # Profiles check their Roles Anywhere ARNs with the one ARN parser, which needs nothing from pki.x509.
     ("pki.x509.*", "only", ("pki.errors", "pki.files", "pki.x509.*", "pki.rolesanywhere.arns",
                             "pki.rolesanywhere.partitions")),

@@ -26,12 +26,12 @@ from pki.workload.client import EnrollmentClient, make_csr, sign_request, string
 from pki.workload.client import enroll as do_enroll
 from pki.x509.issuance import load_csr
 from pki.x509.keys import (
-    MLDSA_OIDS,
     KeyType,
     key_family,
     load_private_key,
     workload_key_pem,
 )
+from pki.x509.mldsa_params import MLDSA_OIDS
 from pki.x509.pem import pkcs12_bundle
 from pki.x509.preflight import leaf_problems
 from pki.x509.profiles import Profile

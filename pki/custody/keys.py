@@ -101,7 +101,7 @@ def sign_certificate(builder: x509.CertificateBuilder, key: CaKey) -> x509.Certi
     """``builder``'s certificate signed by ``key``."""
     file_key = _direct(key)
     if file_key is not None:
-        return builder.sign(file_key.private_key, external.signature_hash(file_key.key_type))
+        return builder.sign(file_key.private_key, file_key.key_type.signature_hash())
     return external.sign_certificate(builder, key)
 
 
@@ -109,7 +109,7 @@ def sign_crl(builder: x509.CertificateRevocationListBuilder, key: CaKey) -> x509
     """``builder``'s CRL signed by ``key``."""
     file_key = _direct(key)
     if file_key is not None:
-        return builder.sign(file_key.private_key, external.signature_hash(file_key.key_type))
+        return builder.sign(file_key.private_key, file_key.key_type.signature_hash())
     return external.sign_crl(builder, key)
 
 

@@ -20,18 +20,19 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import cast
 from urllib.parse import quote, unquote
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, mldsa, padding, rsa
 
 from pki.errors import RapkiError
+from pki.x509.keys import PrivateKey, key_family, sign_message, signature_verifies
 
 ALGORITHM_RSA = "AWS4-X509-RSA-SHA256"
 ALGORITHM_ECDSA = "AWS4-X509-ECDSA-SHA256"
 ALGORITHM_MLDSA = "AWS4-X509-MLDSA"
+_ALGORITHM_BY_FAMILY = {"rsa": ALGORITHM_RSA, "ec": ALGORITHM_ECDSA, "mldsa": ALGORITHM_MLDSA}
 ALGORITHMS = (ALGORITHM_RSA, ALGORITHM_ECDSA, ALGORITHM_MLDSA)
 SERVICE = "rolesanywhere"
 TERMINATOR = "aws4_request"
@@ -42,8 +43,6 @@ MAX_CHAIN_CERTIFICATES = 5
 CONTENT_TYPE = "application/json"
 
 # ML-DSA key classes, private and public (any parameter set: the algorithm name does not say which).
-_MLDSA_PRIVATE = (mldsa.MLDSA44PrivateKey, mldsa.MLDSA65PrivateKey, mldsa.MLDSA87PrivateKey)
-_MLDSA_PUBLIC = (mldsa.MLDSA44PublicKey, mldsa.MLDSA65PublicKey, mldsa.MLDSA87PublicKey)
 
 # Headers never signed: Authorization carries the signature itself, and User-Agent is rewritten by
 # proxies and SDK middleware, so the official helper leaves it out.
@@ -206,12 +205,9 @@ def canonical_headers(
 def algorithm_for_key(key: object) -> str:
     """The SigV4-X509 algorithm name: it depends on the key type only (P-384 stays ECDSA-SHA256,
     every ML-DSA parameter set is ``AWS4-X509-MLDSA``)."""
-    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
-        return ALGORITHM_RSA
-    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        return ALGORITHM_ECDSA
-    if isinstance(key, _MLDSA_PRIVATE + _MLDSA_PUBLIC):
-        return ALGORITHM_MLDSA
+    algorithm = _ALGORITHM_BY_FAMILY.get(key_family(key))
+    if algorithm is not None:
+        return algorithm
     raise ValueError(f"{type(key).__name__.lstrip('_')} keys cannot sign Roles Anywhere requests")
 
 
@@ -252,31 +248,17 @@ def sign_bytes(private_key: object, data: bytes) -> bytes:
     mixed in, which FIPS 204 recommends against fault and side-channel attacks). The verifier cannot
     tell the two apart, so only the signature bytes differ from the helper's, as with ECDSA.
     """
-    if isinstance(private_key, rsa.RSAPrivateKey):
-        return private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    if isinstance(private_key, ec.EllipticCurvePrivateKey):
-        return private_key.sign(data, ec.ECDSA(hashes.SHA256()))
-    if isinstance(private_key, _MLDSA_PRIVATE):
-        return private_key.sign(data)
-    raise ValueError(
-        f"{type(private_key).__name__.lstrip('_')} keys cannot sign Roles Anywhere requests"
-    )
+    if not key_family(private_key):
+        raise ValueError(f"{type(private_key).__name__.lstrip('_')} keys cannot sign Roles Anywhere requests")
+    return sign_message(cast(PrivateKey, private_key), data, hashes.SHA256())
 
 
 def verify_bytes(public_key: object, signature: bytes, data: bytes) -> bool:
     """True when ``signature`` is a valid SigV4-X509 signature of ``data`` by ``public_key``."""
     try:
-        if isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-        elif isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(public_key, _MLDSA_PUBLIC):
-            public_key.verify(signature, data)  # empty context, as the helper signs
-        else:
-            return False
-    except (_CryptoInvalidSignature, ValueError):
+        return signature_verifies(public_key, signature, data, hashes.SHA256())
+    except ValueError:
         return False
-    return True
 
 
 def certificate_header(cert: x509.Certificate) -> str:

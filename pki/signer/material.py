@@ -6,7 +6,7 @@ Accepted inputs, as with ``aws_signing_helper``:
   bundle holding the leaf, its key and optionally its chain (then ``--private-key`` is omitted);
 - ``--private-key``: PEM or DER, PKCS#1 (``RSA PRIVATE KEY``), SEC1 (``EC PRIVATE KEY``), PKCS#8 or
   encrypted PKCS#8 (``ENCRYPTED PRIVATE KEY`` with ``--pkcs8-password``); ML-DSA keys as PKCS#8 in
-  both of their forms, clear or encrypted (see :mod:`pki.signer.mldsa_pkcs8`);
+  both of their forms, clear or encrypted (see :mod:`pki.x509.pkcs8_mldsa`);
 - ``--intermediates``: a PEM bundle of CA certificates sent in ``X-Amz-X509-Chain``.
 
 - ``-`` for ``--certificate`` and/or ``--private-key``: one PEM stream on standard input holding the
@@ -166,7 +166,7 @@ def parse_private_key(data: bytes, password: str | None, path: str = "private ke
 
 
 def _mldsa_private_key(data: bytes, secret: bytes | None, path: str) -> PrivateKey | None:
-    """An ML-DSA PKCS#8 key read by :mod:`pki.signer.mldsa_pkcs8`, else None for the common loader.
+    """An ML-DSA PKCS#8 key read by :mod:`pki.x509.pkcs8_mldsa`, else None for the common loader.
 
     That module is loaded only when the key can be ML-DSA: a clear key naming an ML-DSA OID, or
     one given a password that ``cryptography`` does not open (it decrypts, then reads only the
@@ -178,7 +178,7 @@ def _mldsa_private_key(data: bytes, secret: bytes | None, path: str) -> PrivateK
             pass
     elif not any(oid in _der_of(data) for oid in _MLDSA_OID_MARKS):
         return None
-    from pki.signer.mldsa_pkcs8 import parse_mldsa_private_key  # loaded here: see the docstring
+    from pki.x509.pkcs8_mldsa import parse_mldsa_private_key  # loaded here: see the docstring
 
     try:
         return parse_mldsa_private_key(data, secret, path)

@@ -16,12 +16,12 @@ import base64
 import hashlib
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from pki.errors import InvalidInput
 from pki.signer.material import _read, key_type_label, load_material, parse_certificate, parse_private_key
 from pki.signer.session import go_json
-from pki.x509.keys import PrivateKey
+from pki.x509.keys import PrivateKey, sign_message
 
 FIXED_STRING_PREFIX = b"AWS Roles Anywhere Credential Helper Signing Test"
 SIGN_STRING_TEST_VERSION = 1
@@ -45,11 +45,7 @@ def sign_fixed_string(key: PrivateKey, digest: str = "SHA256") -> bytes:
     ML-DSA (no digest) for ML-DSA."""
     algorithm = _DIGESTS[digest.upper()]()
     data = fixed_string_to_sign(key.public_key())
-    if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(data, padding.PKCS1v15(), algorithm)
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        return key.sign(data, ec.ECDSA(algorithm))
-    return key.sign(data)
+    return sign_message(key, data, algorithm)
 
 
 def signing_key(

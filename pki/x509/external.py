@@ -25,7 +25,7 @@ from typing import Protocol, cast
 
 from asn1crypto import parser as asn1_parser
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import SignatureAlgorithmOID
@@ -70,7 +70,7 @@ def certificate_signed_by(builder: x509.CertificateBuilder, key: SigningKey) -> 
     through ``sign_certificate``."""
     direct = key_object(key)
     if direct is not None:
-        return builder.sign(direct, signature_hash(KeyType.of(direct)))
+        return builder.sign(direct, KeyType.of(direct).signature_hash())
     return sign_certificate(builder, cast(ExternalSigner, key))
 
 
@@ -79,7 +79,7 @@ def crl_signed_by(builder: x509.CertificateRevocationListBuilder,
     """``builder``'s CRL signed by ``key`` (as ``certificate_signed_by``)."""
     direct = key_object(key)
     if direct is not None:
-        return builder.sign(direct, signature_hash(KeyType.of(direct)))
+        return builder.sign(direct, KeyType.of(direct).signature_hash())
     return sign_crl(builder, cast(ExternalSigner, key))
 
 
@@ -88,11 +88,6 @@ class ExternalSignatureInvalid(RapkiError):
     that is not the one configured, or a faulty device): nothing was issued."""
 
     code = "external_signature_invalid"
-
-
-def signature_hash(key_type: KeyType) -> hashes.SHA256 | hashes.SHA384 | None:
-    """``key_type.signature_hash()`` as the narrow type the builders' ``sign`` takes (None: ML-DSA)."""
-    return key_type.signature_hash()
 
 
 def signature_algorithm(key_type: KeyType) -> x509.ObjectIdentifier:
@@ -187,7 +182,7 @@ def _signed_parts(builder: x509.CertificateBuilder | x509.CertificateRevocationL
     """The TBS and algorithm bytes ``builder`` makes (signed once with a throwaway key of the
     signer's algorithm, to fix them) and the signer's verified signature over that TBS."""
     public_key = _checked_signer_key(signer)
-    template = builder.sign(_throwaway_key(signer.key_type), signature_hash(signer.key_type))
+    template = builder.sign(_throwaway_key(signer.key_type), signer.key_type.signature_hash())
     _check_algorithm(template.signature_algorithm_oid, signer.key_type)
     tbs_der, algorithm_der = _split(template.public_bytes(serialization.Encoding.DER))
     return tbs_der, algorithm_der, _external_signature(signer, public_key, tbs_der, what)

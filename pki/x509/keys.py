@@ -13,7 +13,8 @@ ML-DSA private keys have three PKCS#8 forms (RFC 9881); two matter here: the see
 ``SEQUENCE { seed, expandedKey }`` (what OpenSSL writes by default and the only form AWS's
 credential helper reads). ``load_private_key`` reads both: from the second it takes the seed and
 checks the expanded key is the one the seed makes. ``workload_key_pem`` writes the second for keys
-handed to workloads (both with ``pki.x509.pkcs8_mldsa``). ``cryptography`` cannot output the
+handed to workloads (both with ``pki.x509.pkcs8_mldsa``, which also reads the encrypted forms for
+the signer). ``cryptography`` cannot output the
 expanded key (FIPS 204 skEncode), so it is derived from the seed with ``dilithium-py`` (pure Python,
 about 25-40 ms per key; loaded only then): an OpenSSL 3.5 CLI would do it too, but a subprocess per
 key is slower and older systems lack it. CA keys stay in the seed-only form (encrypted PKCS#8;
@@ -35,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, mldsa, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from pki.errors import InvalidInput, PolicyViolation, WrongPassphrase
+from pki.x509.mldsa_params import MLDSA_FROM_SEED, MLDSAPrivateKey, mldsa_expanded_key
 
-MLDSAPrivateKey = mldsa.MLDSA44PrivateKey | mldsa.MLDSA65PrivateKey | mldsa.MLDSA87PrivateKey
 MLDSAPublicKey = mldsa.MLDSA44PublicKey | mldsa.MLDSA65PublicKey | mldsa.MLDSA87PublicKey
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | MLDSAPrivateKey
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | MLDSAPublicKey
@@ -48,20 +49,6 @@ _MLDSA_SETS: dict[type, str] = {
     mldsa.MLDSA87PrivateKey: "ml-dsa-87", mldsa.MLDSA87PublicKey: "ml-dsa-87",
 }
 
-
-# The FIPS 204 algorithm identifiers (NIST CSOR): in SubjectPublicKeyInfo, PKCS#8 and, with no
-# parameters, as signatureAlgorithm (pure ML-DSA).
-MLDSA_OIDS = {
-    "ml-dsa-44": "2.16.840.1.101.3.4.3.17",
-    "ml-dsa-65": "2.16.840.1.101.3.4.3.18",
-    "ml-dsa-87": "2.16.840.1.101.3.4.3.19",
-}
-_MLDSA_BY_OID = {dotted: name for name, dotted in MLDSA_OIDS.items()}
-_MLDSA_FROM_SEED = {
-    "ml-dsa-44": mldsa.MLDSA44PrivateKey.from_seed_bytes,
-    "ml-dsa-65": mldsa.MLDSA65PrivateKey.from_seed_bytes,
-    "ml-dsa-87": mldsa.MLDSA87PrivateKey.from_seed_bytes,
-}
 
 _FAMILIES: dict[type, str] = {}
 
@@ -264,7 +251,7 @@ def workload_key_pem(key: PrivateKey) -> bytes:
     public, expanded = mldsa_expanded_key(name, seed)
     if public != key.public_key().public_bytes_raw():  # type: ignore[union-attr]  # pragma: no cover
         raise ValueError(f"the {name} public key derived from the seed differs between implementations")
-    return seed_and_expanded_pem(MLDSA_OIDS[name], seed, expanded)
+    return seed_and_expanded_pem(name, seed, expanded)
 
 
 _CLEAR_PKCS8_PEM = re.compile(rb"-----BEGIN PRIVATE KEY-----(.+?)-----END PRIVATE KEY-----", re.S)
@@ -282,28 +269,17 @@ def _mldsa_seed_and_expanded_key(data: bytes, what: str) -> PrivateKey | None:
         return None
     if _MLDSA_OID_PREFIX not in der[:32]:
         return None
-    from pki.x509.pkcs8_mldsa import read_seed_and_expanded
+    from pki.x509.pkcs8_mldsa import SEED_LENGTH, expanded_key_derived_from_seed, read_seed_and_expanded
 
     found = read_seed_and_expanded(der)
-    name = _MLDSA_BY_OID.get(found[0]) if found else None
-    if found is None or name is None:
+    if found is None:
         return None  # the seed-only form (cryptography reads it), or another key
-    _oid, seed, expanded = found
-    if len(seed) != 32 or mldsa_expanded_key(name, seed)[1] != expanded:
-        raise InvalidInput(f"the {what} is an {name} key whose expanded key is not the one its seed makes")
-    return cast(PrivateKey, _MLDSA_FROM_SEED[name](seed))
+    key_type, seed, expanded = found
+    if len(seed) != SEED_LENGTH or not expanded_key_derived_from_seed(key_type, seed, expanded):
+        raise InvalidInput(f"the {what} is an {key_type} key whose expanded key is not the one its seed makes")
+    return cast(PrivateKey, MLDSA_FROM_SEED[key_type](seed))
 
 
 def mldsa_name(key: object) -> str:
     """``"ml-dsa-44"``, ``"ml-dsa-65"`` or ``"ml-dsa-87"`` for an ML-DSA key (private or public)."""
     return next(name for known, name in _MLDSA_SETS.items() if isinstance(key, known))
-
-
-def mldsa_expanded_key(name: str, seed: bytes) -> tuple[bytes, bytes]:
-    """The FIPS 204 public key and expanded private key (skEncode) ``seed`` makes for parameter set
-    ``name``, computed by dilithium-py (``cryptography`` does not output the expanded key)."""
-    from dilithium_py import ml_dsa
-
-    scheme = {"ml-dsa-44": ml_dsa.ML_DSA_44, "ml-dsa-65": ml_dsa.ML_DSA_65, "ml-dsa-87": ml_dsa.ML_DSA_87}[name]
-    public, expanded = scheme.key_derive(seed)
-    return public, expanded
