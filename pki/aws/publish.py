@@ -511,23 +511,34 @@ class CrlPublisher:
                                "nothing recorded, run again")
 
     def _record(self, anchor_arn: str, issuer: Issuer, result: IssuerPublication, sha: str) -> None:
-        now = datetime.now(UTC)
         assert result.crl_id is not None  # set from the import, the update or the CRL found on the anchor
-        with self.ca.db.engine.begin() as conn:
-            # The audit entry first, so the publication records the chain's head with it included:
-            # a copy of the head outside the log (rapki audit verify compares the two).
-            self.ca.audit_in(conn, self.actor, "crl.publish", issuer.name, {
+        result.audit_head = record_publication(
+            self.ca, self.actor, issuer, {
                 "trust_anchor_arn": anchor_arn, "crl_id": result.crl_id, "crl_number": result.crl_number,
                 "size": result.size, "entries": result.entries, "action": result.action, "writes": result.writes,
-            })
-            head = audit_rows.head(conn)
-            assert head is not None  # the entry just written
-            result.audit_head = str(head)
-            publication_rows.add(
-                conn, issuer_id=issuer.id, anchor_arn=anchor_arn, crl_id=result.crl_id, crl_arn=result.crl_arn,
-                crl_name=result.crl_name, crl_number=result.crl_number, sha256=sha, size=result.size,
-                published_at=now, audit_seq=head.seq, audit_hash=head.hash,
-            )
+            }, destination=anchor_arn, crl_id=result.crl_id, crl_arn=result.crl_arn, crl_name=result.crl_name,
+            crl_number=result.crl_number, sha256=sha, size=result.size)
+
+
+def record_publication(ca: CertificateAuthority, actor: str | None, issuer: Issuer, details: dict[str, Any], *,
+                       destination: str, crl_id: str, crl_arn: str | None, crl_name: str, crl_number: int,
+                       sha256: str, size: int) -> str:
+    """Record that ``destination`` (a trust anchor ARN, or ``s3://bucket/prefix``) now holds a CRL of
+    ``issuer``, with a ``crl.publish`` audit entry carrying ``details``, in one transaction; the
+    audit chain's head it recorded (SEQ:HASH).
+
+    The audit entry first, so the publication records the chain's head with it included: a copy of
+    the head outside the log (rapki audit verify compares the two)."""
+    with ca.db.engine.begin() as conn:
+        ca.audit_in(conn, actor, "crl.publish", issuer.name, details)
+        head = audit_rows.head(conn)
+        assert head is not None  # the entry just written
+        publication_rows.add(
+            conn, issuer_id=issuer.id, anchor_arn=destination, crl_id=crl_id, crl_arn=crl_arn, crl_name=crl_name,
+            crl_number=crl_number, sha256=sha256, size=size, published_at=datetime.now(UTC), audit_seq=head.seq,
+            audit_hash=head.hash,
+        )
+    return str(head)
 
 
 # --- entry points shared by the CLI -------------------------------------------------------------

@@ -28,8 +28,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pki.errors import InvalidInput, RapkiError
-from pki.store import audit as audit_rows
-from pki.store import publications as publication_rows
 
 if TYPE_CHECKING:
     from pki.aws.client import AwsOptions
@@ -172,16 +170,14 @@ class S3Publisher:
         return result
 
     def _record(self, issuer: Issuer, result: S3Publication, sha: str) -> None:
-        with self.ca.db.engine.begin() as conn:
-            self.ca.audit_in(conn, self.actor, "crl.publish", issuer.name, {
+        from pki.aws.publish import record_publication
+
+        record_publication(
+            self.ca, self.actor, issuer, {
                 "destination": str(self.destination), "key": result.key, "crl_number": result.crl_number,
-                "size": result.size, "entries": result.entries, "action": result.action})
-            head = audit_rows.head(conn)
-            assert head is not None  # the entry just written
-            publication_rows.add(
-                conn, issuer_id=issuer.id, anchor_arn=str(self.destination), crl_id=result.etag or sha[:64],
-                crl_arn=None, crl_name=result.key, crl_number=result.crl_number, sha256=sha, size=result.size,
-                published_at=datetime.now(UTC), audit_seq=head.seq, audit_hash=head.hash)
+                "size": result.size, "entries": result.entries, "action": result.action,
+            }, destination=str(self.destination), crl_id=result.etag or sha[:64], crl_arn=None, crl_name=result.key,
+            crl_number=result.crl_number, sha256=sha, size=result.size)
 
 
 def publish_s3(ca: CertificateAuthority, destination: str, *, options: AwsOptions | None = None,
