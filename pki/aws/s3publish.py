@@ -92,16 +92,12 @@ class S3Report:
 def s3_client(options: AwsOptions, endpoint_url: str | None, region: str | None) -> Any:
     """A boto3 S3 client: ``endpoint_url`` (else $AWS_ENDPOINT_URL_S3, boto3's own) addressed by
     path (a bucket is not a DNS label of 127.0.0.1), botocore's standard retries."""
-    import boto3
     from botocore.config import Config
 
-    from pki.aws.client import boto_client
+    from pki.aws.client import aws_session, boto_client
 
     verify: str | bool | None = options.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
-    try:
-        session = boto3.session.Session(profile_name=options.aws_profile or None)
-    except Exception as exc:  # botocore.exceptions.ProfileNotFound and friends
-        raise InvalidInput(f"AWS profile: {exc}") from exc
+    session = aws_session(options)
     config = Config(region_name=region or options.region or None, retries={"mode": "standard", "max_attempts": 5},
                     connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
                     user_agent_extra="rapki", s3={"addressing_style": "path" if endpoint_url else "auto"})
