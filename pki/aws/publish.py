@@ -44,7 +44,7 @@ from pki.store import audit as audit_rows
 from pki.store import crls as crl_rows
 from pki.store import publications as publication_rows
 from pki.store.times import utc
-from pki.x509.crl import ROLES_ANYWHERE_CRL_LIMIT, BuiltCrl, build_crl, check_size
+from pki.x509.crl import ROLES_ANYWHERE_CRL_LIMIT, BuiltCrl, check_size
 
 if TYPE_CHECKING:
     from pki.aws.client import AwsOptions, RolesAnywhere
@@ -322,14 +322,10 @@ class CrlPublisher:
         if current is not None:
             return current, False
         now = datetime.now(UTC).replace(microsecond=0)
+        key = signing_key(self.ca.issuer_key(issuer))
         with self.ca.db.engine.connect() as conn:
-            entries = self.ca.revoked_entries(conn, issuer, now)
             number = crl_rows.last_number(conn, issuer.id) + 1
-        next_update = min(now + self.ca.config.crl_validity, issuer.not_after)
-        built = build_crl(entries, issuer_cert=issuer.certificate, issuer_key=signing_key(self.ca.issuer_key(issuer)),
-                          number=number, this_update=now, next_update=next_update,
-                          distribution_point=bool(self.ca.config.crl_distribution_url))
-        check_size(built)
+            built = self.ca.sign_crl(conn, issuer, key, number, now)
         return built, True
 
     # --- remote -----------------------------------------------------------------------------------
