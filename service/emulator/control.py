@@ -41,7 +41,7 @@ from typing import Any
 from cryptography import x509
 
 from pki.errors import InvalidInput
-from pki.rolesanywhere.arns import ALIAS_MAX, ALIAS_NAME, RolesAnywhereArn
+from pki.rolesanywhere.arns import ALIAS_MAX, ALIAS_NAME, RESOURCE_TYPES, RolesAnywhereArn
 from pki.rolesanywhere.partitions import partition_of
 from pki.rolesanywhere.tip import DEFAULT_SUBJECT_SOURCE, SUBJECT_SOURCES, missing_mapping_rule
 from service.emulator.errors import ServiceError, not_found, too_many_tags, validation
@@ -71,8 +71,8 @@ DEFAULT_MAPPINGS = {
     "x509SAN": ["DNS", "URI", "Name"],
 }
 SERVICE_PRINCIPAL = "rolesanywhere.amazonaws.com"
-# The ARN resource type of each state collection.
-ARN_TYPES = {"trustAnchors": "trust-anchor", "profiles": "profile", "crls": "crl", "subjects": "subject"}
+# The ARN resource type of each state collection (the ARN parser's table, read the other way).
+ARN_TYPES = {t.collection: t.name for t in RESOURCE_TYPES.values()}
 TIP_STATUSES = ("ENABLED", "DISABLED")
 TIP_SUBJECT_TYPES = ("workload", "user")
 
