@@ -116,9 +116,6 @@ class DistributionPoints:
     unusable: str = "deny"  # deny | allow
 
 
-_DEFAULT_DP = DistributionPoints()
-
-
 @dataclass(frozen=True)
 class SessionInput:
     method: str
@@ -130,7 +127,7 @@ class SessionInput:
 
 
 def create_session(state: EmulatorState, request: SessionInput, now: datetime,
-                   dp: DistributionPoints = _DEFAULT_DP) -> dict[str, Any]:
+                   dp: DistributionPoints) -> dict[str, Any]:
     """Run every CreateSession check; return the 201 body or raise ServiceError."""
     try:
         body = json.loads(request.body) if request.body.strip() else {}
