@@ -181,10 +181,11 @@ def publish_s3(ca: CertificateAuthority, destination: str, *, options: AwsOption
                actor: str | None = None) -> S3Report:
     """Publish the current CRL of every unexpired issuing CA to ``destination`` (``s3://bucket/prefix``)."""
     from pki.aws.client import AwsOptions
+    from pki.aws.publish import settings
+    from pki.rolesanywhere.endpoints import env_region
 
     target = S3Destination.parse(destination)
     options = options or AwsOptions()
-    region = options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") \
-        or ca.config.extra.get("roles_anywhere", {}).get("region")
+    region = options.region or env_region() or settings(ca).get("region")
     client = s3_client(options, endpoint_url, region)
     return S3Publisher(ca, client, target, actor=actor).publish(dry_run=dry_run, lock_timeout=lock_timeout)
