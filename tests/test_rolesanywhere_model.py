@@ -311,17 +311,22 @@ def emulator_answer(case: Case, root: SimpleCa, emulator: InProcessEmulator) -> 
     return "ok" if resp.status == 201 else str(resp.message)
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_doctor_and_emulator_give_the_models_verdict(name: str, hierarchy: dict[str, SimpleCa],
-                                                     emulator_app: InProcessEmulator) -> None:
-    root, issuing = hierarchy["root"], hierarchy["issuing"]
-    case = build_case(name, root, issuing)
-    answer, problem, doctor_check = CASES[name]
+def assert_every_front_agrees(case: Case, root: SimpleCa, expected: tuple[str, str | None, str | None],
+                              emulator: InProcessEmulator) -> None:
+    """trustpath, the doctor and the emulator each give ``expected`` (answer, problem, doctor check)."""
+    answer, problem, doctor_check = expected
     parsed = [trustpath.ParsedCrl.of(x509.load_pem_x509_crl(data)) for data in case.crls]
     verdict = trustpath.check(case.leaf, case.chain, [root.cert], parsed, datetime.now(UTC))
     assert verdict.problem == problem, verdict.detail
     assert doctor_answer(case, root) == (answer, doctor_check)
-    assert emulator_answer(case, root, emulator_app) == answer
+    assert emulator_answer(case, root, emulator) == answer
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_doctor_and_emulator_give_the_models_verdict(name: str, hierarchy: dict[str, SimpleCa],
+                                                     emulator_app: InProcessEmulator) -> None:
+    root, issuing = hierarchy["root"], hierarchy["issuing"]
+    assert_every_front_agrees(build_case(name, root, issuing), root, CASES[name], emulator_app)
 
 
 def test_ca_rules_refuse_in_both_fronts(emulator_app: InProcessEmulator) -> None:
@@ -398,13 +403,8 @@ def test_mldsa_chains_get_the_same_verdict(name: str, kind: str, leaf_type: str,
                                            mldsa_hierarchies: dict[str, tuple[SimpleCa, SimpleCa]],
                                            emulator_app: InProcessEmulator) -> None:
     root, issuing = mldsa_hierarchies[kind]
-    case = build_mldsa_case(name, leaf_type, root, issuing)
-    answer, problem, doctor_check = MLDSA_CASES[name]
-    parsed = [trustpath.ParsedCrl.of(x509.load_pem_x509_crl(data)) for data in case.crls]
-    verdict = trustpath.check(case.leaf, case.chain, [root.cert], parsed, datetime.now(UTC))
-    assert verdict.problem == problem, verdict.detail
-    assert doctor_answer(case, root) == (answer, doctor_check)
-    assert emulator_answer(case, root, emulator_app) == answer
+    assert_every_front_agrees(build_mldsa_case(name, leaf_type, root, issuing), root, MLDSA_CASES[name],
+                              emulator_app)
 
 
 def test_mldsa_signature_checks_are_real() -> None:

@@ -105,6 +105,16 @@ def _env_number(name: str, default: float) -> float:
         return default
 
 
+def aws_session(options: AwsOptions) -> Any:
+    """A boto3 session of ``--aws-profile`` (else boto3's default chain); an unknown profile is bad input."""
+    import boto3
+
+    try:
+        return boto3.session.Session(profile_name=options.aws_profile or None)
+    except Exception as exc:  # botocore.exceptions.ProfileNotFound and friends
+        raise InvalidInput(f"AWS profile: {exc}") from exc
+
+
 def boto_client(session: Any, service: str, **options: Any) -> Any:
     """``session.client(service, ...)``, with botocore's ValueError for an endpoint URL it cannot use
     (``Invalid endpoint: notaurl``, from an option or an $AWS_ENDPOINT_URL* variable) as bad input."""
@@ -142,7 +152,6 @@ class RolesAnywhere:
     def connect(cls, options: AwsOptions | None = None, *, arn: str | None = None,
                 configured_region: str | None = None) -> RolesAnywhere:
         """A client for ``options`` (region from ``--region``, the ARN, the environment or the config)."""
-        import boto3
         from botocore.config import Config
 
         options = options or AwsOptions()
@@ -157,10 +166,7 @@ class RolesAnywhere:
         verify: str | bool | None = options.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
         if isinstance(verify, str) and not os.path.isfile(verify):
             raise InvalidInput(f"CA bundle {verify} does not exist")
-        try:
-            session = boto3.session.Session(profile_name=options.aws_profile or None)
-        except Exception as exc:  # botocore.exceptions.ProfileNotFound and friends
-            raise InvalidInput(f"AWS profile: {exc}") from exc
+        session = aws_session(options)
         config = Config(
             region_name=region, use_fips_endpoint=fips, retries={"total_max_attempts": 1},
             connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,

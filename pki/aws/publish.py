@@ -44,7 +44,7 @@ from pki.store import audit as audit_rows
 from pki.store import crls as crl_rows
 from pki.store import publications as publication_rows
 from pki.store.times import utc
-from pki.x509.crl import ROLES_ANYWHERE_CRL_LIMIT, BuiltCrl, build_crl, check_size
+from pki.x509.crl import ROLES_ANYWHERE_CRL_LIMIT, BuiltCrl, check_size
 
 if TYPE_CHECKING:
     from pki.aws.client import AwsOptions, RolesAnywhere
@@ -322,14 +322,10 @@ class CrlPublisher:
         if current is not None:
             return current, False
         now = datetime.now(UTC).replace(microsecond=0)
+        key = signing_key(self.ca.issuer_key(issuer))
         with self.ca.db.engine.connect() as conn:
-            entries = self.ca.revoked_entries(conn, issuer, now)
             number = crl_rows.last_number(conn, issuer.id) + 1
-        next_update = min(now + self.ca.config.crl_validity, issuer.not_after)
-        built = build_crl(entries, issuer_cert=issuer.certificate, issuer_key=signing_key(self.ca.issuer_key(issuer)),
-                          number=number, this_update=now, next_update=next_update,
-                          distribution_point=bool(self.ca.config.crl_distribution_url))
-        check_size(built)
+            built = self.ca.sign_crl(conn, issuer, key, number, now)
         return built, True
 
     # --- remote -----------------------------------------------------------------------------------
@@ -511,23 +507,34 @@ class CrlPublisher:
                                "nothing recorded, run again")
 
     def _record(self, anchor_arn: str, issuer: Issuer, result: IssuerPublication, sha: str) -> None:
-        now = datetime.now(UTC)
         assert result.crl_id is not None  # set from the import, the update or the CRL found on the anchor
-        with self.ca.db.engine.begin() as conn:
-            # The audit entry first, so the publication records the chain's head with it included:
-            # a copy of the head outside the log (rapki audit verify compares the two).
-            self.ca.audit_in(conn, self.actor, "crl.publish", issuer.name, {
+        result.audit_head = record_publication(
+            self.ca, self.actor, issuer, {
                 "trust_anchor_arn": anchor_arn, "crl_id": result.crl_id, "crl_number": result.crl_number,
                 "size": result.size, "entries": result.entries, "action": result.action, "writes": result.writes,
-            })
-            head = audit_rows.head(conn)
-            assert head is not None  # the entry just written
-            result.audit_head = str(head)
-            publication_rows.add(
-                conn, issuer_id=issuer.id, anchor_arn=anchor_arn, crl_id=result.crl_id, crl_arn=result.crl_arn,
-                crl_name=result.crl_name, crl_number=result.crl_number, sha256=sha, size=result.size,
-                published_at=now, audit_seq=head.seq, audit_hash=head.hash,
-            )
+            }, destination=anchor_arn, crl_id=result.crl_id, crl_arn=result.crl_arn, crl_name=result.crl_name,
+            crl_number=result.crl_number, sha256=sha, size=result.size)
+
+
+def record_publication(ca: CertificateAuthority, actor: str | None, issuer: Issuer, details: dict[str, Any], *,
+                       destination: str, crl_id: str, crl_arn: str | None, crl_name: str, crl_number: int,
+                       sha256: str, size: int) -> str:
+    """Record that ``destination`` (a trust anchor ARN, or ``s3://bucket/prefix``) now holds a CRL of
+    ``issuer``, with a ``crl.publish`` audit entry carrying ``details``, in one transaction; the
+    audit chain's head it recorded (SEQ:HASH).
+
+    The audit entry first, so the publication records the chain's head with it included: a copy of
+    the head outside the log (rapki audit verify compares the two)."""
+    with ca.db.engine.begin() as conn:
+        ca.audit_in(conn, actor, "crl.publish", issuer.name, details)
+        head = audit_rows.head(conn)
+        assert head is not None  # the entry just written
+        publication_rows.add(
+            conn, issuer_id=issuer.id, anchor_arn=destination, crl_id=crl_id, crl_arn=crl_arn, crl_name=crl_name,
+            crl_number=crl_number, sha256=sha256, size=size, published_at=datetime.now(UTC), audit_seq=head.seq,
+            audit_hash=head.hash,
+        )
+    return str(head)
 
 
 # --- entry points shared by the CLI -------------------------------------------------------------

@@ -38,6 +38,7 @@ from pki.aws.publish import SECTION, CrlPublisher, PublishReport, settings
 from pki.errors import InvalidInput
 from pki.rolesanywhere.arns import check_role_arn, is_alias_name
 from pki.rolesanywhere.credential_process import credential_process_line as signer_line
+from pki.rolesanywhere.tip import DEFAULT_SUBJECT_SOURCE, SUBJECT_SOURCES, missing_mapping_rule
 
 if TYPE_CHECKING:
     from pki.ca.authority import CertificateAuthority
@@ -47,9 +48,6 @@ MAX_ANCHOR_CERTIFICATES = 2
 TAGS = [{"key": "managed-by", "value": "rapki"}]
 EVENTS = ("CA_CERTIFICATE_EXPIRY", "END_ENTITY_CERTIFICATE_EXPIRY")
 TIP_CHOICES = ("workload", "user", "off")
-# A TIP subject source -> the attribute mapping (certificate field, specifier) the model says it needs.
-TIP_SUBJECTS = {"x509Subject/CN": ("x509Subject", "CN"), "x509SAN/URI": ("x509SAN", "URI")}
-DEFAULT_TIP_SUBJECT = "x509Subject/CN"
 
 
 @dataclass
@@ -142,8 +140,8 @@ def tip_request(tip: str | None, subject: str | None) -> dict[str, Any] | None:
         return None
     if tip is not None and tip not in TIP_CHOICES:
         raise InvalidInput(f"--tip must be one of {', '.join(TIP_CHOICES)}")
-    if subject is not None and subject not in TIP_SUBJECTS:
-        raise InvalidInput(f"--tip-subject must be one of {', '.join(TIP_SUBJECTS)}")
+    if subject is not None and subject not in SUBJECT_SOURCES:
+        raise InvalidInput(f"--tip-subject must be one of {', '.join(SUBJECT_SOURCES)}")
     if tip == "off":
         if subject is not None:
             raise InvalidInput("--tip-subject needs trusted identity propagation on: not with --tip off")
@@ -161,7 +159,7 @@ def merged_tip(current: dict[str, Any] | None, request: dict[str, Any]) -> dict[
     what was asked; an option not given keeps its value, so ``--tip workload`` alone on a re-run
     does not send the subject back to its default."""
     merged = {**{k: v for k, v in (current or {}).items() if k != "status"}, **request}
-    merged.setdefault("subjectSource", DEFAULT_TIP_SUBJECT)
+    merged.setdefault("subjectSource", DEFAULT_SUBJECT_SOURCE)
     return merged
 
 
@@ -173,7 +171,7 @@ def requires_san_uri(tip: dict[str, Any] | None) -> bool:
 def _tip_as_compared(config: dict[str, Any] | None) -> dict[str, Any]:
     """A configuration with the model's defaults filled in (none is TIP off)."""
     config = config or {"status": "DISABLED"}
-    return {"subjectSource": DEFAULT_TIP_SUBJECT, **{k: v for k, v in config.items() if v is not None}}
+    return {"subjectSource": DEFAULT_SUBJECT_SOURCE, **{k: v for k, v in config.items() if v is not None}}
 
 
 class Registrar:
@@ -292,12 +290,9 @@ class Registrar:
 
     def _mapping_rule_for(self, detail: dict[str, Any], tip: dict[str, Any]) -> None:
         """Put the attribute mapping rule an enabled TIP subject needs, when the profile lacks it."""
-        if tip["status"] != "ENABLED":
-            return
-        field_name, specifier = TIP_SUBJECTS[tip["subjectSource"]]
-        rules = [r.get("specifier") for m in detail.get("attributeMappings") or []
-                 if m.get("certificateField") == field_name for r in m.get("mappingRules") or []]  # fmt: skip
-        if specifier not in rules:
+        missing = missing_mapping_rule(tip, detail.get("attributeMappings") or [])
+        if missing is not None:
+            field_name, specifier = missing
             self.aws.call("PutAttributeMapping", profileId=detail["profileId"], certificateField=field_name,
                           mappingRules=[{"specifier": specifier}])  # fmt: skip
             self.actions.append(f"added the attribute mapping rule {field_name}/{specifier} that TIP needs")

@@ -28,8 +28,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pki.errors import InvalidInput, RapkiError
-from pki.store import audit as audit_rows
-from pki.store import publications as publication_rows
 
 if TYPE_CHECKING:
     from pki.aws.client import AwsOptions
@@ -94,16 +92,12 @@ class S3Report:
 def s3_client(options: AwsOptions, endpoint_url: str | None, region: str | None) -> Any:
     """A boto3 S3 client: ``endpoint_url`` (else $AWS_ENDPOINT_URL_S3, boto3's own) addressed by
     path (a bucket is not a DNS label of 127.0.0.1), botocore's standard retries."""
-    import boto3
     from botocore.config import Config
 
-    from pki.aws.client import boto_client
+    from pki.aws.client import aws_session, boto_client
 
     verify: str | bool | None = options.ca_bundle or os.environ.get("AWS_CA_BUNDLE") or None
-    try:
-        session = boto3.session.Session(profile_name=options.aws_profile or None)
-    except Exception as exc:  # botocore.exceptions.ProfileNotFound and friends
-        raise InvalidInput(f"AWS profile: {exc}") from exc
+    session = aws_session(options)
     config = Config(region_name=region or options.region or None, retries={"mode": "standard", "max_attempts": 5},
                     connect_timeout=options.connect_timeout, read_timeout=options.read_timeout,
                     user_agent_extra="rapki", s3={"addressing_style": "path" if endpoint_url else "auto"})
@@ -172,16 +166,14 @@ class S3Publisher:
         return result
 
     def _record(self, issuer: Issuer, result: S3Publication, sha: str) -> None:
-        with self.ca.db.engine.begin() as conn:
-            self.ca.audit_in(conn, self.actor, "crl.publish", issuer.name, {
+        from pki.aws.publish import record_publication
+
+        record_publication(
+            self.ca, self.actor, issuer, {
                 "destination": str(self.destination), "key": result.key, "crl_number": result.crl_number,
-                "size": result.size, "entries": result.entries, "action": result.action})
-            head = audit_rows.head(conn)
-            assert head is not None  # the entry just written
-            publication_rows.add(
-                conn, issuer_id=issuer.id, anchor_arn=str(self.destination), crl_id=result.etag or sha[:64],
-                crl_arn=None, crl_name=result.key, crl_number=result.crl_number, sha256=sha, size=result.size,
-                published_at=datetime.now(UTC), audit_seq=head.seq, audit_hash=head.hash)
+                "size": result.size, "entries": result.entries, "action": result.action,
+            }, destination=str(self.destination), crl_id=result.etag or sha[:64], crl_arn=None, crl_name=result.key,
+            crl_number=result.crl_number, sha256=sha, size=result.size)
 
 
 def publish_s3(ca: CertificateAuthority, destination: str, *, options: AwsOptions | None = None,
@@ -189,10 +181,11 @@ def publish_s3(ca: CertificateAuthority, destination: str, *, options: AwsOption
                actor: str | None = None) -> S3Report:
     """Publish the current CRL of every unexpired issuing CA to ``destination`` (``s3://bucket/prefix``)."""
     from pki.aws.client import AwsOptions
+    from pki.aws.publish import settings
+    from pki.rolesanywhere.endpoints import env_region
 
     target = S3Destination.parse(destination)
     options = options or AwsOptions()
-    region = options.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") \
-        or ca.config.extra.get("roles_anywhere", {}).get("region")
+    region = options.region or env_region() or settings(ca).get("region")
     client = s3_client(options, endpoint_url, region)
     return S3Publisher(ca, client, target, actor=actor).publish(dry_run=dry_run, lock_timeout=lock_timeout)

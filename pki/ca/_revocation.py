@@ -16,6 +16,7 @@ from pki.store import certificates as certificate_rows
 from pki.store import crls as crl_rows
 from pki.store.times import utc, utc_or_none
 from pki.x509.crl import BuiltCrl, RevokedEntry, build_crl, check_size, parse_reason
+from pki.x509.external import SigningKey
 
 _REASONS = {r.value: r for r in x509.ReasonFlags}
 
@@ -50,19 +51,27 @@ class RevocationAndCrls(Inventory):
         taken and the CRL recorded in one transaction, which concurrent builders serialise on)."""
         target = self.issuer(issuer)
         key = signing_key(self.issuer_key(target))
-        validity = validity or self.config.crl_validity
         with self.db.engine.begin() as conn:
             number = crl_rows.take_number(conn, target.id)
             now = datetime.now(UTC).replace(microsecond=0)
-            entries = self.revoked_entries(conn, target, now)
-            next_update = min(now + validity, target.not_after)
-            built = build_crl(entries, issuer_cert=target.certificate, issuer_key=key, number=number,
-                              this_update=now, next_update=next_update,
-                              distribution_point=bool(self.config.crl_distribution_url))
-            check_size(built)  # raises before anything is recorded: the number is not consumed
-            crl_rows.save(conn, target.id, this_update=now, next_update=next_update, entries=built.entries,
+            # check_size raises before anything is recorded: the number is not consumed
+            built = self.sign_crl(conn, target, key, number, now, validity)
+            crl_rows.save(conn, target.id, this_update=now, next_update=built.next_update, entries=built.entries,
                           der=built.der)
             self.audit_in(conn, actor, "crl.build", target.name, {"crl_number": number, "entries": built.entries})
+        return built
+
+    def sign_crl(self, conn: Connection, issuer: Issuer, key: SigningKey, number: int, now: datetime,
+                 validity: timedelta | None = None) -> BuiltCrl:
+        """``issuer``'s CRL number ``number`` as of ``now``, signed and size-checked but not recorded
+        (``build_crl`` records it; a dry-run publication only looks): its revoked, unexpired
+        certificates, nextUpdate ``validity`` (default ``[crl].validity``) on but never past the
+        issuer's notAfter, the Issuing Distribution Point when ``[crl].distribution_url`` is set."""
+        next_update = min(now + (validity or self.config.crl_validity), issuer.not_after)
+        built = build_crl(self.revoked_entries(conn, issuer, now), issuer_cert=issuer.certificate, issuer_key=key,
+                          number=number, this_update=now, next_update=next_update,
+                          distribution_point=bool(self.config.crl_distribution_url))
+        check_size(built)
         return built
 
     def current_crl(self, issuer: str | None = None, *, republish_before: timedelta | None = None,

@@ -6,6 +6,7 @@ emulator, so they cannot disagree.
 - :mod:`pki.rolesanywhere.endpoints`  the region and endpoint of a call (flags, ARNs, environment)
 - :mod:`pki.rolesanywhere.sigv4x509`  SigV4-X509 signing and verification of CreateSession
 - :mod:`pki.rolesanywhere.trustpath`  the trust decision: path to the anchor, CA rules, revocation
+- :mod:`pki.rolesanywhere.tip`        trusted identity propagation: subject sources and the rule each needs
 
 May import: ``pki.errors``, ``pki.x509``. Never boto3/botocore, SQLAlchemy, click or Flask (the signer
 loads this package on every SDK refresh). Nothing is imported here on purpose.

@@ -112,11 +112,11 @@ def crl_publish(home: Path | None, trust_anchor_arn: str | None, region: str | N
 def _publish_s3(authority: CertificateAuthority, url: str, options: Any, endpoint_url: str | None,
                 dry_run: bool, lock_timeout: float, *, show: bool, quiet: bool) -> dict[str, Any]:
     """``--s3``: the upload, one line per issuer (none with ``quiet`` when nothing changed)."""
-    from pki.aws.s3publish import publish_s3
+    from pki.aws.s3publish import S3Destination, publish_s3
 
     report = publish_s3(authority, url, options=options, endpoint_url=endpoint_url, dry_run=dry_run,
                         lock_timeout=lock_timeout)
-    bucket = report.destination.removeprefix("s3://").split("/")[0]
+    bucket = S3Destination.parse(url).bucket
     if show and not (quiet and report.writes == 0):
         for pub in report.publications:
             click.echo(f"{pub.issuer}: CRL #{pub.crl_number} ({pub.entries} entries, {pub.size:,} bytes) "

@@ -41,8 +41,9 @@ from typing import Any
 from cryptography import x509
 
 from pki.errors import InvalidInput
-from pki.rolesanywhere.arns import ALIAS_MAX, ALIAS_NAME, RolesAnywhereArn
+from pki.rolesanywhere.arns import ALIAS_MAX, ALIAS_NAME, RESOURCE_TYPES, RolesAnywhereArn
 from pki.rolesanywhere.partitions import partition_of
+from pki.rolesanywhere.tip import DEFAULT_SUBJECT_SOURCE, SUBJECT_SOURCES, missing_mapping_rule
 from service.emulator.errors import ServiceError, not_found, too_many_tags, validation
 from service.emulator.state import EmulatorState, iso_now, resource_id
 
@@ -70,13 +71,10 @@ DEFAULT_MAPPINGS = {
     "x509SAN": ["DNS", "URI", "Name"],
 }
 SERVICE_PRINCIPAL = "rolesanywhere.amazonaws.com"
-# The ARN resource type of each state collection.
-ARN_TYPES = {"trustAnchors": "trust-anchor", "profiles": "profile", "crls": "crl", "subjects": "subject"}
+# The ARN resource type of each state collection (the ARN parser's table, read the other way).
+ARN_TYPES = {t.collection: t.name for t in RESOURCE_TYPES.values()}
 TIP_STATUSES = ("ENABLED", "DISABLED")
 TIP_SUBJECT_TYPES = ("workload", "user")
-# A TIP subject source -> the attribute mapping (certificate field, specifier) it needs.
-TIP_SOURCES = {"x509Subject/CN": ("x509Subject", "CN"), "x509SAN/URI": ("x509SAN", "URI")}
-DEFAULT_TIP_SOURCE = "x509Subject/CN"
 
 
 @dataclass
@@ -282,9 +280,9 @@ def _check_tip(value: Any) -> dict[str, Any]:
     """A ``tipConfiguration``: ``status`` required, ``subjectSource`` defaulted (an update replaces it whole)."""
     if not isinstance(value, dict) or value.get("status") not in TIP_STATUSES:
         raise validation(f"tipConfiguration.status must be one of {', '.join(TIP_STATUSES)}")
-    tip = {"status": value["status"], "subjectSource": value.get("subjectSource", DEFAULT_TIP_SOURCE)}
-    if tip["subjectSource"] not in TIP_SOURCES:
-        raise validation(f"tipConfiguration.subjectSource must be one of {', '.join(TIP_SOURCES)}")
+    tip = {"status": value["status"], "subjectSource": value.get("subjectSource", DEFAULT_SUBJECT_SOURCE)}
+    if tip["subjectSource"] not in SUBJECT_SOURCES:
+        raise validation(f"tipConfiguration.subjectSource must be one of {', '.join(SUBJECT_SOURCES)}")
     if "subjectType" in value:
         if value["subjectType"] not in TIP_SUBJECT_TYPES:
             raise validation(f"tipConfiguration.subjectType must be one of {', '.join(TIP_SUBJECT_TYPES)}")
@@ -294,12 +292,10 @@ def _check_tip(value: Any) -> dict[str, Any]:
 
 def _tip_rule_problem(tip: dict[str, Any] | None, mappings: list[dict[str, Any]]) -> str | None:
     """Why an enabled TIP configuration lacks its attribute mapping rule, or None."""
-    if not tip or tip["status"] != "ENABLED":
+    missing = missing_mapping_rule(tip, mappings)
+    if tip is None or missing is None:
         return None
-    field_name, specifier = TIP_SOURCES[tip["subjectSource"]]
-    rules = [r["specifier"] for m in mappings if m["certificateField"] == field_name for r in m["mappingRules"]]
-    if specifier in rules:
-        return None
+    field_name, specifier = missing
     return (f"tipConfiguration.subjectSource {tip['subjectSource']} needs an attribute mapping rule "
             f"{specifier} under {field_name}")  # fmt: skip
 

@@ -34,6 +34,7 @@ from pki.rolesanywhere import sigv4x509, trustpath
 from pki.rolesanywhere.arns import IamRoleArn, RolesAnywhereArn
 from pki.rolesanywhere.crlfetch import CrlFetcher
 from pki.rolesanywhere.partitions import region_from_host
+from pki.rolesanywhere.tip import DEFAULT_SUBJECT_SOURCE
 from pki.x509.preflight import common_name, source_identity
 from service.emulator.errors import ServiceError, access_denied, validation
 from service.emulator.state import EmulatorState, iso_now, resource_id
@@ -115,9 +116,6 @@ class DistributionPoints:
     unusable: str = "deny"  # deny | allow
 
 
-_DEFAULT_DP = DistributionPoints()
-
-
 @dataclass(frozen=True)
 class SessionInput:
     method: str
@@ -129,7 +127,7 @@ class SessionInput:
 
 
 def create_session(state: EmulatorState, request: SessionInput, now: datetime,
-                   dp: DistributionPoints = _DEFAULT_DP) -> dict[str, Any]:
+                   dp: DistributionPoints) -> dict[str, Any]:
     """Run every CreateSession check; return the 201 body or raise ServiceError."""
     try:
         body = json.loads(request.body) if request.body.strip() else {}
@@ -264,7 +262,7 @@ def tip_subject_problem(tip: Mapping[str, Any] | None, leaf: x509.Certificate) -
     """
     if not tip or tip.get("status") != "ENABLED":
         return None
-    source = tip.get("subjectSource", "x509Subject/CN")
+    source = tip.get("subjectSource", DEFAULT_SUBJECT_SOURCE)
     if source == "x509SAN/URI":
         try:
             san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
