@@ -17,5 +17,6 @@ that ``credential-process`` (started by the SDK on every refresh) imports only w
 
 Region, partition and endpoint resolution, ARNs and signing come from :mod:`pki.rolesanywhere`.
 May import: ``pki.errors``, ``pki.x509`` (keys, pkcs8_mldsa, pem; external in pkcs11),
-``pki.rolesanywhere``; boto3 only in :mod:`pki.signer.boto`. Nothing is imported here on purpose: ``import pki.signer`` must stay free.
+``pki.rolesanywhere``; boto3 only in :mod:`pki.signer.boto`. Nothing is imported here on purpose:
+``import pki.signer`` must stay free.
 """
