@@ -4,7 +4,10 @@
   Flask application runs inline on the loop's thread, each request once it has fully arrived
   (``service.api.asgi.InlineWsgi``, which says why). Any number of keep-alive connections per
   worker, idle or slow ones cost nothing. Each worker opens its own CA (database engine) after the
-  fork; nothing is shared but files.
+  fork; nothing is shared but files and the connection counts below.
+* Connections are spread over the workers, least connections first (``service.api.balance``):
+  otherwise asyncio accepts a whole queue of connections in whichever worker wakes first, and
+  clients that connect together would all be served by one worker, on one CPU.
 * TLS: gunicorn's context, tightened in ``ssl_context``: TLS 1.2 minimum, client certificates
   requested but optional (``CERT_OPTIONAL``: enrollment by token needs none; renewal and
   self-revocation use them), verified against root + issuing CAs, including those a rotation
