@@ -1,12 +1,12 @@
-"""Connections spread over ``rapki serve``'s workers (``service.api.balance``): the shared counts,
-the event loop's deferral, the asyncio internals it overrides, and the spread through a real
-server with two workers."""
+"""Connections spread over ``rapki serve``'s workers: each accepts one connection per wake-up
+(``service.api.connections.BoundedTlsLoop._accept_connection``). The asyncio internal it
+overrides, one wake-up taking one connection, and the spread through a real server with two
+workers."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import multiprocessing
 import os
 import socket
 import ssl
@@ -19,150 +19,54 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.api import balance
-from service.api.balance import ABSENT, ConnectionBalance
 from service.api.connections import BoundedTlsLoop
 from tests.conftest import PASSPHRASE, make_ca
 from tests.test_api import RAPKI, free_port, stop
 
 
-def test_a_worker_takes_connections_only_while_within_one_of_the_least_loaded() -> None:
-    share = ConnectionBalance(3)
-    assert share.counts() == [ABSENT, ABSENT, ABSENT]
-    share.take(1)
-    assert share.my_turn()  # alone: the absent slots do not count
-    share.opened()
-    share.opened()
-    other = ConnectionBalance.__new__(ConnectionBalance)
-    other.__dict__.update(share.__dict__)  # the same shared counts, seen from another slot
-    other.slot = None
-    other.take(0)
-    assert share.counts() == [0, 2, ABSENT]
-    assert not share.my_turn()  # two more than the least loaded: past the slack of one
-    assert other.my_turn()
-    other.opened()
-    assert share.my_turn() and other.my_turn()  # one more is within the slack
-    other.opened()
-    assert share.my_turn() and other.my_turn()  # ties: both may take the next
-    share.closed()
-    share.vacate(0)  # the other worker exited: its slot no longer holds anyone back
-    assert share.counts() == [ABSENT, 1, ABSENT]
-    assert share.my_turn()
-
-
-def test_a_worker_without_a_slot_accepts_freely() -> None:
-    share = ConnectionBalance(1)
-    share.take(5)  # more workers than slots (gunicorn's TTIN): this one is not balanced
-    assert share.slot is None and share.my_turn()
-    share.opened()
-    assert share.counts() == [ABSENT]
-
-
-def test_counts_are_shared_with_forked_workers() -> None:
-    share = ConnectionBalance(2)
-    share.take(0)
-    context = multiprocessing.get_context("fork")
-    child = context.Process(target=_open_three, args=(share,))
-    child.start()
-    child.join(timeout=30)
-    assert child.exitcode == 0
-    assert share.counts() == [0, 3]
-    assert not ConnectionBalance.my_turn(_seen_as(share, 1))
-
-
-def _open_three(share: ConnectionBalance) -> None:
-    share.slot = None
-    share.take(1)
-    for _ in range(3):
-        share.opened()
-
-
-def _seen_as(share: ConnectionBalance, slot: int) -> ConnectionBalance:
-    view = ConnectionBalance.__new__(ConnectionBalance)
-    view.__dict__.update(share.__dict__)
-    view.slot = slot
-    return view
-
-
-def test_the_asyncio_internals_overridden_keep_their_signatures() -> None:
-    """``BoundedTlsLoop`` passes these arguments through by position: a Python release that
-    changed them must fail here, not spread connections wrongly."""
+def test_the_asyncio_internal_overridden_keeps_its_signature() -> None:
+    """``BoundedTlsLoop._accept_connection`` passes these arguments on by position: a Python
+    release that changed them must fail here."""
     from asyncio import selector_events
 
     base = selector_events.BaseSelectorEventLoop
     assert list(inspect.signature(base._accept_connection).parameters) == [  # type: ignore[attr-defined]
         "self", "protocol_factory", "sock", "sslcontext", "server", "backlog",
         "ssl_handshake_timeout", "ssl_shutdown_timeout"]
-    assert list(inspect.signature(base._start_serving).parameters) == [  # type: ignore[attr-defined]
-        "self", "protocol_factory", "sock", "sslcontext", "server", "backlog",
-        "ssl_handshake_timeout", "ssl_shutdown_timeout"]
-    assert inspect.iscoroutinefunction(base._accept_connection2)  # type: ignore[attr-defined]
 
 
-class _Accepted(asyncio.Protocol):
-    def __init__(self, when: list[float], loop: asyncio.AbstractEventLoop) -> None:
-        self.when, self.loop = when, loop
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.when.append(self.loop.time())
-        transport.close()
-
-
-def _time_to_accept(share: ConnectionBalance | None) -> float:
-    """Seconds from a client's connect to the server's protocol, on a ``BoundedTlsLoop``."""
-    balance.BALANCE[0] = share
+def test_one_wake_up_accepts_one_of_the_waiting_connections() -> None:
     loop = BoundedTlsLoop(tls_timeout=5)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    made: list[asyncio.BaseTransport] = []
+
+    class Made(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append(transport)
+
     try:
-        when: list[float] = []
-
-        async def scenario() -> float:
-            server = await loop.create_server(lambda: _Accepted(when, loop), "127.0.0.1", 0)
-            port = server.sockets[0].getsockname()[1]
-            started = loop.time()
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            async with asyncio.timeout(10):
-                while not when:
-                    await asyncio.sleep(0.001)
-            writer.close()
-            server.close()
-            await server.wait_closed()
-            return when[0] - started
-
-        return loop.run_until_complete(scenario())
+        time.sleep(0.1)  # the three are in the listening socket's queue
+        loop._accept_connection(Made, listener, None, None, 100, 5.0, 5.0)
+        loop.run_until_complete(asyncio.sleep(0.05))  # the accepted one gets its protocol
+        assert len(made) == 1
+        left = []
+        for _ in range(2):  # the other two still wait for the next wake-up (any worker's)
+            conn, _addr = listener.accept()
+            left.append(conn)
+        assert len(left) == 2
+        for conn in left:
+            conn.close()
     finally:
-        balance.BALANCE[0] = None
+        for transport in made:
+            transport.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        for client in clients:
+            client.close()
+        listener.close()
         loop.close()
-
-
-def test_a_busier_worker_defers_then_accepts_anyway() -> None:
-    share = ConnectionBalance(2)
-    share.take(0)
-    share.opened()
-    share.opened()
-    other = _seen_as(share, 1)
-    other.take(1)  # a live worker with no connection: it should take the next one
-    assert _time_to_accept(share) >= balance.MAX_DEFER  # waited for it, then took it
-    assert share.counts() == [2, 0]  # the handshake's count is given back
-
-
-def test_the_least_loaded_worker_accepts_and_counts_the_handshake() -> None:
-    share = ConnectionBalance(2)
-    share.take(0)
-    seen: list[list[int]] = []
-
-    original = BoundedTlsLoop._accept_connection2
-
-    async def spy(self: BoundedTlsLoop, *args: object, **kwargs: object) -> None:
-        seen.append(share.counts())
-        await original(self, *args, **kwargs)
-
-    BoundedTlsLoop._accept_connection2 = spy  # type: ignore[method-assign]
-    try:
-        _time_to_accept(share)
-    finally:
-        BoundedTlsLoop._accept_connection2 = original  # type: ignore[method-assign]
-    assert seen == [[0, ABSENT]]
-    assert share.counts() == [0, ABSENT]
 
 
 # --- a real server ---------------------------------------------------------------------------
@@ -271,7 +175,7 @@ def test_clients_connecting_together_are_spread_over_the_workers(two_workers: tu
         held = sorted(_connections_held(pid, inodes) for pid in _workers(master))
         assert sum(held) == CLIENTS, held
         # Even is the aim; a quarter leaves room for a worker the machine kept off its CPU for a
-        # while (a connection waits at most balance.MAX_DEFER for it), and still fails the 16-0 split.
+        # while, and still fails the 16-0 split asyncio makes alone.
         assert held[0] >= CLIENTS // 4, f"connections per worker: {held}"
     finally:
         for sock in [*opened, *raws]:

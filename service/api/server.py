@@ -4,10 +4,9 @@
   Flask application runs inline on the loop's thread, each request once it has fully arrived
   (``service.api.asgi.InlineWsgi``, which says why). Any number of keep-alive connections per
   worker, idle or slow ones cost nothing. Each worker opens its own CA (database engine) after the
-  fork; nothing is shared but files and the connection counts below.
-* Connections are spread over the workers, least connections first (``service.api.balance``):
-  otherwise asyncio accepts a whole queue of connections in whichever worker wakes first, and
-  clients that connect together would all be served by one worker, on one CPU.
+  fork; nothing is shared but files. Each worker accepts one connection per wake-up, so
+  connections that arrive together are spread over the workers
+  (``connections.BoundedTlsLoop._accept_connection``).
 * TLS: gunicorn's context, tightened in ``ssl_context``: TLS 1.2 minimum, client certificates
   requested but optional (``CERT_OPTIONAL``: enrollment by token needs none; renewal and
   self-revocation use them), verified against root + issuing CAs, including those a rotation
@@ -73,7 +72,6 @@ from gunicorn.workers import gasgi
 from gunicorn.workers.gasgi import ASGIWorker
 
 from pki.ca.home import Home
-from service.api import balance
 from service.api.connections import BoundedTlsLoop, ConnectionLimits, GuardedProtocol
 from service.api.errors import MAX_BODY
 
@@ -96,22 +94,21 @@ def child_exit(_server: Any, worker: Any) -> None:
     from service.api.metrics import mark_process_dead
 
     mark_process_dead(worker.pid)
-    share = balance.current()
-    if share is not None:
-        share.vacate(getattr(worker, "rapki_slot", None))
 
 
 def pre_fork(server: Any, worker: Any) -> None:
-    """In the arbiter: give the new worker the lowest slot no live worker holds (a replaced
-    worker's slot is reused): its CPU when workers are pinned, and its connection count
-    (``service.api.balance``)."""
-    taken = {getattr(w, "rapki_slot", None) for w in server.WORKERS.values()}
-    worker.rapki_slot = next(slot for slot in range(len(taken) + 1) if slot not in taken)
+    """In the arbiter: give the new worker the lowest CPU slot no live worker holds (a replaced
+    worker's slot is reused, so workers never double up on one CPU)."""
+    cpus = _CPUS.get("cpus")
+    if not cpus:
+        return
+    taken = {getattr(w, "rapki_cpu_slot", None) for w in server.WORKERS.values()}
+    worker.rapki_cpu_slot = next((slot for slot in range(len(cpus)) if slot not in taken), None)
 
 
 def post_fork(_server: Any, worker: Any) -> None:
-    cpus, slot = _CPUS.get("cpus"), worker.rapki_slot
-    if cpus and slot < len(cpus):  # the balance slot is taken once the worker serves (BoundedTlsLoop)
+    cpus, slot = _CPUS.get("cpus"), getattr(worker, "rapki_cpu_slot", None)
+    if cpus and slot is not None:
         os.sched_setaffinity(0, {cpus[slot]})
 
 
@@ -182,7 +179,7 @@ class ApiWorker(ASGIWorker):
 
     def _setup_event_loop(self) -> None:
         """asyncio's event loop (rapki does not use uvloop), bounding TLS handshakes."""
-        self.loop = BoundedTlsLoop(self.connection_limits.tls_handshake_timeout, slot=getattr(self, "rapki_slot", None))
+        self.loop = BoundedTlsLoop(self.connection_limits.tls_handshake_timeout)
         asyncio.set_event_loop(self.loop)
 
     def _get_ssl_context(self) -> ssl.SSLContext | None:
@@ -262,7 +259,6 @@ def run(home: Path, *, host: str, port: int, workers: int, certfile: Path, keyfi
         options["pidfile"] = str(pidfile)
     if cpus:
         _CPUS["cpus"] = cpus
-    balance.BALANCE[0] = balance.ConnectionBalance(workers)
     listener = crl_listener(home, host, crl_http_port) if crl_http_port is not None else None
     try:
         ApiServer(home, options, connection_limits).run()
