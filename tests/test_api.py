@@ -14,7 +14,9 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -624,6 +626,71 @@ def test_idle_tls_connections_do_not_stall_the_workers(server: Server) -> None:
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_clients_connecting_together_are_spread_over_the_workers(server: Server) -> None:
+    """Sixteen keep-alive clients whose connections arrive together (all waiting in the listening
+    socket's queue): each of the two workers ends up holding about half, at least a quarter.
+    asyncio alone accepts a whole queue in whichever worker wakes first
+    (``service.api.connections.BoundedTlsLoop._accept_connection``)."""
+    import ssl
+
+    log = server.tmp / "serve.log"
+    deadline = time.monotonic() + 30
+    while log.read_text().count("ASGI server listening") < 2:  # both workers serve
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    port = int(server.url.rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=str(server.root))
+    raws = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(16)]
+    ports = {raw.getsockname()[1] for raw in raws}  # wrapping in TLS detaches them
+    opened: list[ssl.SSLSocket] = []
+
+    def handshake(raw: socket.socket) -> None:
+        tls = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert tls.recv(12).startswith(b"HTTP/1.1 200")
+        opened.append(tls)
+
+    threads = [threading.Thread(target=handshake, args=(raw,)) for raw in raws]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert len(opened) == len(raws)
+        held = sorted(Counter(_holder_of_socket(inode) for inode in _server_sides(port, ports)).values())
+        assert sum(held) == len(raws) and len(held) == 2, held
+        # Even is the aim; a quarter leaves room for a worker the machine kept off its CPU for a
+        # while, and still fails the 16-0 split asyncio makes alone.
+        assert held[0] >= len(raws) // 4, f"connections per worker: {held}"
+    finally:
+        for sock in [*opened, *raws]:
+            sock.close()
+
+
+def _server_sides(port: int, client_ports: set[int]) -> list[str]:
+    """Socket inodes of the server's side of the established connections from ``client_ports``."""
+    inodes = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if os.path.exists(table):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+                if local == port and remote in client_ports and fields[3] == "01":  # 01: ESTABLISHED
+                    inodes.append(fields[9])
+    return inodes
+
+
+def _holder_of_socket(inode: str) -> int:
+    """The process holding socket ``inode`` open."""
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == f"socket:[{inode}]" for fd in fd_dir.iterdir()):
+                return int(fd_dir.parent.name)
+        except OSError:  # a process that ended, or one not ours
+            continue
+    raise AssertionError(f"no process holds socket {inode}")
 
 
 def test_renewal_keeps_subject_and_names(server: Server) -> None:
