@@ -273,8 +273,11 @@ class BoundedTlsLoop(asyncio.SelectorEventLoop):
         and are served on one CPU for as long as their keep-alive connections last: 15 of 16 on
         one of two workers, measured. Taking one per wake-up leaves the rest to every worker
         waiting in its event loop, so an idle worker takes its share at once and a busy one takes
-        fewer. (Counting each worker's connections in shared memory and deferring to the least
-        loaded measured no better, and a worker deferring a connection made HTTP clients that race
-        a spare connection against their pool open many more.)"""
+        fewer. The price: when new connections queue faster than the workers take them, each costs
+        about a tenth more CPU; accepting up to 8 at a time gave that back but let one worker take
+        most of a burst again. (Counting each worker's connections in shared memory and deferring
+        to the least loaded measured no better, and a worker deferring a connection made HTTP
+        clients that race a spare connection against their pool open many more.) Figures:
+        docs/benchmarks.md, "Connections spread over the workers"."""
         # An asyncio internal typeshed does not declare (pinned by tests/test_api_balance.py).
         super()._accept_connection(protocol_factory, sock, sslcontext, server, 1, *rest)  # type: ignore[misc]
