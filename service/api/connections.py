@@ -46,8 +46,9 @@ real server.
 ``BoundedTlsLoop`` also accepts one connection per wake-up of the listening socket, so that
 connections are spread over the workers (``BoundedTlsLoop._accept_connection`` says why). It
 overrides asyncio's ``BaseSelectorEventLoop._accept_connection(protocol_factory, sock, sslcontext,
-server, backlog, ...)`` (Python 3.11 to 3.13), the listening socket's callback;
-``tests/test_api_balance.py`` pins its signature and checks the spread against a real server.
+server, backlog, ...)`` (Python 3.11 to 3.13), the listening socket's callback:
+``tests/test_api_balance.py`` pins its signature, ``tests/test_api.py`` checks the spread against a
+real server.
 """
 
 from __future__ import annotations
@@ -269,15 +270,12 @@ class BoundedTlsLoop(asyncio.SelectorEventLoop):
 
         All of gunicorn's workers watch the one listening socket, and asyncio accepts every
         connection waiting there in one go, in whichever worker wakes first. Clients that connect
-        together (a fleet starting, a load balancer's pool, a load test) then land on one worker
-        and are served on one CPU for as long as their keep-alive connections last: 15 of 16 on
-        one of two workers, measured. Taking one per wake-up leaves the rest to every worker
-        waiting in its event loop, so an idle worker takes its share at once and a busy one takes
-        fewer. The price: when new connections queue faster than the workers take them, each costs
-        about a tenth more CPU; accepting up to 8 at a time gave that back but let one worker take
-        most of a burst again. (Counting each worker's connections in shared memory and deferring
-        to the least loaded measured no better, and a worker deferring a connection made HTTP
-        clients that race a spare connection against their pool open many more.) Figures:
-        docs/benchmarks.md, "Connections spread over the workers"."""
+        together (a fleet starting, a load balancer's pool) would then land on one worker and be
+        served on one CPU for as long as their keep-alive connections last. Taking one per wake-up
+        leaves the rest to every worker waiting in its event loop, so an idle worker takes its
+        share at once and a busy one takes fewer. The price is a little more CPU per connection
+        when new connections queue faster than the workers take them; larger batches, and
+        least-connections counts shared between workers, were measured against this and lost
+        (docs/benchmarks.md, "Connections spread over the workers")."""
         # An asyncio internal typeshed does not declare (pinned by tests/test_api_balance.py).
         super()._accept_connection(protocol_factory, sock, sslcontext, server, 1, *rest)  # type: ignore[misc]
