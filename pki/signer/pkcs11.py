@@ -63,7 +63,6 @@ except ImportError:  # an optional dependency: say which extra brings it
 
 PIN_ENV = "RAPKI_SIGNER_PKCS11_PIN"
 DEFAULT_MODULE = {"darwin": "p11-kit-proxy.dylib", "win32": "p11-kit-proxy.dll"}.get(sys.platform, "p11-kit-proxy.so")
-_TOKEN_ATTRS = ("token", "manufacturer", "serial", "model")
 _RSA_MECHANISMS = {
     "sha256": Mechanism.SHA256_RSA_PKCS, "sha384": Mechanism.SHA384_RSA_PKCS, "sha512": Mechanism.SHA512_RSA_PKCS}
 _TEST_DATA = b"rapki-signer: does this key belong to this certificate?"
@@ -379,9 +378,10 @@ def _certificate_for_key(session: Any, uri: Pkcs11Uri) -> x509.Certificate:
     certs = _certificates(session, {})
     ids = {_attribute(k, Attribute.ID) for k in keys}
     for tc in sorted(certs, key=lambda c: c.key_id not in ids):
+        public = tc.certificate.public_key()
         for obj in keys:
-            key = _wrap(session, obj, tc.certificate.public_key(), uri.redacted)
-            if key is not None and not key.always_auth and _verifies(key, tc.certificate.public_key()):
+            key = _wrap(session, obj, public, uri.redacted)
+            if key is not None and not key.always_auth and _verifies(key, public):
                 return tc.certificate
     raise Pkcs11Error(f"no certificate on the token belongs to the key {uri.redacted}: pass --certificate")
 

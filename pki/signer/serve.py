@@ -294,7 +294,7 @@ class ImdsServer(ThreadingHTTPServer):
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
-        try:  # the IP TTL on answers, as the helper's --hop-limit (default 64)
+        try:  # the IP TTL on answers, as the helper's --hop-limit (see default_hop_limit)
             if conn.family == socket.AF_INET6:
                 conn.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, self.hop_limit)
             else:
