@@ -270,14 +270,15 @@ class Registrar:
         else:
             current = (sorted(detail.get("roleArns") or []), int(detail.get("durationSeconds") or 3600),
                        bool(detail.get("acceptRoleSessionName") or False))
+            settings_changed = current != (sorted(role_arns), duration, accept_session_name)
             changes = self._alias_change(detail, alias)
             if tip is not None and _tip_as_compared(tip) != _tip_as_compared(detail.get("tipConfiguration")):
                 self._mapping_rule_for(detail, tip)
                 changes["tipConfiguration"] = tip
-            if current != (sorted(role_arns), duration, accept_session_name) or changes:
+            if settings_changed or changes:
                 detail = dict(self.aws.call("UpdateProfile", profileId=detail["profileId"], **wanted,
                                             **changes)["profile"])  # fmt: skip
-                if current != (sorted(role_arns), duration, accept_session_name):
+                if settings_changed:
                     self.actions.append("updated the profile's roles/duration/session-name setting")
                 self._say_alias("profile", changes)
                 if "tipConfiguration" in changes:

@@ -72,7 +72,7 @@ class S3Publication:
     crl_number: int
     entries: int
     size: int
-    action: str  # unchanged | uploaded | would-upload
+    action: str  # unchanged | uploaded | would-upload | would-build-and-upload
     etag: str | None = None
 
 

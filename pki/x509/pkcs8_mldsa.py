@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from pki.x509.mldsa_params import MLDSA_FROM_SEED, MLDSA_OIDS, MLDSAPrivateKey, mldsa_expanded_key
+from pki.x509.mldsa_params import MLDSA_FROM_SEED, MLDSA_OIDS, MLDSAPrivateKey
 
 _NAME_BY_OID = {dotted: name for name, dotted in MLDSA_OIDS.items()}
 # FIPS 204 Table 2: (k, l) of each parameter set, and the size of its expanded private key.
@@ -134,11 +134,6 @@ def _seed_and_expanded(inner: bytes) -> tuple[bytes, bytes]:
     """Seed and expanded key of a ``SEQUENCE { seed, expandedKey }``; ValueError or TypeError else."""
     both = _SeedAndExpandedKey.load(inner, strict=True)
     return bytes(both["seed"].native), bytes(both["expanded_key"].native)
-
-
-def expanded_key_derived_from_seed(key_type: str, seed: bytes, expanded: bytes) -> bool:
-    """The whole expanded key is the one ``seed`` makes (dilithium-py generates it: ~30 ms)."""
-    return mldsa_expanded_key(key_type, seed)[1] == expanded
 
 
 def read_seed_and_expanded(der: bytes) -> tuple[str, bytes, bytes] | None:

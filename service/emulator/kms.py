@@ -89,11 +89,10 @@ def _message(self: Any) -> bytes:
     return message if isinstance(message, bytes) else base64.b64decode(message)
 
 
-def _mldsa_message(self: Any) -> tuple[Any, bytes, str]:
-    """The ML-DSA key, message and MessageType of a Sign or Verify request, checked as AWS does."""
+def _mldsa_message(self: Any, key: Any) -> tuple[bytes, str]:
+    """The message and MessageType of a Sign or Verify request for ML-DSA ``key``, checked as AWS does."""
     from moto.kms.exceptions import ValidationException
 
-    key = self.kms_backend.describe_key(self._get_param("KeyId"))
     algorithm, message_type = self._get_param("SigningAlgorithm"), self._get_param("MessageType") or "RAW"
     message = _message(self)
     if algorithm != MLDSA_ALGORITHM:
@@ -102,11 +101,11 @@ def _mldsa_message(self: Any) -> tuple[Any, bytes, str]:
         raise ValidationException(f"An EXTERNAL_MU message is {_MU_SIZE} bytes, not {len(message)}.")
     if message_type not in ("RAW", "EXTERNAL_MU") or not 1 <= len(message) <= _RAW_LIMIT:
         raise ValidationException(f"MessageType {message_type} with {len(message)} bytes cannot be signed with ML-DSA.")
-    return key, message, message_type
+    return message, message_type
 
 
-def _sign_mldsa(self: Any) -> str:
-    key, message, message_type = _mldsa_message(self)
+def _sign_mldsa(self: Any, key: Any) -> str:
+    message, message_type = _mldsa_message(self, key)
     signature = key.private_key.sign(message, message_type)
     return json.dumps({"KeyId": key.arn, "Signature": base64.b64encode(signature).decode(),
                        "SigningAlgorithm": MLDSA_ALGORITHM})
@@ -117,7 +116,7 @@ def _verify(self: Any, original: Any) -> str:
     key = self.kms_backend.describe_key(self._get_param("KeyId"))
     if key.key_spec not in _MLDSA_SPECS:
         return str(original(self))
-    key, message, message_type = _mldsa_message(self)
+    message, message_type = _mldsa_message(self, key)
     signature = self._get_param("Signature")
     signature = signature if isinstance(signature, bytes) else base64.b64decode(signature)
     return json.dumps({"KeyId": key.arn, "SignatureValid": key.private_key.verify(message, signature, message_type),
@@ -130,7 +129,7 @@ def _sign_digest(self: Any, original: Any) -> str:
 
     key = self.kms_backend.describe_key(self._get_param("KeyId"))
     if key.key_spec in _MLDSA_SPECS:
-        return _sign_mldsa(self)
+        return _sign_mldsa(self, key)
     if self._get_param("MessageType") != "DIGEST":
         return str(original(self))
     algorithm = self._get_param("SigningAlgorithm")
